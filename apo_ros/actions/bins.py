@@ -1,0 +1,61 @@
+"""OpenVLA's 256-bin action tokenizer, exactly (REFERENCE section 3).
+
+edges = linspace(-1, 1, n_bins); centers = midpoints (n_bins - 1 of them).
+encode: clip to [-1, 1], d = digitize(a, edges) in [1, n_bins], id = vocab_size - d.
+decode: index = clip(vocab_size - id - 1, 0, n_bins - 2), value = centers[index].
+So the action ids are the last n_bins ids of the base vocabulary: [vocab_size - n_bins, vocab_size - 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class BinTokenizer:
+    def __init__(self, vocab_size: int, n_bins: int = 256):
+        if n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2, got {n_bins}")
+        if vocab_size < n_bins:
+            raise ValueError(f"vocab_size {vocab_size} is smaller than n_bins {n_bins}")
+        self.vocab_size = int(vocab_size)
+        self.n_bins = int(n_bins)
+        self.bins = np.linspace(-1.0, 1.0, self.n_bins)
+        self.bin_centers = (self.bins[:-1] + self.bins[1:]) / 2.0
+
+    @property
+    def action_token_begin_idx(self) -> int:
+        """Lowest id an action can encode to (OpenVLA's name)."""
+        return self.vocab_size - self.n_bins
+
+    @property
+    def id_range(self) -> tuple[int, int]:
+        """Inclusive (lowest, highest) action token id."""
+        return self.vocab_size - self.n_bins, self.vocab_size - 1
+
+    def is_action_id(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        lo, hi = self.id_range
+        return (ids >= lo) & (ids <= hi)
+
+    def encode(self, actions) -> np.ndarray:
+        """Normalized actions [..., D] -> token ids [..., D] (int64). NaN is refused."""
+        a = np.asarray(actions, dtype=np.float64)
+        if np.isnan(a).any():
+            raise ValueError("cannot tokenize NaN actions")
+        a = np.clip(a, -1.0, 1.0)
+        d = np.digitize(a, self.bins)  # in [1, n_bins]
+        return (self.vocab_size - d).astype(np.int64)
+
+    def decode(self, ids) -> np.ndarray:
+        """Token ids [..., D] -> normalized actions [..., D]. Ids outside the action range decode to
+        the nearest extreme bin (as OpenVLA); check `is_action_id` first where that matters."""
+        ids = np.asarray(ids, dtype=np.int64)
+        index = np.clip(self.vocab_size - ids - 1, 0, self.bin_centers.shape[0] - 1)
+        return self.bin_centers[index]
+
+    def bin_index(self, ids) -> np.ndarray:
+        """Token id -> class index in [0, n_bins) (0 = lowest id); for heads that predict bins."""
+        return np.asarray(ids, dtype=np.int64) - self.action_token_begin_idx
+
+    def ids_from_bin_index(self, index) -> np.ndarray:
+        return np.asarray(index, dtype=np.int64) + self.action_token_begin_idx

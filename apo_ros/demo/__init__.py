@@ -1,0 +1,1 @@
+"""apo_ros.demo"""
