@@ -1,0 +1,280 @@
+"""Training objectives: one function per objective, explicit tensors in and out (TRL style).
+
+Nothing here touches a model or a dataset: the trainer computes per-token log-probabilities with
+the policy (`TokenPolicy.token_logps`) and the frozen reference, and hands the tensors to these
+functions. That keeps every objective checkable by hand (see test/test_training_objectives.py).
+
+Shapes: B = samples in the batch, L = action-token positions (padded; `mask` marks real ones),
+P = trajectory pairs (TPO). "logps" are natural-log probabilities. Per-sample "summed" log-probs
+are sums over that sample's real token positions (no length normalization, as APO and KTO).
+
+Objectives (REFERENCE sections 1-2):
+- `bc_loss`: token negative log-likelihood (optionally per-sample weighted: Sirius).
+- `sirius_weights`: Sirius class weights from the class fractions.
+- `kto_loss`: TRL's KTO loss (exact signature and semantics of the issue).
+- `apo_loss`: KTO-style loss on summed per-token log-ratios with APO's gripper masking and
+  adaptive reweighting; with both switched off and mean reduction it equals `kto_loss`.
+- `adaptive_weights`: APO's lambda_D / lambda_U from decoded-action errors.
+- `tpo_loss`: trajectory-level DPO (GRAPE's TPO) on window log-probs.
+DAgger is `bc_loss` on demos + human-controlled steps (the trainer picks the samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SIRIUS_CLASSES: tuple[str, ...] = ("demo", "rollout", "intervention", "pre_intervention")
+# Sirius target shares (REFERENCE 2): interventions get 50% of the weight mass, the 15 steps
+# before an intervention ~0, demos keep weight 1, rollouts take what is left.
+SIRIUS_INTERVENTION_SHARE = 0.5
+SIRIUS_PRE_INTERVENTION_SHARE = 0.002
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviour cloning (bc, dagger, sirius)
+# ---------------------------------------------------------------------------------------------
+def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor,
+                   exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum per-token log-probs over real positions.
+
+    token_logps float [B, L], mask bool [B, L], exclude bool [B, L] or None (positions to leave
+    out, e.g. gripper tokens) -> float [B].
+    """
+    keep = mask if exclude is None else mask & ~exclude
+    return torch.where(keep, token_logps, torch.zeros_like(token_logps)).sum(-1)
+
+
+def bc_loss(token_logps: torch.Tensor, mask: torch.Tensor,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Token negative log-likelihood.
+
+    token_logps float [B, L] (teacher-forced log pi of the target tokens), mask bool [B, L],
+    weights float [B] or None -> scalar.
+
+    Per sample the NLL is averaged over its real tokens (so chunked and single-step policies have
+    comparable scales); the batch loss is mean_i w_i * nll_i (w = 1 without weights). With equal
+    token counts per sample and no weights this is exactly the usual mean token NLL.
+    """
+    m = mask.to(token_logps.dtype)
+    counts = m.sum(-1).clamp(min=1.0)
+    nll = -(token_logps * m).sum(-1) / counts  # [B]
+    if weights is not None:
+        nll = nll * weights.to(nll.dtype)
+    return nll.mean()
+
+
+def sirius_weights(classes: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Sirius per-sample weights from the class of each sample (REFERENCE 2).
+
+    classes: N entries among `SIRIUS_CLASSES` -> float64 [N].
+    With rho_c the fraction of samples in class c:
+      w_demo = 1, w_intervention = 0.5 / rho_intv, w_pre = 0.002 / rho_pre,
+      w_rollout = (1 - 0.5 - rho_demo - 0.002) / rho_rollout.
+    So sum_i w_i / N = rho_demo + 0.5 + 0.002 + (1 - 0.5 - rho_demo - 0.002) = 1: each class
+    gets its share of the weight mass. Edge cases: a class with no samples simply contributes
+    nothing (its share is not redistributed); the rollout weight is clipped at 0 when demos
+    already hold more than 49.8% of the samples (a negative weight would push likelihood down).
+    """
+    cls = np.asarray(classes).astype(str)
+    unknown = sorted(set(cls.tolist()) - set(SIRIUS_CLASSES))
+    if unknown:
+        raise ValueError(f"unknown Sirius classes {unknown}; expected {list(SIRIUS_CLASSES)}")
+    n = len(cls)
+    weights = np.zeros(n, dtype=np.float64)
+    if n == 0:
+        return weights
+    rho = {c: float(np.mean(cls == c)) for c in SIRIUS_CLASSES}
+    weights[cls == "demo"] = 1.0
+    if rho["intervention"] > 0:
+        weights[cls == "intervention"] = SIRIUS_INTERVENTION_SHARE / rho["intervention"]
+    if rho["pre_intervention"] > 0:
+        weights[cls == "pre_intervention"] = SIRIUS_PRE_INTERVENTION_SHARE / rho["pre_intervention"]
+    if rho["rollout"] > 0:
+        left = 1.0 - SIRIUS_INTERVENTION_SHARE - rho["demo"] - SIRIUS_PRE_INTERVENTION_SHARE
+        weights[cls == "rollout"] = max(left, 0.0) / rho["rollout"]
+    return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# KTO (TRL semantics)
+# ---------------------------------------------------------------------------------------------
+def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, kl_policy_logps: torch.Tensor,
+             kl_ref_logps: torch.Tensor, desirable: torch.Tensor, *, beta: float = 0.1,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """TRL's KTO loss.
+
+    policy_logps, ref_logps: float [B] summed log-probs of each sample's own action tokens under
+    the policy / the reference; kl_policy_logps, kl_ref_logps: float [B] the same for the
+    mismatched pairs (sample i's observation, sample i+1's action); desirable bool [B].
+
+    z0 = clamp(mean(kl_policy - kl_ref), min=0), detached; r = policy - ref;
+    desirable: w_D * (1 - sigmoid(beta (r - z0))); undesirable: w_U * (1 - sigmoid(beta (z0 - r)));
+    loss = mean over all B samples -> scalar.
+    """
+    z0 = (kl_policy_logps - kl_ref_logps).mean().clamp(min=0).detach()
+    rewards = policy_logps - ref_logps
+    desirable = desirable.bool()
+    losses = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (rewards - z0))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - rewards))),
+    )
+    return losses.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# APO
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PreferenceTerms:
+    """Everything an objective computed, for logging and tests (all but `loss` detached)."""
+
+    loss: torch.Tensor  # scalar, differentiable
+    rewards: torch.Tensor  # [B] r_i = summed log-ratio used in the loss
+    z0: torch.Tensor  # scalar reference point
+    losses: torch.Tensor  # [B] per-sample unweighted losses
+    weights: torch.Tensor  # [B] lambda_i applied
+    desirable: torch.Tensor  # [B] bool
+    extra: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        d = self.desirable
+        out = {"loss": float(self.loss.detach()), "z0": float(self.z0)}
+        if d.any():
+            out["reward_desirable"] = float(self.rewards[d].mean())
+            out["weight_desirable"] = float(self.weights[d].mean())
+        if (~d).any():
+            out["reward_undesirable"] = float(self.rewards[~d].mean())
+            out["weight_undesirable"] = float(self.weights[~d].mean())
+        if d.any() and (~d).any():
+            out["reward_margin"] = out["reward_desirable"] - out["reward_undesirable"]
+        out.update({k: float(v) for k, v in self.extra.items()})
+        return out
+
+
+def adaptive_weights(errors: torch.Tensor, desirable: torch.Tensor,
+                     decode_ok: torch.Tensor | None = None, eps: float = 1e-4) -> torch.Tensor:
+    """APO's adaptive weights.
+
+    errors float [B]: l_i = mean over action dims |decoded argmax action - target| (normalized
+    actions); desirable bool [B]; decode_ok bool [B] or None -> lambda float [B], detached.
+
+    Within each group g (desirable / undesirable): w_i = (l_i + eps) / (sum_{j in g} l_j + eps);
+    lambda_D = 1 - exp(-w), lambda_U = exp(-w). A sample whose decode failed gets lambda 1 and
+    its error does not enter the group sums.
+    """
+    errors = errors.detach().to(torch.float32)
+    desirable = desirable.bool()
+    ok = torch.ones_like(desirable) if decode_ok is None else decode_ok.bool()
+    lam = torch.ones_like(errors)
+    for group, is_desirable in ((desirable, True), (~desirable, False)):
+        members = group & ok
+        if not members.any():
+            continue
+        w = (errors + eps) / (errors[members].sum() + eps)
+        value = 1 - torch.exp(-w) if is_desirable else torch.exp(-w)
+        lam = torch.where(members, value, lam)
+    return lam
+
+
+def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask: torch.Tensor,
+             desirable: torch.Tensor, kl_policy_logps: torch.Tensor, kl_ref_logps: torch.Tensor,
+             *, gripper_mask: torch.Tensor | None = None, action_errors: torch.Tensor | None = None,
+             decode_ok: torch.Tensor | None = None, beta: float = 0.1, z0_min: float | None = 0.0,
+             z0_max: float | None = None, mask_gripper: bool = True, reweight: bool = True,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             reduction: str = "sum") -> PreferenceTerms:
+    """APO loss (REFERENCE 1).
+
+    policy_token_logps, ref_token_logps: float [B, L] per-token log-probs of each sample's own
+    action tokens (0 where ~mask); mask bool [B, L]; desirable bool [B];
+    kl_policy_logps, kl_ref_logps: float [B] summed log-probs of the mismatched pairs (exact: i's
+    observation with i+1's tokens; cheap approximation: pass the per-sample sums of the matched
+    pass); gripper_mask bool [B, L] (positions holding the gripper token);
+    action_errors float [B], decode_ok bool [B] (for reweighting).
+
+    r_i = sum over real tokens of (policy - ref), leaving out gripper positions of undesirable
+    samples when `mask_gripper`; z0 = clamp(mean(kl_policy - kl_ref), z0_min, z0_max), detached;
+    L_i = 1 - sigmoid(beta (r - z0)) (desirable) or 1 - sigmoid(beta (z0 - r)) (undesirable);
+    lambda_i = adaptive weights when `reweight` (needs action_errors) else the static
+    desirable/undesirable weights; loss = sum_i lambda_i L_i ("sum", the paper's total) or
+    mean_i lambda_i L_i ("mean", KTO's reduction).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    desirable = desirable.bool()
+    exclude = None
+    if mask_gripper and gripper_mask is not None:
+        exclude = gripper_mask.bool() & ~desirable[:, None]
+    # Sum of per-token log-ratios, written as a difference of sums so that with the options off
+    # the floating-point result is bit-identical to kto_loss on summed log-probs.
+    rewards = (sequence_logps(policy_token_logps, mask, exclude)
+               - sequence_logps(ref_token_logps, mask, exclude))
+    z0 = (kl_policy_logps - kl_ref_logps).mean()
+    if z0_min is not None or z0_max is not None:
+        z0 = z0.clamp(min=z0_min, max=z0_max)
+    z0 = z0.detach()
+    losses = torch.where(desirable, 1 - torch.sigmoid(beta * (rewards - z0)),
+                         1 - torch.sigmoid(beta * (z0 - rewards)))
+    if reweight:
+        if action_errors is None:
+            raise ValueError("apo_loss(reweight=True) needs action_errors")
+        weights = adaptive_weights(action_errors, desirable, decode_ok).to(losses.dtype)
+    else:
+        weights = torch.where(desirable, torch.full_like(losses, desirable_weight),
+                              torch.full_like(losses, undesirable_weight))
+    weighted = weights * losses
+    loss = weighted.sum() if reduction == "sum" else weighted.mean()
+    return PreferenceTerms(loss=loss, rewards=rewards.detach(), z0=z0, losses=losses.detach(),
+                           weights=weights.detach(), desirable=desirable)
+
+
+def decoded_action_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """l_i = mean over action dims (and chunk steps) |predicted - target|.
+
+    predicted, target: normalized actions float [B, T, 7] (or [B, 7]) -> float [B].
+    """
+    p = np.asarray(predicted, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"decoded actions {p.shape} and targets {t.shape} differ in shape")
+    return np.abs(p - t).reshape(p.shape[0], -1).mean(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# TPO (GRAPE): trajectory-level DPO
+# ---------------------------------------------------------------------------------------------
+def window_logps(step_logps: torch.Tensor, window_index: torch.Tensor, n_windows: int) -> torch.Tensor:
+    """log pi(trajectory window) = sum of its steps' summed action-token log-probs.
+
+    step_logps float [S] (one per step sample), window_index long [S] in [0, n_windows) ->
+    float [n_windows].
+    """
+    out = torch.zeros(n_windows, dtype=step_logps.dtype, device=step_logps.device)
+    return out.index_add(0, window_index, step_logps)
+
+
+def tpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *,
+             beta: float = 0.1) -> PreferenceTerms:
+    """Trajectory-level DPO.
+
+    All inputs float [P]: log pi(window) of the chosen (human correction) and rejected
+    (pre-intervention policy) window of each pair, under the policy and the reference.
+    loss = mean_p -log sigmoid(beta [(pi_c - ref_c) - (pi_r - ref_r)]).
+    """
+    chosen = policy_chosen_logps - ref_chosen_logps
+    rejected = policy_rejected_logps - ref_rejected_logps
+    losses = -F.logsigmoid(beta * (chosen - rejected))
+    p = chosen.shape[0]
+    desirable = torch.cat([torch.ones(p, dtype=torch.bool), torch.zeros(p, dtype=torch.bool)])
+    rewards = torch.cat([chosen, rejected]).detach()
+    return PreferenceTerms(
+        loss=losses.mean(), rewards=rewards, z0=torch.zeros(()), losses=losses.detach(),
+        weights=torch.ones(2 * p), desirable=desirable.to(rewards.device),
+        extra={"pair_accuracy": float((chosen > rejected).float().mean())})
