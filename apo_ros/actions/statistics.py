@@ -98,19 +98,30 @@ class ActionStatistics:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "statistics") -> ActionStatistics:
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected an object with an 'action' entry, got {type(d).__name__}")
         if "action" not in d:
             raise ValueError(f"{source}: no 'action' entry (keys: {sorted(d)})")
         action = d["action"]
+        if not isinstance(action, dict):
+            raise ValueError(f"{source}: 'action' must be an object with q01/q99/mask lists")
         missing = [k for k in ("q01", "q99") if k not in action]
         if missing:
             raise ValueError(f"{source}: action statistics lack {missing}")
-        q01 = action["q01"]
-        mask = action.get("mask", [True] * (len(q01) - 1) + [False])
         extra = {k: v for k, v in d.items() if k not in ("action", "num_transitions", "num_trajectories")}
-        return cls(q01=q01, q99=action["q99"], mask=mask, mean=action.get("mean"),
-                   std=action.get("std"), min=action.get("min"), max=action.get("max"),
-                   num_transitions=int(d.get("num_transitions", 0)),
-                   num_trajectories=int(d.get("num_trajectories", 0)), extra=extra)
+        try:
+            q01 = np.asarray(action["q01"], dtype=np.float64)
+            # OpenVLA files always carry the mask; without one, the last dim (gripper) passes through.
+            mask = action.get("mask", [True] * (q01.size - 1) + [False])
+            stats = cls(q01=q01, q99=action["q99"], mask=mask, mean=action.get("mean"),
+                        std=action.get("std"), min=action.get("min"), max=action.get("max"),
+                        num_transitions=int(d.get("num_transitions", 0) or 0),
+                        num_trajectories=int(d.get("num_trajectories", 0) or 0), extra=extra)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: malformed action statistics ({err})") from None
+        if not (np.isfinite(stats.q01).all() and np.isfinite(stats.q99).all()):
+            raise ValueError(f"{source}: q01/q99 contain NaN or Inf")
+        return stats
 
     def statistics_id(self) -> str:
         """A short content hash: bags record which statistics their actions were normalized with."""
