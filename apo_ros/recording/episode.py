@@ -20,6 +20,7 @@ class Step:
     source: str  # "policy" | "human" | "expert"
     stamp_ns: int  # when the action was executed
     proposed: np.ndarray | None = None  # (7,) what the policy proposed at this step, if it ran
+    human: np.ndarray | None = None  # (7,) the operator's command for this observation, if recorded
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Episode:
     metadata: dict = field(default_factory=dict)  # custom_data: task, instruction, policy_id, ...
     outcome: str = "unknown"  # one of OUTCOMES
     truncated: bool = False  # True when the bag was salvaged by `apo-ros bags repair`
+    events: list[tuple[int, str]] = field(default_factory=list)  # (bag time ns, kind), time order
+    dropped_steps: int = 0  # executed actions whose observation is not in the bag (not in steps)
 
     @property
     def sources(self) -> list[str]:
@@ -46,3 +49,26 @@ class Episode:
         if start is not None:
             spans.append((start, len(self.steps)))
         return spans
+
+    @property
+    def duration_ns(self) -> int:
+        """From the first to the last executed action."""
+        return self.steps[-1].stamp_ns - self.steps[0].stamp_ns if self.steps else 0
+
+    def actions(self) -> np.ndarray:
+        """(N, 7) executed actions."""
+        return np.asarray([s.action for s in self.steps], dtype=np.float64).reshape(-1, 7)
+
+
+def read_episode(path: str, *, load_images: bool = True, tolerance_ns: int = 0) -> Episode:
+    """Read one episode bag (see apo_ros.recording.reader.read_episode)."""
+    from apo_ros.recording.reader import read_episode as _read
+
+    return _read(path, load_images=load_images, tolerance_ns=tolerance_ns)
+
+
+def read_episodes(paths, **kwargs) -> tuple[list[Episode], list[tuple[str, str]]]:
+    """Read bags and directories of bags; returns (episodes, [(path, problem)])."""
+    from apo_ros.recording.reader import read_episodes as _read
+
+    return _read(paths, **kwargs)

@@ -1,0 +1,118 @@
+"""Intervention labels, derived on read (never written into a bag, so K can change later).
+
+APO (REFERENCE section 1): at the first human step of every intervention, the K policy steps just
+before it are *undesirable*; every other step (expert demos, other policy steps, all human steps)
+is *desirable*. Counting back stops at the previous intervention (or expert step): the policy
+steps before an earlier intervention belong to that one. With `noop_filter`, no-op policy steps
+(sum |a[:6]| < threshold, on normalized actions when statistics are given) are skipped when
+counting K, as the released code does (it drops them from the data set entirely; `noop` marks them
+so a trainer can do the same).
+
+Sirius classes: demo (expert steps), intervention (human), pre_intervention (the `sirius_window`
+policy steps before each intervention), rollout (all other policy steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from apo_ros.actions.space import GRIPPER_INDEX
+from apo_ros.recording.episode import Episode
+
+SIRIUS_CLASSES: tuple[str, ...] = ("demo", "rollout", "intervention", "pre_intervention")
+DEMO, ROLLOUT, INTERVENTION, PRE_INTERVENTION = range(4)
+
+_SOURCE_CODES = {"policy": 0, "human": 1, "expert": 2}
+
+
+@dataclass
+class EpisodeLabels:
+    """Per-step labels of one episode (arrays of length = number of steps)."""
+
+    undesirable: np.ndarray  # bool: one of the K policy steps before an intervention
+    desirable: np.ndarray  # bool: ~undesirable
+    sirius_class: np.ndarray  # int8 index into SIRIUS_CLASSES
+    noop: np.ndarray  # bool: policy/human/expert step whose action is a no-op (only with noop_filter)
+    is_human: np.ndarray  # bool: executed action came from the operator
+    intervention_spans: list[tuple[int, int]]  # [start, end) step ranges of consecutive human steps
+    k: int = 10
+
+    @property
+    def num_undesirable(self) -> int:
+        return int(self.undesirable.sum())
+
+    def sirius_names(self) -> list[str]:
+        return [SIRIUS_CLASSES[i] for i in self.sirius_class]
+
+
+def source_codes(sources) -> np.ndarray:
+    """["policy", "human", "expert"] -> int8 codes 0 / 1 / 2 (ValueError naming an unknown one)."""
+    try:
+        return np.fromiter((_SOURCE_CODES[s] for s in sources), dtype=np.int8)
+    except KeyError as err:
+        raise ValueError(f"unknown action source {err.args[0]!r} (expected {list(_SOURCE_CODES)})") from None
+
+
+def intervention_spans(is_human: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) ranges of consecutive True values."""
+    h = np.concatenate([[False], np.asarray(is_human, dtype=bool), [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(h))
+    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+
+
+def _mark_before(codes: np.ndarray, spans, count: int, eligible: np.ndarray) -> np.ndarray:
+    """For each span start, mark up to `count` eligible policy steps going backwards, stopping at
+    the first non-policy step (previous intervention or expert step)."""
+    marked = np.zeros(codes.shape[0], dtype=bool)
+    if count <= 0:
+        return marked
+    for start, _ in spans:
+        left = count
+        j = start - 1
+        while j >= 0 and left > 0 and codes[j] == 0:
+            if eligible[j]:
+                marked[j] = True
+                left -= 1
+            j -= 1
+    return marked
+
+
+def label_sources(sources, actions=None, *, k: int = 10, noop_filter: bool = False,
+                  noop_threshold: float = 0.05, sirius_window: int = 15, stats=None) -> EpisodeLabels:
+    """Labels from the per-step sources (and actions, needed for the no-op filter).
+
+    actions: (N, 7) raw executed actions. stats: an ActionStatistics to normalize them before the
+    no-op test (the released code tests normalized actions); without it, raw actions are tested.
+    """
+    if k < 0 or sirius_window < 0:
+        raise ValueError(f"k and sirius_window must be >= 0, got {k}, {sirius_window}")
+    codes = source_codes(sources)
+    n = codes.shape[0]
+    is_human = codes == 1
+    spans = intervention_spans(is_human)
+    noop = np.zeros(n, dtype=bool)
+    if noop_filter:
+        if actions is None:
+            raise ValueError("the no-op filter needs the actions")
+        a = np.asarray(actions, dtype=np.float64).reshape(n, -1)
+        if stats is not None:
+            a = stats.normalize(a)
+        noop = np.abs(a[:, :GRIPPER_INDEX]).sum(axis=1) < noop_threshold
+    undesirable = _mark_before(codes, spans, k, ~noop)
+    pre = _mark_before(codes, spans, sirius_window, np.ones(n, dtype=bool))
+    sirius = np.full(n, ROLLOUT, dtype=np.int8)
+    sirius[codes == 2] = DEMO
+    sirius[is_human] = INTERVENTION
+    sirius[pre] = PRE_INTERVENTION
+    return EpisodeLabels(undesirable=undesirable, desirable=~undesirable, sirius_class=sirius, noop=noop,
+                         is_human=is_human, intervention_spans=spans, k=k)
+
+
+def label_episode(episode: Episode, *, k: int = 10, noop_filter: bool = False, noop_threshold: float = 0.05,
+                  sirius_window: int = 15, stats=None) -> EpisodeLabels:
+    """Labels of one episode's steps (see the module docstring)."""
+    actions = episode.actions() if noop_filter else None
+    return label_sources(episode.sources, actions, k=k, noop_filter=noop_filter,
+                         noop_threshold=noop_threshold, sirius_window=sirius_window, stats=stats)

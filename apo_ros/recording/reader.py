@@ -1,0 +1,302 @@
+"""Reading episode bags back: bag directory -> Episode of steps with exact observation linkage.
+
+Each executed action (`action/executed`) becomes one Step whose observation is the one whose
+header stamp equals the action's header stamp (the stamp of the observation it was computed
+from). Linkage is never by arrival order. Only the connections an episode needs are read, and
+each message is decoded once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from apo_ros.observation import Observation
+from apo_ros.recording import messages as M
+from apo_ros.recording import schema
+from apo_ros.recording.episode import OUTCOMES, Episode, Step
+
+REPAIR_HINT = "salvage it with `apo-ros bags repair {path}`"
+
+
+class BagError(Exception):
+    """A bag that cannot be read as an episode. The message names the file and the problem."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+def resolve_bag(path: str | os.PathLike) -> Path:
+    """The bag directory for `path` (a bag directory or the .mcap file inside one), or BagError."""
+    p = Path(path)
+    if not p.exists():
+        raise BagError(str(path), "does not exist")
+    if p.is_file():
+        if p.suffix == ".mcap" and (p.parent / "metadata.yaml").is_file():
+            return p.parent
+        if p.suffix == ".mcap":
+            raise BagError(str(path), "an MCAP file with no metadata.yaml beside it: its writer did not "
+                           "finish (killed?); " + REPAIR_HINT.format(path=path))
+        raise BagError(str(path), "not a bag (a file; expected a rosbag2 directory with metadata.yaml)")
+    if not (p / "metadata.yaml").is_file():
+        if any(p.glob("*.mcap")):
+            raise BagError(str(path), "truncated bag: no metadata.yaml, its writer did not close it "
+                           "(killed or crashed?); " + REPAIR_HINT.format(path=path))
+        raise BagError(str(path), "not a bag (no metadata.yaml)")
+    return p
+
+
+def find_bags(path: str | os.PathLike) -> list[Path]:
+    """Bag directories under `path` (itself if it is one): directories holding metadata.yaml, plus
+    directories holding .mcap files without metadata.yaml (killed writers, reported as bad)."""
+    p = Path(path)
+    if p.is_file() or (p / "metadata.yaml").is_file():
+        return [p]
+    found: list[Path] = []
+    for root, dirs, files in os.walk(p):
+        if "metadata.yaml" in files or any(f.endswith(".mcap") for f in files):
+            found.append(Path(root))
+            dirs[:] = []  # a bag's subfolders are not separate bags
+        else:
+            dirs.sort()
+    return sorted(found)
+
+
+def _open_reader(bag: Path):
+    from rosbags.rosbag2 import Reader
+
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except Exception as err:  # rosbags raises ReaderError, FileNotFoundError, KeyError-derived, ...
+        text = str(err)
+        if "magic" in text.lower() or "footer" in text.lower() or "summary" in text.lower():
+            raise BagError(str(bag), f"truncated or unfinished MCAP file ({text}); "
+                           + REPAIR_HINT.format(path=bag)) from None
+        raise BagError(str(bag), f"unreadable bag ({type(err).__name__}: {text})") from None
+    return reader
+
+
+def read_custom_data(reader) -> dict[str, str]:
+    """custom_data of an open rosbags Reader (metadata.yaml), as strings."""
+    meta = getattr(getattr(reader, "storage", None), "metadata", None)
+    return {str(k): str(v) for k, v in (getattr(meta, "custom", None) or {}).items()}
+
+
+def _camera_topics(conns: dict, custom: dict, path: Path) -> dict[str, str]:
+    """camera name -> topic, from custom_data `cameras` when present, else from the topics."""
+    found: dict[str, str] = {}
+    for topic in conns:
+        if topic.startswith("camera/") and topic.endswith(("/image_raw", "/image_raw/compressed")):
+            name = topic.split("/")[1]
+            found.setdefault(name, topic)
+    wanted = [c for c in (custom.get("cameras") or "").split(",") if c]
+    for camera in wanted:
+        if camera not in found:
+            raise BagError(str(path), f"missing topic {schema.image_topic(camera)!r} (camera {camera!r} "
+                           "listed in custom_data)")
+    return {c: found[c] for c in (wanted or sorted(found))}
+
+
+def _nearest(table: dict, keys: list[int] | None, stamp: int, tolerance_ns: int):
+    """table[stamp] exactly, else (tolerance > 0) the latest entry at most tolerance_ns older."""
+    value = table.get(stamp)
+    if value is not None or tolerance_ns <= 0 or not keys:
+        return value
+    i = bisect.bisect_right(keys, stamp) - 1
+    if i >= 0 and stamp - keys[i] <= tolerance_ns:
+        return table[keys[i]]
+    return None
+
+
+def read_episode(path: str | os.PathLike, *, load_images: bool = True, tolerance_ns: int = 0) -> Episode:
+    """Read one episode bag.
+
+    load_images: decode camera images (False: observations carry no images; much faster).
+    tolerance_ns: 0 = exact linkage (bags written by EpisodeWriter). For bags recorded from
+        independent sensor streams, > 0 lets each observation part take the latest message whose
+        header stamp is at most this much older than the action's observation stamp.
+    """
+    bag = resolve_bag(path)
+    reader = _open_reader(bag)
+    try:
+        return _read(bag, reader, load_images, int(tolerance_ns))
+    finally:
+        reader.close()
+
+
+def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
+    store = M.get_typestore("humble")  # the standard types' layouts are the same in every distro
+    conns = {c.topic: c for c in reader.connections}
+    custom = read_custom_data(reader)
+
+    for topic, msgtype in schema.FIXED_TOPIC_TYPES.items():
+        spec_required = topic in (schema.ACTION_EXECUTED, schema.EE_POSE, schema.GRIPPER_STATE)
+        conn = conns.get(topic)
+        if conn is None:
+            if spec_required:
+                raise BagError(str(bag), f"missing topic {topic!r} (expected {msgtype})")
+            continue
+        if conn.msgtype != msgtype:
+            raise BagError(str(bag), f"wrong message type on {topic!r}: {conn.msgtype}, expected {msgtype}")
+    cameras = _camera_topics(conns, custom, bag)
+    for topic in cameras.values():
+        expected = schema.COMPRESSED_IMAGE if topic.endswith("/compressed") else schema.IMAGE
+        if conns[topic].msgtype != expected:
+            raise BagError(str(bag), f"wrong message type on {topic!r}: {conns[topic].msgtype}, "
+                           f"expected {expected}")
+
+    images: dict[str, dict[int, object]] = {c: {} for c in cameras}
+    joints: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}
+    poses: dict[int, np.ndarray] = {}
+    grippers: dict[int, float] = {}
+    proposed: dict[int, np.ndarray] = {}
+    human: dict[int, np.ndarray] = {}
+    executed: list[tuple[int, int, np.ndarray, str]] = []
+    instructions: list[tuple[int, str]] = []
+    events: list[tuple[int, str]] = []
+    info: dict = {}
+
+    topic_camera = {t: c for c, t in cameras.items()}
+    wanted = [schema.JOINT_STATES, schema.EE_POSE, schema.GRIPPER_STATE, schema.ACTION_EXECUTED,
+              schema.ACTION_PROPOSED, schema.ACTION_HUMAN, schema.INSTRUCTION, schema.EPISODE_EVENTS,
+              schema.EPISODE_INFO]
+    if load_images:
+        wanted += list(cameras.values())
+    selected = [conns[t] for t in wanted if t in conns]
+    deserialize = store.deserialize_cdr
+    last_names: tuple[str, ...] = ()
+    action_names = list(M.ACTION_NAMES)
+    action_topics = (schema.ACTION_EXECUTED, schema.ACTION_PROPOSED, schema.ACTION_HUMAN)
+
+    try:
+        for conn, bagtime, raw in reader.messages(connections=selected):
+            topic = conn.topic
+            msg = deserialize(raw, conn.msgtype)
+            if topic in action_topics:
+                if list(msg.name) == action_names:  # the fast, common case
+                    action = np.array(msg.position, dtype=np.float64)
+                    source = msg.header.frame_id
+                    obs_stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                else:
+                    action, source, obs_stamp = M.joint_state_to_action(msg)
+                if topic == schema.ACTION_EXECUTED:
+                    executed.append((bagtime, obs_stamp, action, source))
+                elif topic == schema.ACTION_PROPOSED:
+                    proposed[obs_stamp] = action
+                else:
+                    human[obs_stamp] = action
+                continue
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec \
+                if hasattr(msg, "header") else bagtime
+            if topic in topic_camera:
+                images[topic_camera[topic]][stamp] = M.image_to_numpy(msg)
+            elif topic == schema.JOINT_STATES:
+                names = tuple(msg.name)
+                if names != last_names:
+                    last_names = names
+                joints[stamp] = (last_names, np.array(msg.position, dtype=np.float64))
+            elif topic == schema.EE_POSE:
+                poses[stamp] = M.pose_stamped_to_array(msg)
+            elif topic == schema.GRIPPER_STATE:
+                grippers[stamp] = float(msg.position[0]) if len(msg.position) else float("nan")
+            elif topic == schema.INSTRUCTION:
+                instructions.append((bagtime, msg.data))
+            elif topic == schema.EPISODE_EVENTS:
+                events.append((bagtime, msg.data))
+            elif topic == schema.EPISODE_INFO and not info:
+                try:
+                    info = json.loads(msg.data)
+                except ValueError:
+                    info = {}
+    except BagError:
+        raise
+    except Exception as err:
+        raise BagError(str(bag), f"corrupt data ({type(err).__name__}: {err})") from None
+
+    metadata = {str(k): str(v) for k, v in info.items()} if isinstance(info, dict) else {}
+    metadata.update(custom)
+    truncated = metadata.get("truncated", "false").lower() == "true"
+    outcome = metadata.get("outcome", "unknown")
+    if outcome not in OUTCOMES or outcome == "unknown":
+        terminal = [k for _, k in events if k in schema.TERMINAL_EVENTS]
+        outcome = terminal[-1] if terminal else "unknown"
+    default_instruction = metadata.get("instruction", "")
+    instr_times = [t for t, _ in instructions]
+
+    sorted_keys = None
+    if tolerance_ns > 0:
+        sorted_keys = {name: sorted(table) for name, table in
+                       [("joints", joints), ("poses", poses), ("grippers", grippers)]
+                       + [(f"img:{c}", images[c]) for c in images]}
+    keys = sorted_keys or {}
+
+    observations: dict[int, Observation | None] = {}
+    steps: list[Step] = []
+    dropped = 0
+    empty = np.zeros(0)
+    for bagtime, obs_stamp, action, source in executed:
+        obs = observations.get(obs_stamp, False)
+        if obs is False:
+            obs = _observation(obs_stamp, images if load_images else {}, joints, poses, grippers,
+                               instructions, instr_times, default_instruction, keys, tolerance_ns, empty)
+            observations[obs_stamp] = obs
+        if obs is None:
+            dropped += 1
+            continue
+        steps.append(Step(observation=obs, action=action, source=source, stamp_ns=bagtime,
+                          proposed=proposed.get(obs_stamp), human=human.get(obs_stamp)))
+    return Episode(path=str(bag), steps=steps, metadata=metadata, outcome=outcome, truncated=truncated,
+                   events=events, dropped_steps=dropped)
+
+
+def _observation(stamp, images, joints, poses, grippers, instructions, instr_times, default_instruction,
+                 keys, tolerance_ns, empty) -> Observation | None:
+    pose = _nearest(poses, keys.get("poses"), stamp, tolerance_ns)
+    gripper = _nearest(grippers, keys.get("grippers"), stamp, tolerance_ns)
+    if pose is None or gripper is None:
+        return None
+    imgs = {}
+    for camera, table in images.items():
+        img = _nearest(table, keys.get(f"img:{camera}"), stamp, tolerance_ns)
+        if img is None:
+            return None
+        imgs[camera] = img
+    joint = _nearest(joints, keys.get("joints"), stamp, tolerance_ns)
+    names, positions = joint if joint is not None else ((), empty)
+    if instructions:
+        i = bisect.bisect_right(instr_times, stamp) - 1
+        instruction = instructions[max(i, 0)][1]
+    else:
+        instruction = default_instruction
+    return Observation(images=imgs, joint_positions=positions, ee_pose=pose, gripper=gripper,
+                       instruction=instruction, stamp_ns=stamp, joint_names=names)
+
+
+def read_episodes(paths, **kwargs) -> tuple[list[Episode], list[tuple[str, str]]]:
+    """Read every bag in `paths` (bag directories, or directories searched recursively for bags).
+    Good episodes are returned in path order; bad ones as (path, problem), never raised."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    episodes: list[Episode] = []
+    bad: list[tuple[str, str]] = []
+    for path in paths:
+        if not Path(path).exists():
+            bad.append((str(path), "does not exist"))
+            continue
+        bags = find_bags(path)
+        if not bags:
+            bad.append((str(path), "no bags found (no directory with metadata.yaml)"))
+            continue
+        for bag in bags:
+            try:
+                episodes.append(read_episode(bag, **kwargs))
+            except BagError as err:
+                bad.append((err.path, err.problem))
+    return episodes, bad
