@@ -14,6 +14,12 @@ Shapes: B = batch, K = cameras, H x W images, P = proprio dims, T = chunk length
 single-step policies), L = number of target token positions (padded; `mask` marks real ones).
 All actions crossing this interface are RAW (physical units, as executed); each policy
 normalizes with its own `stats` and tokenizes with its own tokenizer.
+
+`inputs` dicts hold tensors whose first axis is the batch (so a trainer may cache them on the CPU,
+index rows with `index_inputs` and move them with `inputs_to`). Images stay uint8 in them.
+
+Device and dtype: `pick_device()` gives CUDA + bfloat16 when a GPU is present, CPU + float32
+otherwise. Log-probabilities are always computed in float32.
 """
 
 from __future__ import annotations
@@ -28,14 +34,71 @@ from apo_ros.actions.statistics import ActionStatistics
 from apo_ros.observation import Observation
 
 
+def pick_device(device: str | torch.device | None = None) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) to run a model with: the given device (float32 on CPU, bfloat16 on CUDA),
+    or CUDA + bfloat16 when available, else CPU + float32."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available on this machine")
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return device, dtype
+
+
+def index_inputs(inputs: dict, index) -> dict:
+    """Rows `index` (slice, int tensor or bool mask) of every tensor in an inputs dict."""
+    return {k: (v[index] if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+
+def inputs_to(inputs: dict, device: torch.device | str) -> dict:
+    """Move every tensor of an inputs dict to `device` (dtypes unchanged)."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in inputs.items()}
+
+
+def concat_inputs(parts: Sequence[dict], pad_values: dict | None = None) -> dict:
+    """Concatenate inputs dicts along the batch. Sequence tensors of different lengths (the
+    VLA prompts) are LEFT-padded with `pad_values[key]` (0 by default)."""
+    pad_values = pad_values or {}
+    out: dict = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        if not isinstance(values[0], torch.Tensor):
+            out[key] = values[0]
+            continue
+        if values[0].dim() >= 2 and key in ("input_ids", "attention_mask", "token_type_ids"):
+            width = max(v.shape[1] for v in values)
+            values = [torch.nn.functional.pad(v, (width - v.shape[1], 0), value=pad_values.get(key, 0))
+                      for v in values]
+        out[key] = torch.cat(values)
+    return out
+
+
+ACTION_TOKENIZER_FILENAME = "action_tokenizer.json"
+
+
+def write_action_tokenizer(directory: str, description: dict) -> None:
+    """Record which action tokenizer a checkpoint uses (for readers and `policy info`)."""
+    import json
+    import os
+
+    with open(os.path.join(directory, ACTION_TOKENIZER_FILENAME), "w") as f:
+        json.dump(description, f, indent=2)
+
+
 class TokenPolicy(torch.nn.Module, abc.ABC):
     kind: str = "abstract"  # written into the checkpoint config; `load_policy` dispatches on it
     chunk_size: int = 1  # T: actions produced per prediction
     cameras: tuple[str, ...] = ("front", "wrist")  # cameras it reads, in order
+    has_stop_token: bool = False  # True when the target sequence ends in a stop token (VLAs)
 
     def __init__(self, stats: ActionStatistics):
         super().__init__()
         self.stats = stats
+        self.policy_id: str | None = None  # content hash, set by save_policy / load_policy
+        self.checkpoint_dir: str | None = None  # where it was loaded from / saved to
+        self.training_info: dict = {}  # the "training" entry of the checkpoint it was loaded from
 
     # ---- inputs ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -95,6 +158,44 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters an optimizer should update (the LoRA adapter only for LoRA models)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @property
+    def uses_lora(self) -> bool:
+        """True when the trainable weights are a peft LoRA adapter over frozen base weights."""
+        return False
+
+    def max_target_tokens(self) -> int:
+        """Upper bound on L (target token positions) for this policy."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Human-readable facts for `apo-ros policy info`."""
+        n_params = sum(p.numel() for p in self.parameters())
+        n_train = sum(p.numel() for p in self.trainable_parameters())
+        return {"kind": self.kind, "policy_id": self.policy_id, "chunk_size": self.chunk_size,
+                "cameras": list(self.cameras), "parameters": n_params, "trainable_parameters": n_train,
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "statistics_id": self.stats.statistics_id()}
+
     def config_dict(self) -> dict:
         """Everything `load_policy` needs to rebuild the architecture (saved in config JSON)."""
+        raise NotImplementedError
+
+    # ---- checkpoint hooks (used by apo_ros.policies.checkpoint) ------------------------------
+    def save_parts(self, directory: str, *, merge_lora: bool = True) -> dict:
+        """Write weights and tokenizer files into `directory`; return the config to record."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_parts(cls, directory: str, config: dict, stats: ActionStatistics, *,
+                   device: str | None = None, trust_remote_code: bool = False,
+                   lora: bool | None = None) -> TokenPolicy:
+        """Rebuild from a checkpoint directory written by `save_parts`."""
         raise NotImplementedError

@@ -1,0 +1,49 @@
+"""The frozen reference policy pi_ref the preference objectives compare against.
+
+- Full-weight policies: a deep copy, frozen (no grad) and in eval mode, made at call time.
+- peft LoRA policies: the SAME model with its adapter disabled (`with model.disable_adapter():`),
+  so no second copy of the (large) base weights is held in memory. This is exact when the
+  adapter was freshly initialized on top of the reference weights (a LoRA B matrix starts at zero),
+  which is how apo_ros continues training from a merged checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from apo_ros.policies.base import TokenPolicy
+
+
+class ReferencePolicy:
+    """`token_logps(inputs, tokens, mask)` of the frozen reference, always under no_grad."""
+
+    def __init__(self, policy: TokenPolicy):
+        self.shares_weights = bool(policy.uses_lora)
+        if self.shares_weights:
+            self.policy = policy
+        else:
+            self.policy = copy.deepcopy(policy)
+            self.policy.eval()
+            self.policy.requires_grad_(False)
+
+    @torch.no_grad()
+    def token_logps(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.shares_weights:
+            return self.policy.token_logps(inputs, tokens, mask)
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.adapter_disabled():
+                return self.policy.token_logps(inputs, tokens, mask)
+        finally:
+            self.policy.train(was_training)
+
+    def decode_tokens(self, tokens: torch.Tensor, mask: torch.Tensor):
+        return self.policy.decode_tokens(tokens, mask)
+
+
+def make_reference(policy: TokenPolicy) -> ReferencePolicy:
+    """A frozen reference for `policy` as it is now (see the module docstring)."""
+    return ReferencePolicy(policy)

@@ -1,0 +1,305 @@
+"""The small CPU token policy (kind "small").
+
+front + wrist images (64x64) + proprio (8-D) + instruction id -> 7 action tokens over 256 bins
+(BinTokenizer(vocab_size=256): ids 0..255), autoregressive over the action dimensions: the head of
+dimension d sees the embeddings of the tokens before d (teacher-forced in training), so the
+gripper token is conditioned on the arm tokens as in a VLA. With chunk_size T > 1 the sequence is
+T x 7 tokens, still left to right.
+
+Why this shape (2-core CPU, >= 1,000 training samples/s at batch 128):
+- one shared encoder over the two cameras stacked as 6 channels (early fusion; a per-camera encoder
+  doubles the cost), plus 2 coordinate channels so the first layer knows where it looks;
+- three narrow convs (two stride-2), then a spatial softmax: each of the C feature maps becomes the
+  expected (x, y) of its activation — object positions, which is what the tasks need — plus the
+  maps' mean activation (what is there);
+- the autoregressive part is additive: context_d = trunk + pos_d + sum_{j<d} emb_j[token_j], then
+  a shared hidden layer and one 256-way head per position. No recurrent loop in training.
+- no BatchNorm / dropout: the policy and its frozen reference must give identical log-probs in
+  train and eval mode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apo_ros.actions.bins import BinTokenizer
+from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX
+from apo_ros.actions.statistics import ActionStatistics
+from apo_ros.observation import PROPRIO_DIM
+from apo_ros.policies.base import TokenPolicy, pick_device, write_action_tokenizer
+
+WEIGHTS_FILENAME = "model.safetensors"
+
+
+@dataclass
+class SmallPolicyConfig:
+    instructions: list[str] = field(default_factory=list)  # the fixed instruction list (ids = order)
+    cameras: tuple[str, ...] = ("front", "wrist")  # cameras read, stacked as channels in this order
+    image_size: int = 64  # images are resized to this (square) if they differ
+    proprio_dim: int = PROPRIO_DIM  # Observation.proprio(): ee xyz, ee quaternion, gripper
+    chunk_size: int = 1  # T actions per prediction (T * 7 tokens)
+    n_bins: int = 256  # action bins per dimension (token ids 0..n_bins-1)
+    channels: tuple[int, ...] = (16, 32, 32)  # conv widths; first two convs have stride 2
+    hidden: int = 256  # width of the trunk, token embeddings and head hidden layer
+    instruction_dim: int = 16  # instruction embedding width
+    proprio_mean: list[float] | None = None  # optional proprio standardization (from statistics)
+    proprio_std: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        self.instructions = [str(i) for i in self.instructions]
+        self.cameras = tuple(self.cameras)
+        self.channels = tuple(int(c) for c in self.channels)
+        if not self.instructions:
+            raise ValueError("the small policy needs a non-empty instruction list (instructions=[...])")
+        if len({_norm(i) for i in self.instructions}) != len(self.instructions):
+            raise ValueError(f"instruction list has duplicates: {self.instructions}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if len(self.channels) < 2:
+            raise ValueError(f"channels needs at least 2 conv widths, got {self.channels}")
+
+
+def _norm(instruction: str) -> str:
+    return " ".join(str(instruction).strip().lower().rstrip(".").split())
+
+
+class SpatialSoftmax(nn.Module):
+    """[B, C, H, W] -> [B, 2C]: expected (x, y) in [-1, 1] of each channel's softmax."""
+
+    def __init__(self, height: int, width: int, temperature: float = 1.0):
+        super().__init__()
+        # learned sharpness: a softmax over near-uniform early features is too flat to learn from
+        self.log_scale = nn.Parameter(torch.tensor(-float(np.log(temperature))))
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        attention = F.softmax(x.reshape(b, c, h * w) * self.log_scale.exp(), dim=-1)
+        return (attention @ self.grid).reshape(b, 2 * c)
+
+
+class SmallPolicy(TokenPolicy):
+    kind = "small"
+
+    def __init__(self, config: SmallPolicyConfig, stats: ActionStatistics, device: str | None = None):
+        super().__init__(stats)
+        if stats.dim != ACTION_DIM:
+            raise ValueError(f"statistics have {stats.dim} dims, the small policy needs {ACTION_DIM}")
+        self.config = config
+        self.cameras = config.cameras
+        self.chunk_size = config.chunk_size
+        self.tokenizer = BinTokenizer(vocab_size=config.n_bins, n_bins=config.n_bins)
+        self._instruction_index = {_norm(s): i for i, s in enumerate(config.instructions)}
+        n_pos = config.chunk_size * ACTION_DIM
+        self.n_positions = n_pos
+        size = config.image_size
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+        c = config.channels
+        layers: list[nn.Module] = [nn.Conv2d(3 * len(config.cameras) + 2, c[0], 5, 2, 2), nn.ReLU()]
+        layers += [nn.Conv2d(c[0], c[1], 3, 2, 1), nn.ReLU()]
+        for a, b in zip(c[1:-1], c[2:]):
+            layers += [nn.Conv2d(a, b, 3, 1, 1), nn.ReLU()]
+        self.encoder = nn.Sequential(*layers)
+        feat = ((size - 1) // 2) // 2 + 1  # after the two stride-2 convs
+        self.keypoints = SpatialSoftmax(feat, feat, temperature=0.25)
+        h = config.hidden
+        self.image_proj = nn.Linear(3 * c[-1], h)  # 2C keypoint coordinates + C mean activations
+        self.instruction_embedding = nn.Embedding(len(config.instructions), config.instruction_dim)
+        self.state_proj = nn.Linear(config.proprio_dim + config.instruction_dim, h)
+        self.token_embedding = nn.Embedding(n_pos * config.n_bins, h)  # one table per position
+        self.position = nn.Parameter(torch.zeros(n_pos, h))
+        self.head_hidden = nn.Linear(h, h)
+        self.head_weight = nn.Parameter(torch.randn(n_pos, h, config.n_bins) * h ** -0.5)
+        self.head_bias = nn.Parameter(torch.zeros(n_pos, config.n_bins))
+        self.register_buffer("token_offset", torch.arange(n_pos) * config.n_bins, persistent=False)
+        mean = config.proprio_mean or [0.0] * config.proprio_dim
+        std = config.proprio_std or [1.0] * config.proprio_dim
+        self.register_buffer("proprio_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("proprio_std", torch.tensor(std, dtype=torch.float32).clamp_min(1e-6),
+                             persistent=False)
+        # The small policy stays float32 on every device: bf16 buys nothing at this size.
+        self.to(pick_device(device)[0])
+
+    # ---- config ------------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        d = asdict(self.config)
+        d["cameras"] = list(d["cameras"])
+        d["channels"] = list(d["channels"])
+        return d
+
+    @classmethod
+    def from_config_dict(cls, d: dict, stats: ActionStatistics, device: str | None = None) -> SmallPolicy:
+        known = set(SmallPolicyConfig.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"small policy config has unknown keys {unknown}")
+        return cls(SmallPolicyConfig(**d), stats, device=device)
+
+    def save_parts(self, directory: str, *, merge_lora: bool = True) -> dict:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, os.path.join(directory, WEIGHTS_FILENAME), metadata={"format": "pt"})
+        write_action_tokenizer(directory, {"type": "bins", "n_bins": self.config.n_bins,
+                                           "vocab_size": self.config.n_bins,
+                                           "id_range": list(self.tokenizer.id_range)})
+        return self.config_dict()
+
+    @classmethod
+    def load_parts(cls, directory: str, config: dict, stats: ActionStatistics, *,
+                   device: str | None = None, trust_remote_code: bool = False,
+                   lora: bool | None = None) -> SmallPolicy:
+        from safetensors.torch import load_file
+
+        from apo_ros.policies.checkpoint import CheckpointError, require_file
+
+        path = require_file(directory, WEIGHTS_FILENAME, "small policy weights")
+        try:
+            policy = cls.from_config_dict(config, stats, device="cpu")
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}: bad small policy config: {err}") from None
+        try:
+            state = load_file(path)
+        except Exception as err:  # safetensors raises its own error types on a damaged file
+            raise CheckpointError(f"{path}: cannot read weights ({err})") from None
+        result = policy.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(f"{path}: weights do not match the config (missing "
+                                  f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
+        return policy.to(pick_device(device)[0])
+
+    def max_target_tokens(self) -> int:
+        return self.n_positions
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"instructions": list(self.config.instructions), "image_size": self.config.image_size,
+                  "action_tokenizer": f"bins(n_bins={self.config.n_bins}, ids 0..{self.config.n_bins - 1})"})
+        return d
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def instruction_ids(self, instructions: Sequence[str]) -> torch.Tensor:
+        ids = []
+        for text in instructions:
+            key = _norm(text)
+            if key not in self._instruction_index:
+                raise ValueError(f"unknown instruction {text!r}: this small policy knows "
+                                 f"{self.config.instructions} (instructions are fixed when it is built)")
+            ids.append(self._instruction_index[key])
+        return torch.tensor(ids, dtype=torch.long)
+
+    def prepare(self, images: np.ndarray, proprio: np.ndarray, instructions: Sequence[str]) -> dict:
+        images = np.asarray(images)
+        if images.ndim != 5 or images.shape[1] != len(self.cameras) or images.shape[-1] != 3:
+            raise ValueError(f"images must be [B, {len(self.cameras)} cameras {list(self.cameras)}, H, W, 3] "
+                             f"uint8, got shape {images.shape}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8, got {images.dtype}")
+        b, k, hgt, wid, _ = images.shape
+        proprio = np.asarray(proprio, dtype=np.float32)
+        if proprio.shape != (b, self.config.proprio_dim):
+            raise ValueError(f"proprio must be [{b}, {self.config.proprio_dim}], got {proprio.shape}")
+        if len(instructions) != b:
+            raise ValueError(f"{len(instructions)} instructions for a batch of {b}")
+        # [B, K, H, W, 3] -> [B, K*3, H, W], still uint8 (cheap to cache); floats made in forward.
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3)))
+        x = x.reshape(b, k * 3, hgt, wid)
+        size = self.config.image_size
+        if (hgt, wid) != (size, size):
+            x = F.interpolate(x.float(), size=(size, size), mode="area").round().clamp(0, 255).to(torch.uint8)
+        device = self.device
+        return {"images": x.to(device), "proprio": torch.from_numpy(proprio).to(device),
+                "instruction": self.instruction_ids(instructions).to(device)}
+
+    # ---- tokens ------------------------------------------------------------------------------
+    def _as_chunks(self, actions: np.ndarray) -> np.ndarray:
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim == 2 and self.chunk_size == 1:
+            a = a[:, None, :]
+        if a.ndim != 3 or a.shape[1:] != (self.chunk_size, ACTION_DIM):
+            raise ValueError(f"actions must be [B, {self.chunk_size}, {ACTION_DIM}]"
+                             f"{' or [B, 7]' if self.chunk_size == 1 else ''}, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("actions contain NaN or Inf; refusing to tokenize")
+        return a
+
+    def encode_actions(self, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        chunks = self._as_chunks(actions)
+        ids = self.tokenizer.encode(self.stats.normalize(chunks)).reshape(chunks.shape[0], -1)
+        tokens = torch.from_numpy(ids).to(self.device)
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+
+    def gripper_positions(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(tokens.shape[1], device=tokens.device) % ACTION_DIM == GRIPPER_INDEX
+        return pos[None].expand_as(tokens) & mask
+
+    def decode_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        ids = tokens.detach().cpu().numpy()
+        m = mask.detach().cpu().numpy().astype(bool)
+        b = ids.shape[0]
+        ok = m.all(1) & (ids.shape[1] == self.n_positions) & self.tokenizer.is_action_id(ids).all(1)
+        actions = np.zeros((b, self.chunk_size, ACTION_DIM))
+        if ok.any():
+            norm = self.tokenizer.decode(ids[ok]).reshape(-1, self.chunk_size, ACTION_DIM)
+            actions[ok] = self.stats.unnormalize(norm)
+        return actions, ok
+
+    # ---- model -------------------------------------------------------------------------------
+    def trunk(self, inputs: dict) -> torch.Tensor:
+        """Observation features [B, hidden]."""
+        images = inputs["images"]
+        x = images.float() * (2.0 / 255.0) - 1.0
+        x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], 1)
+        features = self.encoder(x)
+        image = torch.cat([self.keypoints(features), features.mean((2, 3))], 1)
+        proprio = (inputs["proprio"].float() - self.proprio_mean) / self.proprio_std
+        state = torch.cat([proprio, self.instruction_embedding(inputs["instruction"])], 1)
+        return self.image_proj(image) + self.state_proj(state)
+
+    def _logits(self, trunk: torch.Tensor, history: torch.Tensor, positions: slice) -> torch.Tensor:
+        """trunk [B, H], history [B, P, H] (sum of embeddings of earlier tokens) -> logits [B, P, V]."""
+        ctx = F.relu(trunk[:, None] + self.position[positions] + history)
+        hidden = F.relu(self.head_hidden(ctx))
+        return torch.einsum("bph,phv->bpv", hidden, self.head_weight[positions]) + self.head_bias[positions]
+
+    def token_logits(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, n_bins]; masked tokens are left out of every history."""
+        self._check_tokens(tokens, mask)
+        safe = tokens.clamp(0, self.config.n_bins - 1)
+        emb = self.token_embedding(safe + self.token_offset[: tokens.shape[1]])
+        emb = emb * mask[..., None].to(emb.dtype)
+        history = torch.cumsum(emb, 1) - emb  # exclusive prefix sum: tokens < d
+        return self._logits(self.trunk(inputs), history, slice(0, tokens.shape[1]))
+
+    def token_logps(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.token_logits(inputs, tokens, mask)
+        logp = torch.log_softmax(logits.float(), -1)
+        picked = logp.gather(-1, tokens.clamp(0, self.config.n_bins - 1)[..., None]).squeeze(-1)
+        return torch.where(mask, picked, torch.zeros_like(picked))
+
+    def _check_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        if tokens.shape != mask.shape or tokens.dim() != 2:
+            raise ValueError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must both be [B, L]")
+        if tokens.shape[1] > self.n_positions:
+            raise ValueError(f"{tokens.shape[1]} target tokens; this policy has {self.n_positions}")
+
+    @torch.no_grad()
+    def predict_tokens(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        trunk = self.trunk(inputs)
+        b = trunk.shape[0]
+        history = torch.zeros_like(trunk)
+        tokens = torch.zeros(b, self.n_positions, dtype=torch.long, device=trunk.device)
+        for d in range(self.n_positions):
+            logits = self._logits(trunk, history[:, None], slice(d, d + 1))[:, 0]
+            tokens[:, d] = logits.argmax(-1)
+            history = history + self.token_embedding(tokens[:, d] + d * self.config.n_bins)
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
