@@ -1,0 +1,151 @@
+"""The cores behind the ROS nodes' message handling (no rclpy here; tested with rosbags classes).
+
+- `action_to_twist` / `twist_to_action`: the action space is a delta per control step; MoveIt
+  Servo (and the sim arm node) take velocities, so twist = delta * control_hz.
+- `cdr_header_stamp_ns`: the header stamp of a serialized stamped message, read from its CDR bytes,
+  so the recorder node writes raw bytes at their observation time without deserializing images.
+- `ObservationAssembler`: the latest camera images, joint state, end-effector pose, gripper state
+  and instruction -> one `Observation` once every part is there and they belong together.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX
+from apo_ros.observation import CAMERAS, Observation
+from apo_ros.recording import messages as M
+
+NS = 1_000_000_000
+
+
+def action_to_twist(action: ArrayLike, control_hz: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """7-D action (delta per step) -> (linear m/s (3,), angular rad/s (3,), gripper 0..1)."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1)
+    if a.shape != (ACTION_DIM,):
+        raise ValueError(f"action must have {ACTION_DIM} values, got {a.shape}")
+    return a[:3] * control_hz, a[3:6] * control_hz, float(a[GRIPPER_INDEX])
+
+
+def twist_to_action(linear: ArrayLike, angular: ArrayLike, gripper: float,
+                    control_hz: float) -> np.ndarray:
+    """(linear m/s, angular rad/s, gripper) -> 7-D action (delta per control step)."""
+    out = np.empty(ACTION_DIM)
+    out[:3] = np.asarray(linear, dtype=np.float64).reshape(3) / control_hz
+    out[3:6] = np.asarray(angular, dtype=np.float64).reshape(3) / control_hz
+    out[GRIPPER_INDEX] = float(gripper)
+    return out
+
+
+def cdr_header_stamp_ns(cdr: bytes | memoryview) -> int:
+    """Header stamp of a serialized message whose first field is std_msgs/Header (Image,
+    CompressedImage, JointState, PoseStamped, TwistStamped, Joy, ...). CDR = 4-byte encapsulation
+    header (byte 1: 0 big-endian, 1 little-endian), then int32 sec, uint32 nanosec."""
+    buf = bytes(cdr[:12])
+    if len(buf) < 12 or buf[0] != 0 or buf[1] not in (0, 1):
+        raise ValueError("not a CDR-serialized stamped message (bad encapsulation header)")
+    sec, nanosec = struct.unpack("<iI" if buf[1] == 1 else ">iI", buf[4:12])
+    return sec * NS + nanosec
+
+
+@dataclass
+class AssemblerConfig:
+    cameras: tuple[str, ...] = CAMERAS  # cameras the policy needs
+    max_skew_s: float = 0.1  # parts whose stamps differ by more than this do not belong together
+    instruction: str = ""  # used until an instruction message arrives
+
+
+class ObservationAssembler:
+    """Latest-message store for the policy node's subscriptions (callbacks may run on other
+    threads). `observation()` returns None until every part has arrived."""
+
+    def __init__(self, config: AssemblerConfig | None = None):
+        self.config = config or AssemblerConfig()
+        self._lock = threading.Lock()
+        self._images: dict[str, tuple[int, np.ndarray]] = {}
+        self._joints: tuple[int, np.ndarray, tuple[str, ...]] | None = None
+        self._ee: tuple[int, np.ndarray] | None = None
+        self._gripper: tuple[int, float] | None = None
+        self._instruction = self.config.instruction
+        self._last_stamp = -1
+
+    def on_image(self, camera: str, msg: Any) -> None:
+        img = M.image_to_numpy(msg)
+        with self._lock:
+            self._images[camera] = (M.stamp_to_ns(msg.header), img)
+
+    def on_joint_state(self, msg: Any) -> None:
+        names, pos = M.joint_state_arrays(msg)
+        with self._lock:
+            self._joints = (M.stamp_to_ns(msg.header), pos, tuple(names))
+
+    def on_ee_pose(self, msg: Any) -> None:
+        with self._lock:
+            self._ee = (M.stamp_to_ns(msg.header), M.pose_stamped_to_array(msg))
+
+    def on_gripper(self, msg: Any) -> None:
+        _, pos = M.joint_state_arrays(msg)
+        if pos.size < 1:
+            raise ValueError("gripper state message has no position")
+        with self._lock:
+            self._gripper = (M.stamp_to_ns(msg.header), float(pos[0]))
+
+    def on_instruction(self, msg: Any) -> None:
+        with self._lock:
+            self._instruction = str(msg.data)
+
+    def observation(self, fresh_only: bool = True) -> Observation | None:
+        """The newest complete observation (stamp = the oldest part's stamp, so its age is never
+        understated); None if a part is missing, parts are too far apart, or (fresh_only) it is
+        the same observation as last time."""
+        with self._lock:
+            missing = [c for c in self.config.cameras if c not in self._images]
+            if missing or self._joints is None or self._ee is None or self._gripper is None:
+                return None
+            stamps = [self._images[c][0] for c in self.config.cameras]
+            stamps += [self._joints[0], self._ee[0], self._gripper[0]]
+            if max(stamps) - min(stamps) > self.config.max_skew_s * NS:
+                return None
+            stamp = min(stamps)
+            if fresh_only and stamp == self._last_stamp:
+                return None
+            self._last_stamp = stamp
+            return Observation(images={c: self._images[c][1] for c in self.config.cameras},
+                               joint_positions=self._joints[1], ee_pose=self._ee[1],
+                               gripper=self._gripper[1], instruction=self._instruction,
+                               stamp_ns=stamp, joint_names=self._joints[2])
+
+    def missing(self) -> list[str]:
+        """What has not arrived yet (for a 'waiting for ...' log line)."""
+        with self._lock:
+            out = [f"camera/{c}" for c in self.config.cameras if c not in self._images]
+            out += [n for n, v in (("joint_states", self._joints), ("ee_pose", self._ee),
+                                   ("gripper/state", self._gripper)) if v is None]
+        return out
+
+
+class CommandTimeout:
+    """The latest command and when it arrived; older than `timeout_s` reads as None. What a real
+    arm driver (MoveIt Servo) does with its input, so the sim arm stops like one."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_ns = int(timeout_s * NS)
+        self._value: Any = None
+        self._rx_ns = 0
+        self._lock = threading.Lock()
+
+    def set(self, value: Any, now_ns: int) -> None:
+        with self._lock:
+            self._value, self._rx_ns = value, now_ns
+
+    def get(self, now_ns: int) -> Any:
+        with self._lock:
+            if self._value is None or now_ns - self._rx_ns > self.timeout_ns:
+                return None
+            return self._value
