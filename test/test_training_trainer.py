@@ -1,0 +1,216 @@
+"""The trainer end to end on real bags (written with EpisodeWriter) and real small policies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from apo_ros.cli import main
+from apo_ros.policies import load_policy
+from apo_ros.recording.synthetic import write_synthetic_episode
+from apo_ros.training import trainer as T
+from apo_ros.training.data import DataError
+from apo_ros.training.trainer import TrainConfig, TrainingError, train_policy
+
+TINY = {"image_size": 16, "channels": [4, 4], "hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bags")
+    demos = [str(root / "demo0"), str(root / "demo1")]
+    data = [str(root / "round1" / "int0"), str(root / "round1" / "int1")]
+    write_synthetic_episode(demos[0], ["expert"] * 12, seed=1, size=16)
+    write_synthetic_episode(demos[1], ["expert"] * 12, seed=2, size=16)
+    write_synthetic_episode(data[0], ["policy"] * 10 + ["human"] * 4 + ["policy"] * 4, seed=3, size=16)
+    write_synthetic_episode(data[1], ["policy"] * 6 + ["human"] * 3 + ["policy"] * 5 + ["human"] * 2,
+                            seed=4, size=16)
+    policy_only = str(root / "policy_only")
+    write_synthetic_episode(policy_only, ["policy"] * 8, seed=5, size=16)
+    return {"demos": demos, "data": data, "data_dir": str(root / "round1"), "policy_only": policy_only,
+            "cache": str(root / "cache")}
+
+
+def _config(bags, **kw):
+    base = dict(steps=4, batch_size=8, log_every=2, save_every=0, progress=False, cache_dir=bags["cache"],
+                policy=dict(TINY), threads=1, tpo_window=4)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _params(policy):
+    return {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+
+def _rows(out):
+    with open(os.path.join(out, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method", ["bc", "dagger", "sirius", "kto", "tpo", "apo"])
+def test_every_method_trains_end_to_end(bags, tmp_path, method):
+    out = str(tmp_path / method)
+    path = train_policy(_config(bags, method=method), bags["demos"], [bags["data_dir"]], "small", out)
+    assert path == os.path.join(out, "policy")
+    policy = load_policy(path)
+    assert policy.policy_id and policy.training_info["method"] == method
+    assert policy.training_info["step"] == 4
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == ["2", "4"]
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    if method in ("kto", "apo", "tpo"):
+        assert os.path.isfile(os.path.join(out, "reference_cache.safetensors"))
+        assert rows[-1]["reward_desirable"] != ""
+    # the last periodic checkpoint is the same policy
+    last = load_policy(os.path.join(out, "checkpoints", "step-00000004", "policy"))
+    assert last.policy_id == policy.policy_id
+    # and the weights moved away from the (seeded) initial ones
+    from apo_ros.training.data import load_samples
+
+    samples = load_samples(bags["demos"], [bags["data_dir"]], cache_dir=bags["cache"])
+    initial, _ = T._init_policy("small", _config(bags, method=method), samples, None)
+    before, after = _params(initial), _params(policy)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("options", [dict(reference="online", z0_mode="exact"),
+                                     dict(z0_mode="matched", z0_min=-5.0, z0_max=5.0, reweight=False,
+                                          mask_gripper=False, apo_reduction="mean")])
+def test_apo_variants_run(bags, tmp_path, options):
+    out = str(tmp_path / "apo")
+    train_policy(_config(bags, method="apo", steps=2, **options), bags["demos"], bags["data"], "small", out)
+    assert len(_rows(out)) == 1
+
+
+def test_cached_reference_equals_online(bags, tmp_path):
+    """With no augmentation and the matched z0, cached and online reference give the same run."""
+    losses = {}
+    for mode in ("cached", "online"):
+        out = str(tmp_path / mode)
+        train_policy(_config(bags, method="apo", steps=4, log_every=1, augment=False, z0_mode="matched",
+                             reference=mode), bags["demos"], bags["data"], "small", out)
+        losses[mode] = [float(r["loss"]) for r in _rows(out)]
+    assert losses["cached"] == pytest.approx(losses["online"], rel=1e-5, abs=1e-7)
+
+
+def test_resume_gives_same_parameters(bags, tmp_path):
+    cfg = dict(method="apo", steps=6, save_every=2, keep_checkpoints=1)
+    full = train_policy(_config(bags, **cfg), bags["demos"], bags["data"], "small", str(tmp_path / "full"))
+    out = str(tmp_path / "split")
+    part = train_policy(_config(bags, max_steps_this_run=3, **cfg), bags["demos"], bags["data"], "small", out)
+    assert part.endswith(os.path.join("step-00000003", "policy"))
+    with pytest.raises(TrainingError, match="--resume"):
+        train_policy(_config(bags, **cfg), bags["demos"], bags["data"], "small", out)
+    resumed = train_policy(_config(bags, **cfg), bags["demos"], bags["data"], "small", out, resume=True)
+    a, b = _params(load_policy(full)), _params(load_policy(resumed))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # the interrupted run also logged the step it stopped at
+    assert [r["step"] for r in _rows(out)] == ["2", "3", "4", "6"]
+    # only keep_checkpoints periodic checkpoints remain, no temporary folders
+    names = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    assert names == ["step-00000006"]
+    # trainer state is pickle-free
+    state = os.listdir(os.path.join(out, "checkpoints", "step-00000006", "trainer_state"))
+    assert sorted(state) == ["optimizer.safetensors", "rng.safetensors", "state.json",
+                             "trainable.safetensors"]
+
+
+def test_nan_loss_stops_with_clear_error(bags, tmp_path, monkeypatch):
+    def nan_loss(*args, **kwargs):
+        return torch.tensor(float("nan"), requires_grad=True)
+
+    monkeypatch.setattr(T.O, "bc_loss", nan_loss)
+    out = str(tmp_path / "nan")
+    with pytest.raises(TrainingError, match=r"loss is nan at step 1.*nothing saved"):
+        train_policy(_config(bags, method="bc"), bags["demos"], [], "small", out)
+    assert not os.path.exists(os.path.join(out, "policy"))
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
+
+
+def test_methods_refuse_missing_interaction_data(bags, tmp_path):
+    for method in ("dagger", "sirius", "kto", "tpo", "apo"):
+        with pytest.raises(DataError, match="needs interaction data"):
+            train_policy(_config(bags, method=method), bags["demos"], [], "small", str(tmp_path / method))
+    for method in ("kto", "tpo", "apo"):
+        with pytest.raises(DataError, match="interventions"):
+            train_policy(_config(bags, method=method), bags["demos"], [bags["policy_only"]], "small",
+                         str(tmp_path / f"{method}2"))
+    with pytest.raises(DataError, match="--demos"):
+        train_policy(_config(bags, method="bc"), [], bags["data"], "small", str(tmp_path / "bc"))
+
+
+def test_apo_gradient_signs_on_real_policy(bags, tmp_path):
+    """Through the real small policy and the trainer's batch pieces: d loss / d logp < 0 on
+    desirable tokens, > 0 on undesirable ones, exactly 0 on an undesirable sample's (masked)
+    gripper token."""
+    from apo_ros.policies import make_reference
+    from apo_ros.training.data import LabelConfig, load_samples
+    from apo_ros.training.objectives import apo_loss
+
+    cfg = _config(bags, method="apo", augment=False)
+    samples = load_samples(bags["demos"], bags["data"], cache_dir=bags["cache"])
+    policy, facts = T._init_policy("small", cfg, samples, None)
+    samples.label(LabelConfig(k=cfg.k))
+    run = T._Run(cfg, samples, policy, make_reference(policy), str(tmp_path), T._Dist(), facts,
+                 log=lambda m: None)
+    run.prepare_reference()
+    with torch.no_grad():  # move the policy away from the reference so rewards are not all zero
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    idx = run.sampler.next_batch()
+    inputs = run.inputs(idx, None)
+    tok, mask = run.targets(idx)
+    # the one-pass log-probs + argmax path agrees with the policy's own token_logps
+    logps, argmax, _ = T._logps_and_argmax(policy, inputs, tok, mask, True)
+    assert torch.allclose(logps, policy.token_logps(inputs, tok, mask), atol=1e-6)
+    assert argmax.shape == tok.shape
+    logps = policy.token_logps(inputs, tok, mask)
+    logps.retain_grad()
+    ref = run.ref_logps[idx][:, :tok.shape[1]]
+    kl_pol, kl_ref = run._kl_terms(idx, inputs, tok, mask, logps, ref)
+    errors, ok = run._action_errors(idx, argmax, mask)
+    desirable = torch.from_numpy(samples.desirable[idx])
+    assert desirable.any() and (~desirable).any()
+    grip = policy.gripper_positions(tok, mask)
+    terms = apo_loss(logps, ref, mask, desirable, kl_pol, kl_ref, gripper_mask=grip,
+                     action_errors=errors, decode_ok=ok)
+    terms.loss.backward()
+    g = logps.grad
+    und = ~desirable
+    assert torch.all(g[desirable][mask[desirable]] < 0)
+    assert torch.all(g[und][mask[und] & ~grip[und]] > 0)
+    assert grip[und].any() and torch.all(g[und][grip[und]] == 0)
+
+
+def test_cli_train_and_errors(bags, tmp_path, capsys):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(json.dumps({"method": "kto", "steps": 2, "batch_size": 8, "log_every": 1,
+                               "progress": False, "policy": TINY, "threads": 1}))
+    out = str(tmp_path / "cli")
+    code = main(["train", "--config", str(cfg), "--demos", *bags["demos"], "--data", bags["data_dir"],
+                 "--init", "small", "--out", out, "--cache-dir", bags["cache"], "--seed", "3"])
+    assert code == 0
+    assert capsys.readouterr().out.strip() == os.path.join(out, "policy")
+    saved = json.load(open(os.path.join(out, "train_config.json")))
+    assert saved["config"]["method"] == "kto" and saved["config"]["seed"] == 3
+    # continue training from that checkpoint with another method
+    code = main(["train", "--method", "apo", "--steps", "2", "--batch-size", "8", "--no-progress",
+                 "--demos", *bags["demos"], "--data", *bags["data"], str(tmp_path / "nope"),
+                 "--init", os.path.join(out, "policy"), "--out", str(tmp_path / "cli2"), "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 0 and "skipping bad bag" in err and "nope" in err
+    code = main(["train", "--method", "apo", "--demos", *bags["demos"], "--init", "small",
+                 "--out", str(tmp_path / "cli3"), "--no-cache"])
+    assert code == 1 and "needs interaction data" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    code = main(["train", "--config", str(bad), "--demos", *bags["demos"], "--init", "small",
+                 "--out", str(tmp_path / "cli4")])
+    assert code == 1 and "unknown training options ['stepz']" in capsys.readouterr().err
