@@ -110,6 +110,15 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
         proprio = np.stack([o.proprio() for o in observations])
         return self.prepare(images, proprio, [o.instruction for o in observations])
 
+    @property
+    def input_pad_values(self) -> dict:
+        """Pad value per inputs key for `collate_inputs` (VLAs: the tokenizer's pad id)."""
+        return {}
+
+    def collate_inputs(self, parts: Sequence[dict]) -> dict:
+        """Concatenate prepared inputs along the batch (left-padding prompts where needed)."""
+        return concat_inputs(parts, self.input_pad_values)
+
     # ---- tokens ------------------------------------------------------------------------------
     @abc.abstractmethod
     def encode_actions(self, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
