@@ -1,9 +1,74 @@
-"""Subcommands of this area (filled in by its issue)."""
+"""`apo-ros session`: the whole loop in one process (simulator, policy, operator, recorder)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `apo-ros`."""
+    p = sub.add_parser(
+        "session",
+        help="run a policy (or the expert) on the simulator with a simulated operator; one bag per episode",
+        description="The in-process session: the MuJoCo arm, the policy runner (with the safety filter), "
+        "the teleop arbiter with the simulated operator behind the SpaceMouse interface, and the recorder, "
+        "in lock-step. Writes one rosbag2 episode per episode into --bags, tagged with interventions "
+        "(`apo-ros bags info DIR` lists them). `--policy expert` records expert demonstrations.",
+    )
+    p.add_argument("--task", required=True, help="lemon_on_plate | square_on_stick | hang_cup")
+    p.add_argument("--policy", required=True, metavar="CKPT|expert",
+                   help="checkpoint directory, or 'expert' for the scripted expert (demos)")
+    p.add_argument("--operator", choices=("scripted", "none"), default="scripted",
+                   help="simulated operator that takes over when the policy goes wrong (default: scripted)")
+    p.add_argument("--episodes", type=int, default=1, help="number of episodes (default 1)")
+    p.add_argument("--bags", required=True, metavar="DIR", help="directory the episode bags are written to")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode k: seed + k)")
+    p.add_argument("--max-steps", type=int, help="control steps per episode (default: the task's)")
+    p.add_argument("--image-size", type=int, default=64, help="camera image side in pixels (default 64)")
+    p.add_argument("--image-format", choices=("raw", "jpeg"), default="raw", help="image storage in the bags")
+    p.add_argument("--safety-config", default="", metavar="YAML",
+                   help="safety limits (default config/safety.yaml)")
+    p.add_argument("--device", help="torch device for the checkpoint (default: cuda when available)")
+    p.add_argument("--expert-noise", type=float, default=0.0, help="action noise of the expert (0 = none)")
+    p.add_argument("--replan-every", type=int, default=0,
+                   help="re-plan after this many actions of a chunk (0 = whole chunks)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.set_defaults(func=run_session_cli)
+
+
+def run_session_cli(args: argparse.Namespace) -> int:
+    import os
+
+    from apo_ros.cli import UserError
+
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be >= 1, got {args.episodes}")
+    if os.path.exists(args.bags) and not os.path.isdir(args.bags):
+        raise UserError(f"--bags {args.bags}: exists and is not a directory")
+    if args.policy != "expert" and not os.path.isdir(args.policy):
+        raise UserError(f"--policy {args.policy}: not a checkpoint directory (or 'expert')")
+    from apo_ros.runtime.session import run_session
+
+    try:
+        summary = run_session(args.task, args.policy, args.operator, args.episodes, args.bags, args.seed,
+                              max_steps=args.max_steps, image_size=args.image_size,
+                              image_format=args.image_format, safety_config=args.safety_config,
+                              device=args.device, expert_noise=args.expert_noise,
+                              replan_every=args.replan_every, progress=not args.no_progress and not args.json)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(str(err)) from None
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2, default=str))
+        return 0
+    d = summary.to_dict()
+    for e in summary.episodes:
+        print(f"{e.path}  {e.outcome:<8} steps {e.steps:>4}  human {e.human_steps:>4}  "
+              f"interventions {e.interventions}")
+    lat, flt = d["latency_ms"], d["filter"]
+    print(f"{d['successes']}/{len(summary.episodes)} successes, {d['interventions']} interventions, "
+          f"intervention ratio {d['intervention_ratio']:.1%}, policy {d['policy_id']}")
+    print(f"policy latency p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms; safety filter: "
+          f"{flt['rejected']} rejected, {flt['modified']} modified; {summary.wall_s:.1f} s")
+    return 0

@@ -60,6 +60,7 @@ class RunnerStep:
     chunk_index: int  # position of this action in its chunk
     reasons: list[str] = field(default_factory=list)  # why the filter acted ("decode_failed" too)
     policy_id: str = ""  # which policy produced it (changes on hot-swap)
+    inference_ns: int = 0  # time spent in the policy at this step (0 when it did not plan)
 
 
 class PolicyRunner:
@@ -117,7 +118,7 @@ class PolicyRunner:
         every = self.config.replan_every
         return every > 0 and self._chunk_pos >= every
 
-    def _plan(self, observation: Observation) -> None:
+    def _plan(self, observation: Observation) -> int:
         t0 = time.perf_counter_ns()
         try:
             chunk, ok = self.policy.select_action(observation)
@@ -129,16 +130,19 @@ class PolicyRunner:
         except (ValueError, RuntimeError, FloatingPointError):
             # A policy that crashes on one observation stops the arm for this step, not the loop.
             chunk, ok = np.full((1, ACTION_DIM), np.nan), False
-        self._latencies_ns.append(time.perf_counter_ns() - t0)
+        elapsed = time.perf_counter_ns() - t0
+        self._latencies_ns.append(elapsed)
         self._chunk, self._chunk_ok, self._chunk_pos = chunk, bool(ok), 0
         self._chunk_obs_stamp = int(observation.stamp_ns)
         self.plans += 1
+        return elapsed
 
     def step(self, observation: Observation, now_ns: int | None = None) -> RunnerStep:
         replan = self._take_pending()
         planned = False
+        inference_ns = 0
         if replan or self._need_plan():
-            self._plan(observation)
+            inference_ns = self._plan(observation)
             planned = True
         assert self._chunk is not None
         index = self._chunk_pos
@@ -157,7 +161,7 @@ class PolicyRunner:
             self._chunk = None  # never continue a chunk that produced a rejected action
         self.steps += 1
         return RunnerStep(result.action, proposed, result.ok, self._chunk_obs_stamp, planned, index,
-                          list(result.reasons), self.policy_id)
+                          list(result.reasons), self.policy_id, inference_ns)
 
     # ---- figures -----------------------------------------------------------------------------
     def latency_ms(self) -> dict[str, float]:

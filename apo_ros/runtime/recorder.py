@@ -83,6 +83,11 @@ class EpisodeRecorder:
         return self._writer is not None
 
     @property
+    def interventions(self) -> int:
+        """Interventions in the episode being recorded so far."""
+        return self._interventions
+
+    @property
     def path(self) -> str | None:
         return self._writer.path if self._writer is not None else None
 
