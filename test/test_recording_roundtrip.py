@@ -283,3 +283,41 @@ def test_not_a_bag_errors_name_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BagError, match=r"empty: not a bag \(no metadata.yaml\)"):
         read_episode(str(tmp_path / "empty"))
+
+
+def test_fast_cdr_decoders_match_rosbags():
+    from apo_ros.recording import cdr
+
+    t = M.rosbags_types()
+    store = t.typestore
+    ns = 1_700_000_000_123_456_789
+    cases = [([], ""), (["a"], "x"), (["abc", "de", "f" * 7], "policy"), (list(ACTION_NAMES), "human")]
+    for names, frame in cases:
+        msg = M.make_joint_state(t, ns, names, np.arange(len(names)) * 0.5, frame_id=frame)
+        raw = store.serialize_cdr(msg, schema.JOINT_STATE)
+        cache: list = []
+        for _ in range(2):  # second time through the names cache
+            stamp, frame_id, got_names, pos = cdr.joint_state(raw, cache)
+            assert (stamp, frame_id, list(got_names)) == (ns, frame, names)
+            np.testing.assert_array_equal(pos, msg.position)
+    for frame in ("", "ab", "base_link"):
+        pose = np.array([1, 2, 3, 0.5, 0.5, 0.5, 0.5])
+        raw = store.serialize_cdr(M.make_pose_stamped(t, ns, pose, frame_id=frame), schema.POSE_STAMPED)
+        stamp, got = cdr.pose_stamped(raw)
+        assert stamp == ns
+        np.testing.assert_array_equal(got, pose)
+    img = np.random.default_rng(0).integers(0, 256, (5, 3, 3), dtype=np.uint8)
+    for enc, data, step in [("rgb8", img, 9), ("bgr8", img[:, :, ::-1], 12), ("mono8", img[:, :, :1], 4)]:
+        rows = np.zeros((5, step), np.uint8)
+        rows[:, :data.shape[1] * data.shape[2]] = data.reshape(5, -1)
+        msg = t.Image(header=M.make_header(t, ns, "cam"), height=5, width=3, encoding=enc, is_bigendian=0,
+                      step=step, data=rows.reshape(-1))
+        raw = store.serialize_cdr(msg, schema.IMAGE)
+        stamp, got = cdr.image(raw)
+        assert stamp == ns
+        np.testing.assert_array_equal(got, M.image_to_numpy(msg))
+        assert got.flags.writeable  # a copy, not a read-only view of the reader's buffer
+    assert cdr.string(store.serialize_cdr(M.make_string(t, "héllo"), schema.STRING)) == "héllo"
+    big_endian = b"\x00\x00\x00\x00" + bytes(40)
+    with pytest.raises(cdr.CdrLayoutError):
+        cdr.joint_state(big_endian)

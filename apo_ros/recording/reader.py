@@ -11,13 +11,14 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 
 from apo_ros.observation import Observation
+from apo_ros.recording import cdr, schema
 from apo_ros.recording import messages as M
-from apo_ros.recording import schema
 from apo_ros.recording.episode import OUTCOMES, Episode, Step
 
 REPAIR_HINT = "salvage it with `apo-ros bags repair {path}`"
@@ -172,49 +173,75 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     selected = [conns[t] for t in wanted if t in conns]
     deserialize = store.deserialize_cdr
     last_names: tuple[str, ...] = ()
-    action_names = list(M.ACTION_NAMES)
+    action_names = tuple(M.ACTION_NAMES)
     action_topics = (schema.ACTION_EXECUTED, schema.ACTION_PROPOSED, schema.ACTION_HUMAN)
+    # per-topic [names bytes, names]: joint names are decoded once per topic, not per message
+    name_cache: dict[str, list] = {t: [] for t in (*action_topics, schema.JOINT_STATES, schema.GRIPPER_STATE)}
+
+    def decode(raw, msgtype):  # the generic path, for anything the fast decoders refuse
+        return deserialize(raw, msgtype)
 
     try:
         for conn, bagtime, raw in reader.messages(connections=selected):
             topic = conn.topic
-            msg = deserialize(raw, conn.msgtype)
             if topic in action_topics:
-                if list(msg.name) == action_names:  # the fast, common case
-                    action = np.array(msg.position, dtype=np.float64)
-                    source = msg.header.frame_id
-                    obs_stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                else:
-                    action, source, obs_stamp = M.joint_state_to_action(msg)
+                try:
+                    obs_stamp, source, names, action = cdr.joint_state(raw, name_cache[topic])
+                    if names != action_names:
+                        raise cdr.CdrLayoutError("names")
+                except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
+                    action, source, obs_stamp = M.joint_state_to_action(decode(raw, conn.msgtype))
                 if topic == schema.ACTION_EXECUTED:
                     executed.append((bagtime, obs_stamp, action, source))
                 elif topic == schema.ACTION_PROPOSED:
                     proposed[obs_stamp] = action
                 else:
                     human[obs_stamp] = action
-                continue
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec \
-                if hasattr(msg, "header") else bagtime
-            if topic in topic_camera:
-                images[topic_camera[topic]][stamp] = M.image_to_numpy(msg)
-            elif topic == schema.JOINT_STATES:
-                names = tuple(msg.name)
-                if names != last_names:
-                    last_names = names
-                joints[stamp] = (last_names, np.array(msg.position, dtype=np.float64))
-            elif topic == schema.EE_POSE:
-                poses[stamp] = M.pose_stamped_to_array(msg)
-            elif topic == schema.GRIPPER_STATE:
-                grippers[stamp] = float(msg.position[0]) if len(msg.position) else float("nan")
-            elif topic == schema.INSTRUCTION:
-                instructions.append((bagtime, msg.data))
-            elif topic == schema.EPISODE_EVENTS:
-                events.append((bagtime, msg.data))
-            elif topic == schema.EPISODE_INFO and not info:
+            elif topic in topic_camera:
+                if conn.msgtype == schema.IMAGE:
+                    try:
+                        stamp, img = cdr.image(raw)
+                    except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
+                        msg = decode(raw, conn.msgtype)
+                        stamp, img = M.stamp_to_ns(msg.header), M.image_to_numpy(msg)
+                else:
+                    msg = decode(raw, conn.msgtype)
+                    stamp, img = M.stamp_to_ns(msg.header), M.image_to_numpy(msg)
+                images[topic_camera[topic]][stamp] = img
+            elif topic == schema.JOINT_STATES or topic == schema.GRIPPER_STATE:
                 try:
-                    info = json.loads(msg.data)
-                except ValueError:
-                    info = {}
+                    stamp, _, names, positions = cdr.joint_state(raw, name_cache[topic])
+                except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
+                    msg = decode(raw, conn.msgtype)
+                    stamp, names = M.stamp_to_ns(msg.header), tuple(msg.name)
+                    positions = np.asarray(msg.position, dtype=np.float64)
+                if topic == schema.GRIPPER_STATE:
+                    grippers[stamp] = float(positions[0]) if positions.shape[0] else float("nan")
+                else:
+                    if names != last_names:  # share one names tuple across observations
+                        last_names = names
+                    joints[stamp] = (last_names, positions)
+            elif topic == schema.EE_POSE:
+                try:
+                    stamp, pose = cdr.pose_stamped(raw)
+                except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
+                    msg = decode(raw, conn.msgtype)
+                    stamp, pose = M.stamp_to_ns(msg.header), M.pose_stamped_to_array(msg)
+                poses[stamp] = pose
+            else:  # instruction, events, episode info: std_msgs/String
+                try:
+                    text = cdr.string(raw)
+                except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
+                    text = decode(raw, conn.msgtype).data
+                if topic == schema.INSTRUCTION:
+                    instructions.append((bagtime, text))
+                elif topic == schema.EPISODE_EVENTS:
+                    events.append((bagtime, text))
+                elif topic == schema.EPISODE_INFO and not info:
+                    try:
+                        info = json.loads(text)
+                    except ValueError:
+                        info = {}
     except BagError:
         raise
     except Exception as err:
