@@ -321,3 +321,24 @@ def test_fast_cdr_decoders_match_rosbags():
     big_endian = b"\x00\x00\x00\x00" + bytes(40)
     with pytest.raises(cdr.CdrLayoutError):
         cdr.joint_state(big_endian)
+
+
+def test_tolerance_links_independent_sensor_streams(tmp_path):
+    """Bags recorded from independent streams (a camera at 30 Hz, joints at 500 Hz): exact
+    linkage drops the step; a tolerance takes the latest part at most that much older."""
+    img = np.zeros((4, 4, 3), np.uint8)
+    with EpisodeWriter(str(tmp_path / "ep"), metadata={}, cameras=("front",)) as w:
+        w.write_joint_state(START_NS - 1_000_000, np.ones(2), ["a", "b"])
+        w.write_joint_state(START_NS - 3_000_000, np.zeros(2), ["a", "b"])  # older, arrives later
+        w.write_ee_pose(START_NS - 500_000, [0, 0, 0, 0, 0, 0, 1])
+        w.write_gripper(START_NS - 2_000_000, 0.25)
+        w.write_image("front", START_NS, img)
+        w.write_action(START_NS + 10, np.zeros(7), "policy", START_NS)
+    exact = read_episode(str(tmp_path / "ep"))
+    assert exact.steps == [] and exact.dropped_steps == 1
+    loose = read_episode(str(tmp_path / "ep"), tolerance_ns=5_000_000)
+    (step,) = loose.steps
+    assert step.observation.stamp_ns == START_NS and step.observation.gripper == 0.25
+    np.testing.assert_array_equal(step.observation.joint_positions, np.ones(2))  # the latest, by stamp
+    tight = read_episode(str(tmp_path / "ep"), tolerance_ns=1_500_000)
+    assert tight.dropped_steps == 1  # the gripper state is 2 ms old: outside 1.5 ms

@@ -112,6 +112,7 @@ def bench_recording(seconds: float, tmp: str, repeats: int = 3) -> dict:
     # Alternate ours / bare and keep the best of each: disk and page-cache noise on a shared
     # machine is larger than the difference being measured.
     runs: dict[str, list[tuple[float, float]]] = {"bare": [], "ours": [], "jpeg": []}
+    sizes: dict[str, int] = {}
     for r in range(repeats):
         for name in runs:
             path = os.path.join(tmp, f"{name}{r}")
@@ -119,10 +120,9 @@ def bench_recording(seconds: float, tmp: str, repeats: int = 3) -> dict:
                 runs[name].append(_bench_bare(path, events, frames))
             else:
                 runs[name].append(_bench_ours(path, events, frames, "jpeg" if name == "jpeg" else "raw"))
-            if r < repeats - 1:
-                shutil.rmtree(path, ignore_errors=True)
+            sizes[name] = _dir_size(path)
+            shutil.rmtree(path, ignore_errors=True)
     (bare_wall, bare_cpu), (wall, cpu), (jwall, jcpu) = (min(runs[n]) for n in ("bare", "ours", "jpeg"))
-    last = repeats - 1
     return {
         "data_seconds": seconds,
         "repeats": repeats,
@@ -133,10 +133,10 @@ def bench_recording(seconds: float, tmp: str, repeats: int = 3) -> dict:
         "bare_real_time_factor": round(seconds / bare_wall, 2),
         "bare_cpu_share": round(bare_cpu / seconds, 3),
         "time_ratio_to_bare": round(wall / bare_wall, 3),
-        "bag_megabytes": round(_dir_size(os.path.join(tmp, f"ours{last}")) / 1e6, 1),
+        "bag_megabytes": round(sizes["ours"] / 1e6, 1),
         "jpeg_real_time_factor": round(seconds / jwall, 2),
         "jpeg_cpu_share": round(jcpu / seconds, 3),
-        "jpeg_bag_megabytes": round(_dir_size(os.path.join(tmp, f"jpeg{last}")) / 1e6, 1),
+        "jpeg_bag_megabytes": round(sizes["jpeg"] / 1e6, 1),
     }
 
 

@@ -72,3 +72,12 @@ def read_episodes(paths, **kwargs) -> tuple[list[Episode], list[tuple[str, str]]
     from apo_ros.recording.reader import read_episodes as _read
 
     return _read(paths, **kwargs)
+
+
+def __getattr__(name: str):
+    # BagError lives with the reader; importable from here too, without an import cycle.
+    if name == "BagError":
+        from apo_ros.recording.reader import BagError
+
+        return BagError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
