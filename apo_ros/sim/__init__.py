@@ -1,1 +1,40 @@
-"""apo_ros.sim"""
+"""apo_ros.sim: the MuJoCo tabletop (arm from urdf/apo_arm.urdf), three tasks, scripted experts,
+a simulated operator, evaluation. Importing this package does not import MuJoCo; the names below
+load their modules on first use (so `apo-ros --help` stays fast)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from apo_ros.sim.env import TabletopEnv, make_env
+    from apo_ros.sim.evaluate import evaluate
+    from apo_ros.sim.experts import Expert, ExpertConfig, make_expert
+    from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
+    from apo_ros.sim.tasks import TASKS, Task
+
+_EXPORTS = {
+    "TASKS": "apo_ros.sim.tasks",
+    "Task": "apo_ros.sim.tasks",
+    "TabletopEnv": "apo_ros.sim.env",
+    "make_env": "apo_ros.sim.env",
+    "Expert": "apo_ros.sim.experts",
+    "ExpertConfig": "apo_ros.sim.experts",
+    "make_expert": "apo_ros.sim.experts",
+    "OperatorConfig": "apo_ros.sim.operator",
+    "SimulatedOperator": "apo_ros.sim.operator",
+    "evaluate": "apo_ros.sim.evaluate",
+}
+
+__all__ = ["TASKS", "Expert", "ExpertConfig", "OperatorConfig", "SimulatedOperator", "TabletopEnv",
+           "Task", "evaluate", "make_env", "make_expert"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'apo_ros.sim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

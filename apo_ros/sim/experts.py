@@ -1,0 +1,260 @@
+"""Scripted experts: privileged-state state machines that solve each task with raw 7-D actions.
+
+One expert class serves the three tasks; the task supplies the geometry (where to grasp, which way
+the fingers close, the path the object takes to its goal). The expert is reactive: `replan(env)`
+picks the right phase from the current state, so the simulated operator can hand it the arm at
+any moment, and a lost grasp sends it back to grasping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from apo_ros.sim.kinematics import rotation_error
+from apo_ros.sim.tasks import Task, get_task
+
+PHASES = ("approach", "descend", "close", "lift", "transport", "release", "retreat", "done")
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    max_translation: float = 0.015  # m per control step per axis (a 0.05 m safety filter never clips)
+    max_rotation: float = 0.12  # rad per control step, rotation-vector norm (filter default 0.25)
+    approach_height: float = 0.09  # m above the grasp point where the descent starts
+    close_steps: int = 3  # control steps the gripper is given to close
+    release_steps: int = 3  # control steps the gripper is given to open
+    position_tolerance: float = 0.006  # m, final approach to the grasp point / release point
+    waypoint_tolerance: float = 0.012  # m, intermediate waypoints
+    yaw_tolerance: float = 0.06  # rad, finger alignment before descending / threading
+    stuck_steps: int = 6  # transport steps without progress before backing up and retrying
+    noise_translation: float = 0.01  # m, std of action noise at noise = 1
+    noise_rotation: float = 0.05  # rad, std of action noise at noise = 1
+    hard_translation: float = 0.04  # m, clip after noise (still below the safety filter)
+    hard_rotation: float = 0.2  # rad, clip after noise
+
+
+def _down_rotation(closing_dir: np.ndarray) -> np.ndarray:
+    """TCP rotation pointing straight down with the fingers closing along `closing_dir`."""
+    y = np.array([closing_dir[0], closing_dir[1], 0.0])
+    y /= max(np.linalg.norm(y), 1e-9)
+    z = np.array([0.0, 0.0, -1.0])
+    return np.column_stack([np.cross(y, z), y, z])
+
+
+def _aligned(direction: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """`direction` or its opposite, whichever is nearer `current` (the gripper is symmetric)."""
+    return direction if float(np.dot(direction[:2], current[:2])) >= 0 else -direction
+
+
+def _yaw_between(a: np.ndarray, b: np.ndarray) -> float:
+    """Signed angle (about +z) from horizontal vector a to b."""
+    return float(np.arctan2(a[0] * b[1] - a[1] * b[0], a[0] * b[0] + a[1] * b[1]))
+
+
+def path_to_go(point: np.ndarray, waypoints: list[np.ndarray]) -> float:
+    """Distance still to travel for `point` along the polyline `waypoints`: the distance to the
+    polyline plus the arc length from the nearest point on it to its end."""
+    pts = [np.asarray(w, dtype=float) for w in waypoints]
+    if len(pts) == 1:
+        return float(np.linalg.norm(point - pts[0]))
+    seg_len = [float(np.linalg.norm(b - a)) for a, b in zip(pts[:-1], pts[1:])]
+    best = np.inf
+    for i, (a, b) in enumerate(zip(pts[:-1], pts[1:])):
+        ab = b - a
+        t = float(np.clip(np.dot(point - a, ab) / max(np.dot(ab, ab), 1e-12), 0.0, 1.0))
+        dist = float(np.linalg.norm(point - (a + t * ab)))
+        remaining = (1 - t) * seg_len[i] + sum(seg_len[i + 1:])
+        best = min(best, dist + remaining)
+    return best
+
+
+class Expert:
+    """Scripted expert for one task. `act(env)` returns a raw 7-D action."""
+
+    def __init__(self, task: str, *, noise: float = 0.0, seed: int = 0,
+                 config: ExpertConfig | None = None):
+        self.task: Task = get_task(task)
+        self.noise = float(noise)
+        self.config = config or ExpertConfig()
+        self.rng = np.random.default_rng(seed)
+        self.phase = "approach"
+        self._phase_steps = 0
+        self._waypoint = 0
+        self._best_to_go = np.inf
+        self._stuck = 0
+
+    # ---- public -------------------------------------------------------------------------------
+    def reset(self, env) -> None:
+        self.replan(env)
+
+    def replan(self, env) -> None:
+        """Choose the phase that fits the current state (used at reset and at a take-over)."""
+        if self.task.is_success(env):
+            self._set("retreat")
+        elif env.is_grasped(self.task.object_body):
+            self._set("lift")
+        else:
+            self._set("approach")
+
+    def act(self, env) -> np.ndarray:
+        action = self._plan(env)
+        if self.noise > 0:
+            c = self.config
+            action[:3] += self.rng.normal(0.0, self.noise * c.noise_translation, 3)
+            action[3:6] += self.rng.normal(0.0, self.noise * c.noise_rotation, 3)
+        return self._clip(action, self.config.hard_translation, self.config.hard_rotation)
+
+    # Progress measures the simulated operator watches.
+    def stage(self, env) -> int:
+        """0: getting the object into the hand, 1: taking it to the goal, 2: done."""
+        if self.task.is_success(env):
+            return 2
+        return 1 if env.is_grasped(self.task.object_body) else 0
+
+    def to_go(self, env, stage: int | None = None) -> float:
+        """Metres still to travel in the current stage (the TCP to the grasp point in stage 0, the
+        object along its placing path in stage 1)."""
+        stage = self.stage(env) if stage is None else stage
+        if stage == 0:
+            grasp, _ = self.task.grasp_target(env)
+            pre = grasp + [0, 0, self.config.approach_height]
+            return path_to_go(env.tcp_pos(), [pre, grasp])
+        if stage == 1:
+            return path_to_go(self.task.object_point(env), self.task.place_path(env))
+        return 0.0
+
+    # ---- the state machine --------------------------------------------------------------------
+    def _set(self, phase: str) -> None:
+        self.phase = phase
+        self._phase_steps = 0
+        if phase in ("lift", "transport"):
+            self._waypoint = 0
+            self._best_to_go = np.inf
+            self._stuck = 0
+
+    def _plan(self, env) -> np.ndarray:
+        c, task = self.config, self.task
+        tcp, mat = env.tcp_pos(), env.tcp_mat()
+        closing_now = mat[:, 1]
+        grasped = env.is_grasped(task.object_body)
+        self._phase_steps += 1
+
+        if self.phase in ("lift", "transport") and not grasped:
+            self._set("approach")  # dropped it: grasp again
+        if self.phase == "approach":
+            grasp, closing = task.grasp_target(env)
+            closing = _aligned(closing, closing_now)
+            pre = grasp + [0, 0, c.approach_height]
+            target = pre.copy()
+            # Low and away from the object (e.g. after a take-over): go up before going across.
+            if np.linalg.norm(tcp[:2] - pre[:2]) > 0.03 and tcp[2] < pre[2] - 0.03:
+                target = np.array([tcp[0], tcp[1], pre[2]])
+            action = self._move(env, target, closing, 1.0)
+            yaw_err = abs(_yaw_between(closing_now, closing))
+            if np.linalg.norm(tcp - pre) < 2 * c.position_tolerance and yaw_err < c.yaw_tolerance \
+                    and env.gripper_opening() > 0.8:
+                self._set("descend")
+            return action
+        if self.phase == "descend":
+            grasp, closing = task.grasp_target(env)
+            closing = _aligned(closing, closing_now)
+            if np.linalg.norm(tcp[:2] - grasp[:2]) > 0.025:  # the object moved: line up again
+                self._set("approach")
+                return self._plan(env)
+            action = self._move(env, grasp, closing, 1.0)
+            if np.linalg.norm(tcp - grasp) < c.position_tolerance:
+                self._set("close")
+            return action
+        if self.phase == "close":
+            action = self._hold(0.0)
+            if self._phase_steps >= c.close_steps:
+                self._set("lift" if grasped else "approach")
+            return action
+        if self.phase == "lift":
+            first = task.place_path(env)[0]
+            obj = task.object_point(env)
+            target = tcp + [0.0, 0.0, first[2] - obj[2]]
+            target[:2] = tcp[:2]
+            action = self._move(env, target, self._carry_closing(env, closing_now), 0.0)
+            if obj[2] > first[2] - c.waypoint_tolerance:
+                self._set("transport")
+            return action
+        if self.phase == "transport":
+            path = task.place_path(env)
+            obj = task.object_point(env)
+            goal = path[self._waypoint]
+            closing = self._carry_closing(env, closing_now)
+            action = self._move(env, tcp + (goal - obj), closing, 0.0)
+            last = self._waypoint == len(path) - 1
+            tol = c.position_tolerance if last else c.waypoint_tolerance
+            yaw_ok = abs(_yaw_between(closing_now, closing)) < c.yaw_tolerance
+            err = float(np.linalg.norm(goal - obj))
+            if err < tol and yaw_ok:
+                if last:
+                    self._set("release")
+                else:
+                    self._waypoint += 1
+                    self._best_to_go, self._stuck = np.inf, 0
+            elif last:
+                # Jammed on the last stretch (a square caught on the stick): back up and retry.
+                if err < self._best_to_go - 0.002:
+                    self._best_to_go, self._stuck = err, 0
+                else:
+                    self._stuck += 1
+                if self._stuck >= c.stuck_steps:
+                    self._waypoint = max(0, self._waypoint - 1)
+                    self._best_to_go, self._stuck = np.inf, 0
+            return action
+        if self.phase == "release":
+            action = self._hold(1.0)
+            if self._phase_steps >= c.release_steps:
+                self._set("retreat")
+            return action
+        if self.phase == "retreat":
+            target = np.array([tcp[0], tcp[1], max(tcp[2], 0.22)])
+            if tcp[2] > 0.21:
+                self._set("done")
+            return self._move(env, target, closing_now, 1.0)
+        return self._hold(1.0)  # done
+
+    def _carry_closing(self, env, closing_now: np.ndarray) -> np.ndarray:
+        """Finger direction while carrying: keep it, except where the task needs the object
+        turned (the cup's handle must face the peg)."""
+        yaw = self.task.carry_yaw(env)
+        if yaw == 0.0:
+            return closing_now
+        cs, sn = np.cos(yaw), np.sin(yaw)
+        return np.array([cs * closing_now[0] - sn * closing_now[1],
+                         sn * closing_now[0] + cs * closing_now[1], 0.0])
+
+    def _move(self, env, target: np.ndarray, closing: np.ndarray, gripper: float) -> np.ndarray:
+        c = self.config
+        action = np.zeros(7)
+        action[:3] = target - env.tcp_pos()
+        action[3:6] = rotation_error(_down_rotation(closing), env.tcp_mat())
+        action[6] = gripper
+        return self._clip(action, c.max_translation, c.max_rotation)
+
+    @staticmethod
+    def _hold(gripper: float) -> np.ndarray:
+        action = np.zeros(7)
+        action[6] = gripper
+        return action
+
+    @staticmethod
+    def _clip(action: np.ndarray, max_translation: float, max_rotation: float) -> np.ndarray:
+        out = np.asarray(action, dtype=np.float64).copy()
+        out[:3] = np.clip(out[:3], -max_translation, max_translation)
+        norm = float(np.linalg.norm(out[3:6]))
+        if norm > max_rotation:
+            out[3:6] *= max_rotation / norm
+        out[6] = float(np.clip(out[6], 0.0, 1.0))
+        return out
+
+
+def make_expert(task: str, *, noise: float = 0.0, seed: int = 0) -> Expert:
+    """A scripted expert for `task`; `noise` scales Gaussian action noise (0 = deterministic;
+    1 = about 1 cm / 3 degrees per step), `seed` seeds that noise."""
+    return Expert(task, noise=noise, seed=seed)
