@@ -299,7 +299,16 @@ def _logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Te
             logp = torch.log_softmax(logits, -1)
             picked = logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
             picked = torch.where(mask, picked, torch.zeros_like(picked))
-            return picked, logits.detach().argmax(-1), mask
+            scores = logits.detach()
+            allowed = getattr(policy, "allowed_ids", None)  # VLAs: action ids only (+ stop), as
+            if isinstance(allowed, torch.Tensor):  # their constrained greedy decoding
+                allowed = allowed.clone()
+                stop = getattr(policy, "stop_id", None)
+                if stop is not None:
+                    allowed[stop] = True
+                width = min(scores.shape[-1], allowed.shape[0])
+                scores = scores[..., :width].masked_fill(~allowed[:width].to(scores.device), float("-inf"))
+            return picked, scores.argmax(-1), mask
     logps = policy.token_logps(inputs, tokens, mask)
     if not want_argmax:
         return logps, None, None
