@@ -188,3 +188,14 @@ def test_scripted_device_timeline_and_disconnect():
     assert DeviceState().max_deflection() == 0.0
     with pytest.raises(ValueError):
         DeviceState(axes=(1.0,))
+
+
+def test_spacemouse_imports_pyspacemouse_module(monkeypatch):
+    import sys
+
+    hid = _FakeHid([{"z": 0.7, "buttons": [0, 1]}])
+    mod, calls = fake_module(hid)
+    monkeypatch.setitem(sys.modules, "pyspacemouse", mod)
+    state = SpaceMouse(SpaceMouseConfig(deadzone=0.0)).read()
+    assert state.axes[2] == pytest.approx(0.7) and state.buttons == (0, 1)
+    assert calls["axis_convention"] == "ros"
