@@ -234,3 +234,24 @@ def test_lora_vla_trains_and_resumes_exactly(bags, tmp_path):
     assert trainable and all("lora_" in name for name in trainable)
     # one row per step (log_every=1): the resumed run logged the same losses
     assert [r["loss"] for r in _rows(out)] == [r["loss"] for r in _rows(str(tmp_path / "full"))]
+
+
+def test_two_process_launch_with_torchrun(bags, tmp_path):
+    """torchrun (gloo on CPU): gradients are averaged across ranks, rank 0 alone writes."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(json.dumps({"method": "apo", "steps": 2, "batch_size": 4, "log_every": 1,
+                               "progress": False, "threads": 1, "policy": TINY}))
+    out = str(tmp_path / "ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "apo_ros.cli", "train", "--config", str(cfg), "--demos", *bags["demos"],
+         "--data", *bags["data"], "--init", "small", "--out", out, "--cache-dir", bags["cache"]],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == os.path.join(out, "policy")
+    assert [r["step"] for r in _rows(out)] == ["1", "2"]
+    assert load_policy(os.path.join(out, "policy")).training_info["step"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 METHOD_CHOICES = ("bc", "dagger", "sirius", "kto", "tpo", "apo")
 
@@ -74,5 +75,6 @@ def run_train(args: argparse.Namespace) -> int:
                             resume=args.resume)
     except (DataError, TrainingError, CheckpointError, FileNotFoundError) as err:
         raise UserError(str(err)) from None
-    print(path)
+    if os.environ.get("RANK", "0") == "0":  # one line from a multi-process launch
+        print(path)
     return 0

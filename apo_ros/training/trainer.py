@@ -215,23 +215,26 @@ def _setup_distributed(device: str | None) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist()
-    try:
+    try:  # accelerate launch (or torchrun) on GPUs: accelerate sets up the process group
         from accelerate import PartialState
 
         state = PartialState()
-        return _Dist(state.process_index, state.num_processes, state.device)
+        if state.num_processes == world:
+            return _Dist(state.process_index, state.num_processes, state.device)
     except ImportError:
-        import torch.distributed as dist
+        pass
+    # accelerate absent, or a launcher it does not recognize (torchrun on CPUs): plain torch
+    import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank = dist.get_rank()
-        dev = None
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", rank))
-            torch.cuda.set_device(local)
-            dev = torch.device("cuda", local)
-        return _Dist(rank, dist.get_world_size(), dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank()
+    dev = None
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    return _Dist(rank, dist.get_world_size(), dev)
 
 
 def _all_reduce_mean(tensor: torch.Tensor, dist_info: _Dist) -> torch.Tensor:
@@ -799,7 +802,7 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
                         f"{config.method}: gradient norm is {float(norm)} at step {step + 1}; stopped "
                         f"before the optimizer step. Last good checkpoint: {last_saved or 'none'}.")
                 optimizer.step()
-                metrics.update(lr=lr, grad_norm=float(norm))
+                metrics.update(lr=lr, grad_norm=float(norm), loss=float(check))  # loss: mean over ranks
                 for k, v in metrics.items():
                     window[k] = window.get(k, 0.0) + float(v)
                 window_n += 1
