@@ -427,6 +427,7 @@ class _Run:
                     self.ref_logps = cached["logps"]
                     self.ref_kl = cached.get("kl")
                     self.log(f"reference log-probs: loaded from {path}")
+                    self.reference = None  # not needed any more: free a full-weight copy
                     return
             except Exception as err:  # a damaged cache is recomputed
                 self.log(f"reference cache {path} unusable ({err}); recomputing")
@@ -447,6 +448,7 @@ class _Run:
                     kl_lp = self.reference.token_logps(inputs, ptok, pmask)
                 kl[lo:lo + len(idx)] = kl_lp.float().sum(-1).cpu()
         self.ref_logps, self.ref_kl = logps, kl
+        self.reference = None  # not needed any more: free a full-weight copy
         seconds = time.perf_counter() - t0
         self.log(f"reference log-probs: {n} samples in {seconds:.1f} s (cached for this data set)")
         if self.dist.main:
@@ -700,7 +702,6 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
     samples.label(LabelConfig(config.k, config.noop_filter, config.sirius_window), stats=policy.stats)
     check_method_data(config.method, samples, tpo_window=config.tpo_window)
     say("samples: " + json.dumps(samples.summary()))
-    reference = make_reference(policy) if config.method in NEEDS_REFERENCE else None
 
     params = policy.trainable_parameters()
     if not params:
@@ -712,7 +713,9 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
             dist.broadcast(p.data, 0)
     optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
 
+    reference = make_reference(policy) if config.method in NEEDS_REFERENCE else None
     run = _Run(config, samples, policy, reference, out, dist_info, init_facts, log=say)
+    del reference  # the run owns it (and drops it once the cache is filled)
     data_key = [cache_key(b) for b in samples.bags]
     start = 0
     if resume and existing:
