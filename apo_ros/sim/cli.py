@@ -1,9 +1,144 @@
-"""Subcommands of this area (filled in by its issue)."""
+"""`apo-ros sim ...`: look at the tabletop, evaluate policies on it.
+
+    apo-ros sim tasks
+    apo-ros sim eval --task square_on_stick --policy expert --episodes 50 --json
+    apo-ros sim eval --task square_on_stick --policy checkpoints/apo_round1 --episodes 50
+    apo-ros sim view --task hang_cup --seed 3 -o sheet.png
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+
+TASK_NAMES = ("lemon_on_plate", "square_on_stick", "hang_cup")  # mirrors apo_ros.sim.tasks.TASKS
+
+
+def _user_error(message: str) -> Exception:
+    from apo_ros.cli import UserError
+
+    return UserError(message)
+
+
+def load_policy_arg(value: str):
+    """'expert' stays a name; anything else is a checkpoint directory loaded lazily."""
+    if value == "expert":
+        return "expert"
+    if not os.path.isdir(value):
+        raise _user_error(f"--policy {value!r}: not 'expert' and not a checkpoint directory")
+    try:
+        from apo_ros.policies.checkpoint import load_policy
+    except ImportError as err:
+        raise _user_error(f"--policy {value}: loading checkpoints needs apo_ros.policies.checkpoint "
+                          f"({err})") from None
+    try:
+        return load_policy(value)
+    except (OSError, ValueError, KeyError) as err:
+        raise _user_error(f"--policy {value}: {err}") from None
+
+
+def _check_task(name: str) -> str:
+    if name not in TASK_NAMES:
+        raise _user_error(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
+    return name
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from apo_ros.sim.tasks import TASKS
+
+    for name, task in TASKS.items():
+        print(f"{name:16s} max_steps={task.max_steps:<4d} \"{task.instruction}\"")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    task = _check_task(args.task)
+    if args.episodes < 1:
+        raise _user_error("--episodes must be at least 1")
+    policy = load_policy_arg(args.policy)
+    from apo_ros.sim.evaluate import evaluate
+
+    def progress(i: int, record: dict) -> None:
+        if not args.json:
+            mark = "ok " if record["success"] else "FAIL"
+            print(f"  episode {i + 1:3d}/{args.episodes} seed {record['seed']:5d} {mark} "
+                  f"{record['steps']} steps", flush=True)
+
+    if policy != "expert" and hasattr(policy, "eval"):
+        policy.eval()
+    result = evaluate(task, policy, episodes=args.episodes, seed0=args.seed,
+                      image_size=args.image_size, max_steps=args.max_steps,
+                      expert_noise=args.noise, progress=progress)
+    summary = {k: result[k] for k in ("task", "episodes", "successes", "success_rate", "mean_steps")}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{task}: {summary['successes']}/{summary['episodes']} successes "
+              f"(rate {summary['success_rate']:.2f}), mean {summary['mean_steps']:.1f} steps, "
+              f"{result['seconds']:.1f} s")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    task = _check_task(args.task)
+    if not 16 <= args.size <= 640:
+        raise _user_error("--size must be between 16 and 640 pixels")
+    policy = load_policy_arg(args.policy)
+    from apo_ros.sim.view import contact_sheet, record_episode, write_png
+
+    if policy != "expert" and hasattr(policy, "eval"):
+        policy.eval()
+    run = record_episode(task, args.seed, policy, size=args.size, image_size=args.image_size,
+                         max_steps=args.max_steps)
+    outcome = "success" if run["success"] else "failure"
+    title = (f"{task} seed {args.seed} policy {os.path.basename(str(args.policy))}: "
+             f"\"{run['instruction']}\" - {outcome} in {run['steps']} steps")
+    sheet = contact_sheet(run["frames"], run["labels"], columns=args.frames, title=title)
+    try:
+        write_png(args.output, sheet)
+    except OSError as err:
+        raise _user_error(str(err)) from None
+    print(f"wrote {args.output} ({sheet.shape[1]}x{sheet.shape[0]}): {outcome} in {run['steps']} "
+          "steps", file=sys.stderr if args.quiet else sys.stdout)
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `apo-ros`."""
+    p = sub.add_parser("sim", help="MuJoCo tabletop: list tasks, evaluate policies, view episodes",
+                       description="The simulated tabletop (arm from urdf/apo_arm.urdf).")
+    sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+    t = sim.add_parser("tasks", help="list the tasks and their instructions")
+    t.set_defaults(func=cmd_tasks)
+
+    e = sim.add_parser("eval", help="success rate of a policy over seeded episodes",
+                       description="Run N seeded episodes (seeds SEED..SEED+N-1) and report the "
+                       "success rate. --json prints {task, episodes, successes, success_rate, "
+                       "mean_steps}.")
+    e.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
+    e.add_argument("--policy", default="expert",
+                   help="'expert' (scripted, privileged) or a checkpoint directory")
+    e.add_argument("--episodes", type=int, default=50)
+    e.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    e.add_argument("--max-steps", type=int, default=None, help="episode length (task default)")
+    e.add_argument("--image-size", type=int, default=64, help="camera size for learned policies")
+    e.add_argument("--noise", type=float, default=0.0, help="expert action noise scale")
+    e.add_argument("--json", action="store_true", help="print one JSON line")
+    e.set_defaults(func=cmd_eval)
+
+    v = sim.add_parser("view", help="contact sheet of front + wrist frames along one episode")
+    v.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("-o", "--output", default="sheet.png", help="PNG to write (default sheet.png)")
+    v.add_argument("--policy", default="expert",
+                   help="'expert' (scripted) or a checkpoint directory")
+    v.add_argument("--size", type=int, default=160, help="frame size in pixels (default 160)")
+    v.add_argument("--frames", type=int, default=8, help="frames per camera row (default 8)")
+    v.add_argument("--image-size", type=int, default=64, help="camera size the policy sees")
+    v.add_argument("--max-steps", type=int, default=None)
+    v.add_argument("--quiet", action="store_true", help="report on stderr")
+    v.set_defaults(func=cmd_view)

@@ -53,21 +53,55 @@ def _yaw_between(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.arctan2(a[0] * b[1] - a[1] * b[0], a[0] * b[0] + a[1] * b[1]))
 
 
-def path_to_go(point: np.ndarray, waypoints: list[np.ndarray]) -> float:
-    """Distance still to travel for `point` along the polyline `waypoints`: the distance to the
-    polyline plus the arc length from the nearest point on it to its end."""
+def segment_to_go(point: np.ndarray, waypoints: list[np.ndarray], segment: int
+                  ) -> tuple[float, float, float]:
+    """For `point` on segment `segment` of the polyline: (metres still to travel = distance to the
+    segment + arc length from the nearest point on it to the end, that distance, position t in
+    [0, 1] of the nearest point along the segment)."""
     pts = [np.asarray(w, dtype=float) for w in waypoints]
-    if len(pts) == 1:
-        return float(np.linalg.norm(point - pts[0]))
     seg_len = [float(np.linalg.norm(b - a)) for a, b in zip(pts[:-1], pts[1:])]
-    best = np.inf
-    for i, (a, b) in enumerate(zip(pts[:-1], pts[1:])):
-        ab = b - a
-        t = float(np.clip(np.dot(point - a, ab) / max(np.dot(ab, ab), 1e-12), 0.0, 1.0))
-        dist = float(np.linalg.norm(point - (a + t * ab)))
-        remaining = (1 - t) * seg_len[i] + sum(seg_len[i + 1:])
-        best = min(best, dist + remaining)
-    return best
+    a, b = pts[segment], pts[segment + 1]
+    ab = b - a
+    t = float(np.clip(np.dot(point - a, ab) / max(float(np.dot(ab, ab)), 1e-12), 0.0, 1.0))
+    dist = float(np.linalg.norm(point - (a + t * ab)))
+    return dist + (1 - t) * seg_len[segment] + sum(seg_len[segment + 1:]), dist, t
+
+
+class ProgressTracker:
+    """How far the task still is from done, measured along the expert's plan for the current
+    stage. It follows the plan segment by segment, so lifting an object before carrying it counts
+    as progress, cutting a corner of the plan does too, and wandering off counts as drift."""
+
+    def __init__(self, expert: Expert):
+        self.expert = expert
+        self.reset()
+
+    def reset(self) -> None:
+        self.stage: int | None = None
+        self.segment = 0
+        self.start: np.ndarray | None = None
+
+    def update(self, env) -> tuple[int, float]:
+        """(stage, metres to go) for the current state."""
+        stage = self.expert.stage(env)
+        if stage == 2:
+            self.stage = stage
+            return stage, 0.0
+        point = self.expert.tracked_point(env, stage)
+        if stage != self.stage or self.start is None:
+            self.stage, self.segment, self.start = stage, 0, point.copy()
+        path = self.expert.stage_path(env, stage, self.start)
+        to_go, dist, t = segment_to_go(point, path, self.segment)
+        # Move on when the end of the segment is reached, or the next segment is nearer (a cut
+        # through the corner); never jump ahead on to-go alone, which would reward short cuts
+        # such as sliding the object straight at the goal instead of lifting it.
+        while self.segment + 2 < len(path):
+            nxt = segment_to_go(point, path, self.segment + 1)
+            if t < 1.0 - 1e-6 and nxt[1] >= dist:
+                break
+            self.segment += 1
+            to_go, dist, t = nxt
+        return stage, to_go
 
 
 class Expert:
@@ -113,17 +147,20 @@ class Expert:
             return 2
         return 1 if env.is_grasped(self.task.object_body) else 0
 
-    def to_go(self, env, stage: int | None = None) -> float:
-        """Metres still to travel in the current stage (the TCP to the grasp point in stage 0, the
-        object along its placing path in stage 1)."""
-        stage = self.stage(env) if stage is None else stage
+    def stage_path(self, env, stage: int, start: np.ndarray) -> list[np.ndarray]:
+        """The plan for a stage as a polyline, from `start` (where the stage began): for stage 0
+        the TCP via the pre-grasp point to the grasp point; for stage 1 the object point lifted
+        straight up, then along the task's placing path."""
         if stage == 0:
             grasp, _ = self.task.grasp_target(env)
-            pre = grasp + [0, 0, self.config.approach_height]
-            return path_to_go(env.tcp_pos(), [pre, grasp])
-        if stage == 1:
-            return path_to_go(self.task.object_point(env), self.task.place_path(env))
-        return 0.0
+            return [start, grasp + [0, 0, self.config.approach_height], grasp]
+        path = self.task.place_path(env)
+        lifted = np.array([start[0], start[1], max(start[2], path[0][2])])
+        return [start, lifted, *path]
+
+    def tracked_point(self, env, stage: int) -> np.ndarray:
+        """What moves along the stage's plan: the TCP in stage 0, the object in stage 1."""
+        return env.tcp_pos() if stage == 0 else self.task.object_point(env)
 
     # ---- the state machine --------------------------------------------------------------------
     def _set(self, phase: str) -> None:
