@@ -152,6 +152,8 @@ def test_train_step_and_prediction_on_cpu(tiny_dir, kind):
         assert ok.all()
         # greedy == argmax over the action ids of the teacher-forced distribution
         logits = policy.token_logits(inputs, predicted, pmask)[:, :7]
+        valid = policy.valid_target_ids
+        assert valid.sum() == 257 and valid[policy.stop_id]  # 256 bins + stop
         best = logits.float().masked_fill(~policy.allowed_ids, -torch.inf).argmax(-1)
         assert torch.equal(best, predicted[:, :7])
         assert (predicted[:, 7] == policy.stop_id).all()

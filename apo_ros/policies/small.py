@@ -177,6 +177,11 @@ class SmallPolicy(TokenPolicy):
                                   f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
         return policy.to(pick_device(device)[0])
 
+    @property
+    def valid_target_ids(self) -> torch.Tensor:
+        """bool [n_bins]: every head output is a valid token (same contract as the VLAs')."""
+        return torch.ones(self.config.n_bins, dtype=torch.bool, device=self.device)
+
     def max_target_tokens(self) -> int:
         return self.n_positions
 

@@ -231,6 +231,14 @@ class VLABinsPolicy(TokenPolicy):
             self.model = get_peft_model(self.model, lora)
 
     @property
+    def valid_target_ids(self) -> torch.Tensor:
+        """bool [vocab]: ids a target may hold (action ids + stop) — mask `token_logits` with it
+        before an argmax so a text token is never picked."""
+        valid = self.allowed_ids.clone()
+        valid[self.stop_id] = True
+        return valid
+
+    @property
     def uses_lora(self) -> bool:
         from peft import PeftModel
 
