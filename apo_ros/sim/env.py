@@ -18,7 +18,12 @@ import numpy as np  # noqa: E402
 from apo_ros.actions.space import ACTION_DIM  # noqa: E402
 from apo_ros.observation import CAMERAS, Observation  # noqa: E402
 from apo_ros.sim import scene  # noqa: E402
-from apo_ros.sim.kinematics import DifferentialIK, mat_to_quat_xyzw, rotvec_to_mat  # noqa: E402
+from apo_ros.sim.kinematics import (  # noqa: E402
+    DifferentialIK,
+    mat_to_quat_xyzw,
+    rotation_error,
+    rotvec_to_mat,
+)
 from apo_ros.sim.tasks import Task, get_task  # noqa: E402
 
 # Internal sanity limits on one action (the real safety filter lives in apo_ros.actions; these
@@ -31,6 +36,7 @@ WORKSPACE_HIGH = np.array([0.70, 0.45, 0.45])
 # Start pose: TCP above the middle of the table, pointing down, fingers closing along y.
 HOME_TCP = np.array([0.30, 0.0, 0.25])
 HOME_ROTATION = np.diag([-1.0, 1.0, -1.0])
+TRACKING_TOLERANCE = 0.01  # m (and 0.05 rad): within this the arm counts as on its target
 RAMP_FRACTION = 0.6  # joint targets reach the IK solution after this share of a control period
 RAMP_SEGMENTS = 5  # in this many increments
 SETTLE_SECONDS = 0.1  # physics run after placing objects so they rest before the first frame
@@ -100,8 +106,10 @@ class TabletopEnv:
         self._renderers: dict[int, mujoco.Renderer] = {}
         self._body_ids: dict[str, int] = {}
         self._body_geoms: dict[str, frozenset[int]] = {}
-        self._contact_cache: tuple[int, set[tuple[int, int]]] | None = None
+        self._contact_cache: tuple[tuple[float, int], set[tuple[int, int]]] | None = None
         self._seed: int | None = None
+        self._target_pos = np.zeros(3)  # the TCP pose the arm is being driven to
+        self._target_mat = np.eye(3)
 
     # ---- gymnasium-style API -------------------------------------------------------------------
     @property
@@ -125,6 +133,8 @@ class TabletopEnv:
         self.gripper_command = 1.0
         self._success_streak = 0
         self._contact_cache = None
+        self._target_pos = self.tcp_pos()
+        self._target_mat = self.tcp_mat()
         return self.observe()
 
     def step(self, action) -> tuple[Observation, float, bool, bool, dict]:
@@ -145,10 +155,17 @@ class TabletopEnv:
             rot = rot * (MAX_STEP_ROTATION / norm)
         self.gripper_command = float(np.clip(a[6], 0.0, 1.0))
 
+        # Deltas accumulate on the previous target while the arm tracks it (no drift from servo
+        # lag), and restart from the measured pose when it does not (blocked by a contact: no
+        # wind-up).
         pos = d.site_xpos[info.tcp_site]
         mat = d.site_xmat[info.tcp_site].reshape(3, 3)
-        target_pos = np.clip(pos + delta, WORKSPACE_LOW, WORKSPACE_HIGH)
-        target_mat = rotvec_to_mat(rot) @ mat
+        tracking = (np.linalg.norm(pos - self._target_pos) < TRACKING_TOLERANCE
+                    and np.linalg.norm(rotation_error(self._target_mat, mat)) < 5 * TRACKING_TOLERANCE)
+        base_pos, base_mat = (self._target_pos, self._target_mat) if tracking else (pos, mat)
+        target_pos = np.clip(base_pos + delta, WORKSPACE_LOW, WORKSPACE_HIGH)
+        target_mat = rotvec_to_mat(rot) @ base_mat
+        self._target_pos, self._target_mat = target_pos, target_mat
         start = d.ctrl[info.arm_actuators].copy()
         # A zero motion keeps the previous joint targets (no drift from re-solving in place).
         goal = self._ik.solve(d.qpos, target_pos, target_mat) if (np.any(delta) or np.any(rot)) \
@@ -197,7 +214,23 @@ class TabletopEnv:
         size = self.image_size if size is None else int(size)
         renderer = self._renderers.get(size)
         if renderer is None:
-            renderer = mujoco.Renderer(self.model, size, size)
+            # Small learning images get a small shadow map and no multisampling (software GL
+            # spends most of a frame on them); larger viewing images get the nicer settings.
+            # Both are read from the model when the GL context is made, so set them around it.
+            quality = self.model.vis.quality
+            saved = (quality.shadowsize, quality.offsamples)
+            small = size <= scene.SMALL_IMAGE
+            quality.shadowsize = scene.SHADOW_SIZE_SMALL if small else scene.SHADOW_SIZE_LARGE
+            quality.offsamples = 0 if small else scene.OFFSCREEN_SAMPLES_LARGE
+            try:
+                renderer = mujoco.Renderer(self.model, size, size)
+            except Exception as err:  # mujoco.FatalError: no GL context (wrong or missing backend)
+                raise RuntimeError(
+                    f"cannot render ({err}); headless rendering needs MUJOCO_GL=egl in the "
+                    f"environment before mujoco is first imported (it is {os.environ.get('MUJOCO_GL')!r}"
+                    ") - set it in the shell, or import apo_ros.sim before mujoco") from err
+            finally:
+                quality.shadowsize, quality.offsamples = saved
             self._renderers[size] = renderer
         renderer.update_scene(self.data, camera=scene.CAMERA_NAMES[camera])
         return renderer.render()
@@ -261,13 +294,19 @@ class TabletopEnv:
         mocap = self.model.body_mocapid[self.body_id(body)]
         self.data.mocap_pos[mocap] = pos
 
+    def forward(self) -> None:
+        """Recompute positions and contacts after editing `data` by hand (tests, tools)."""
+        mujoco.mj_forward(self.model, self.data)
+        self._contact_cache = None
+
     def _contact_pairs(self) -> set[tuple[int, int]]:
-        if self._contact_cache is None or self._contact_cache[0] != self.data.ncon:
+        key = (float(self.data.time), int(self.data.ncon))
+        if self._contact_cache is None or self._contact_cache[0] != key:
             n = self.data.ncon
             geoms = self.data.contact.geom[:n] if n else np.zeros((0, 2), dtype=int)
             pairs = {(int(a), int(b)) for a, b in geoms}
             pairs |= {(b, a) for a, b in pairs}
-            self._contact_cache = (n, pairs)
+            self._contact_cache = (key, pairs)
         return self._contact_cache[1]
 
     def touching(self, geoms_a: frozenset[int], geoms_b: frozenset[int]) -> bool:

@@ -58,7 +58,8 @@ class Intervention:
     start_step: int  # env.step_count when the operator took over (first human action's index)
     rule: str  # which rule triggered it
     end_step: int | None = None  # env.step_count when control went back to the policy
-    failed_stage: int = 0
+    failed_stage: int = 0  # stage (0 grasp, 1 transport) in which the policy went wrong
+    end_stage: int | None = None  # stage when control went back
 
 
 @dataclass
@@ -113,7 +114,7 @@ class SimulatedOperator:
 
         if self.intervening:
             if self._should_hand_back(stage, to_go):
-                self._hand_back(env)
+                self._hand_back(env, stage)
             else:
                 self._human_steps += 1
                 return self.expert.act(env)
@@ -205,10 +206,11 @@ class SimulatedOperator:
             return self._on_track >= cfg.on_track_steps
         return False
 
-    def _hand_back(self, env) -> None:
+    def _hand_back(self, env, stage: int) -> None:
         self.intervening = False
         self._policy_steps = 0
         self._watch = _Watch()
         self.progress.reset()
         if self.history:
             self.history[-1].end_step = env.step_count
+            self.history[-1].end_stage = stage

@@ -49,9 +49,12 @@ TIMESTEP = 0.004
 ARM_KP = (1500.0, 1500.0, 900.0, 250.0, 200.0, 150.0)
 ARM_ARMATURE = (0.10, 0.10, 0.08, 0.03, 0.03, 0.02)
 FINGER_KP = 500.0  # N / m; the URDF effort limit (20 N) caps the squeeze
-# Rendering: software OpenGL (llvmpipe) spends most of a frame on the shadow map, so keep it small.
-SHADOW_SIZE = 512
-OFFSCREEN_SAMPLES = 0
+# Rendering: software OpenGL (llvmpipe) spends most of a frame on the shadow map, so images up to
+# SMALL_IMAGE px (what policies see) get a small one and no multisampling; larger views get more.
+SMALL_IMAGE = 128
+SHADOW_SIZE_SMALL = 256
+SHADOW_SIZE_LARGE = 1024
+OFFSCREEN_SAMPLES_LARGE = 4
 
 # Contact parameters shared by the fingers and the objects: high friction, torsional friction
 # (condim 4) so a held object does not pivot around the finger axis.
@@ -200,8 +203,8 @@ def build_spec(add_objects: Callable[[mujoco.MjSpec], None] | None = None) -> mu
     scene.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     scene.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
     scene.option.impratio = 5.0  # stiffer friction relative to normal force: held objects slip less
-    scene.visual.quality.shadowsize = SHADOW_SIZE
-    scene.visual.quality.offsamples = OFFSCREEN_SAMPLES
+    scene.visual.quality.shadowsize = SHADOW_SIZE_SMALL
+    scene.visual.quality.offsamples = 0
     scene.visual.global_.offwidth = 640
     scene.visual.global_.offheight = 640
     scene.visual.headlight.ambient = [0.35, 0.35, 0.35]

@@ -1,0 +1,154 @@
+"""The simulated operator: no take-over while the policy does well; a late take-over after a
+policy goes wrong (never before), driven by the expert, and a hand-back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from apo_ros.sim import OperatorConfig, SimulatedOperator, make_env, make_expert
+from apo_ros.sim.experts import ProgressTracker
+
+
+def run_with_operator(task: str, seed: int, bad, config: OperatorConfig | None = None):
+    """Run one episode where `bad(step, expert_action) -> action | None` perturbs an otherwise
+    expert policy until the first intervention (None = behave). Returns (sources per step,
+    operator, terminated, step at which the policy started going wrong)."""
+    env = make_env(task, render=False)
+    policy = make_expert(task, seed=seed + 100)
+    operator = SimulatedOperator(task, config, seed=seed)
+    env.reset(seed)
+    policy.reset(env)
+    operator.reset(env)
+    sources: list[str] = []
+    went_wrong = None
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = policy.act(env)
+        if operator.interventions == 0:
+            perturbed = bad(env.step_count, action)
+            if perturbed is not None:
+                went_wrong = env.step_count if went_wrong is None else went_wrong
+                action = perturbed
+        human = operator.step(env, action)
+        if human is None and sources and sources[-1] == "human":
+            policy.replan(env)  # the policy picks up from wherever the human left the task
+        sources.append("human" if human is not None else "policy")
+        _obs, _r, terminated, truncated, _i = env.step(human if human is not None else action)
+    return sources, operator, terminated, went_wrong
+
+
+@pytest.mark.parametrize("task", ["lemon_on_plate", "hang_cup"])
+def test_no_takeover_while_the_policy_does_well(task):
+    sources, operator, terminated, _ = run_with_operator(task, 0, lambda step, a: None)
+    assert terminated
+    assert operator.interventions == 0 and set(sources) == {"policy"}
+
+
+def _check_late_takeover_and_handback(sources, operator, went_wrong, min_bad_steps):
+    assert operator.interventions >= 1
+    first = operator.history[0]
+    start = first.start_step
+    assert sources.index("human") == start
+    # Late: the policy had been going wrong for a while, and every step before the take-over
+    # since then was the policy's.
+    assert start - went_wrong >= min_bad_steps
+    assert set(sources[went_wrong:start]) == {"policy"}
+    assert start >= OperatorConfig().min_policy_steps_before_takeover
+    # Short, and it hands back: the policy drives again afterwards.
+    assert first.end_step is not None
+    assert 1 <= first.end_step - start <= OperatorConfig().max_intervention_steps
+    assert set(sources[start:first.end_step]) == {"human"}
+    assert "policy" in sources[first.end_step:]
+
+
+@pytest.mark.parametrize("task", ["lemon_on_plate", "square_on_stick"])
+def test_drifting_policy_gets_corrected_late_and_handed_back(task):
+    def drift(step, action):  # from step 8 the policy wanders off sideways and up
+        return np.array([0.0, 0.015, 0.008, 0, 0, 0, action[6]]) if step >= 8 else None
+
+    sources, operator, terminated, went_wrong = run_with_operator(task, 1, drift)
+    assert operator.history[0].rule == "drift"
+    cfg = OperatorConfig()
+    _check_late_takeover_and_handback(sources, operator, went_wrong,
+                                      min_bad_steps=cfg.drift_steps + cfg.reaction_steps)
+    assert terminated  # after the correction the (now well-behaved) policy finishes the task
+
+
+def test_early_gripper_close_is_a_grasp_miss():
+    def close_early(step, action):  # closes the gripper long before reaching the lemon
+        if step >= 6:
+            a = action.copy()
+            a[6] = 0.0
+            return a
+        return None
+
+    sources, operator, terminated, went_wrong = run_with_operator("lemon_on_plate", 2, close_early)
+    first = operator.history[0]
+    assert first.rule == "grasp_miss" and first.failed_stage == 0
+    _check_late_takeover_and_handback(sources, operator, went_wrong, min_bad_steps=3)
+    # The human hands back once the grasp it had to redo is done: the lemon is in the hand.
+    assert first.end_stage == 1
+    assert terminated
+
+
+def test_knocked_object_triggers_a_takeover():
+    """A policy that comes down beside the lemon and sweeps the fingers through it."""
+    env = make_env("lemon_on_plate", render=False)
+    env.reset(5)
+    operator = SimulatedOperator("lemon_on_plate", seed=5)
+    operator.reset(env)
+    start = env.body_pos("lemon")
+    beside = np.array([start[0], start[1] - 0.09, 0.025])
+    low = False
+    for _ in range(60):
+        tcp, lemon = env.tcp_pos(), env.body_pos("lemon")
+        low = low or np.linalg.norm(tcp - beside) < 0.01
+        if low:
+            target = np.array([lemon[0], lemon[1] + 0.05, 0.025])  # sweep along +y
+        elif np.linalg.norm(tcp[:2] - beside[:2]) < 0.01:
+            target = beside
+        else:
+            target = np.array([beside[0], beside[1], max(tcp[2], 0.1)])
+        action = np.r_[np.clip(target - tcp, -0.015, 0.015), 0, 0, 0, 1.0]
+        if operator.step(env, action) is not None:
+            break
+        env.step(action)
+    assert operator.interventions == 1 and operator.history[0].rule == "knocked"
+    assert np.linalg.norm(env.body_pos("lemon")[:2] - start[:2]) > OperatorConfig().knock_distance
+
+
+def test_min_policy_steps_are_respected():
+    cfg = OperatorConfig(min_policy_steps_before_takeover=15)
+
+    def close_now(step, action):
+        a = action.copy()
+        a[6] = 0.0
+        return a
+
+    sources, operator, _t, _w = run_with_operator("lemon_on_plate", 3, close_now, cfg)
+    assert operator.history[0].start_step >= 15
+    assert sources[:15] == ["policy"] * 15
+
+
+def test_disabled_rules_never_take_over():
+    cfg = OperatorConfig(drift_enabled=False, miss_enabled=False, stall_enabled=False,
+                         drop_enabled=False)
+    sources, operator, _t, _w = run_with_operator(
+        "lemon_on_plate", 1, lambda step, a: np.array([0.0, 0.015, 0.0, 0, 0, 0, 0.0]), cfg)
+    assert operator.interventions == 0 and not operator.intervening
+
+
+def test_progress_tracker_counts_lift_as_progress():
+    env = make_env("lemon_on_plate", render=False)
+    expert = make_expert("lemon_on_plate")
+    tracker = ProgressTracker(make_expert("lemon_on_plate"))
+    env.reset(0)
+    expert.reset(env)
+    last = None
+    while expert.phase != "transport":
+        env.step(expert.act(env))
+        stage, to_go = tracker.update(env)
+        if stage == 1 and expert.phase == "lift" and last is not None:
+            assert to_go <= last + 1e-3
+        last = to_go if stage == 1 else None
