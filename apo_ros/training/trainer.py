@@ -624,10 +624,13 @@ class _MetricsLog:
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # stderr: stdout carries only the checkpoint path (scripts capture it)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled)
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled,
+                    console=Console(stderr=True))
 
 
 def _format_info(m: dict) -> str:
