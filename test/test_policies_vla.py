@@ -260,3 +260,20 @@ def test_pretrained_with_remote_code_refused_at_build(tiny_dir, tmp_path):
     json.dump(cfg, open(os.path.join(remote, "config.json"), "w"))
     with pytest.raises(RemoteCodeRefusedError):
         make("vla_bins", remote)
+
+
+def test_full_weight_reference_is_a_frozen_copy_and_collate_pads_left(tiny_dir):
+    policy = make("vla_bins", tiny_dir, lora=None)
+    ref = make_reference(policy)
+    assert not ref.shares_weights and ref.policy.model is not policy.model
+    images, proprio, instructions = inputs_source(policy)
+    inputs = policy.prepare(images, proprio, instructions)
+    parts = [policy.prepare(*_row((images, proprio, instructions), i)) for i in range(4)]
+    collated = policy.collate_inputs(parts)  # prompts of different lengths, left-padded
+    assert all(torch.equal(collated[k], inputs[k]) for k in inputs)
+    tokens, mask = policy.encode_actions(random_batch(4, cameras=1)[2])
+    before = ref.token_logps(inputs, tokens, mask)
+    assert torch.equal(before, policy.token_logps(inputs, tokens, mask))
+    train_step(policy, inputs, tokens, mask, lr=0.05)
+    assert torch.equal(ref.token_logps(inputs, tokens, mask), before)
+    assert not torch.allclose(policy.token_logps(inputs, tokens, mask), before)
