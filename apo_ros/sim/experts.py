@@ -28,9 +28,10 @@ class ExpertConfig:
     position_tolerance: float = 0.006  # m, final approach to the grasp point / release point
     waypoint_tolerance: float = 0.012  # m, intermediate waypoints
     yaw_tolerance: float = 0.06  # rad, finger alignment before descending / threading
+    grasp_centre_tolerance: float = 0.008  # m across the pad width; beyond it, let go and regrasp
     stuck_steps: int = 6  # transport steps without progress before backing up and retrying
-    noise_translation: float = 0.01  # m, std of action noise at noise = 1
-    noise_rotation: float = 0.05  # rad, std of action noise at noise = 1
+    noise_translation: float = 0.01  # m, std of action noise at noise = 1 and full speed
+    noise_rotation: float = 0.05  # rad, std of action noise at noise = 1 and full speed
     hard_translation: float = 0.04  # m, clip after noise (still below the safety filter)
     hard_rotation: float = 0.2  # rad, clip after noise
 
@@ -134,10 +135,17 @@ class Expert:
 
     def act(self, env) -> np.ndarray:
         action = self._plan(env)
-        if self.noise > 0:
+        # No noise while holding still to close or open the gripper: people keep the device
+        # still for that, and a hand drifting during the squeeze makes an off-centre grasp.
+        # Noise scales with the speed of the move (people are precise when they slow down for
+        # the last centimetre), with a floor of a tenth of the full-speed noise.
+        if self.noise > 0 and np.any(action[:6]):
             c = self.config
-            action[:3] += self.rng.normal(0.0, self.noise * c.noise_translation, 3)
-            action[3:6] += self.rng.normal(0.0, self.noise * c.noise_rotation, 3)
+            speed = max(float(np.abs(action[:3]).max()) / c.max_translation,
+                        float(np.linalg.norm(action[3:6])) / c.max_rotation)
+            scale = self.noise * float(np.clip(speed, 0.1, 1.0))
+            action[:3] += self.rng.normal(0.0, scale * c.noise_translation, 3)
+            action[3:6] += self.rng.normal(0.0, scale * c.noise_rotation, 3)
         return self._clip(action, self.config.hard_translation, self.config.hard_rotation)
 
     # Progress measures the simulated operator watches.
@@ -200,14 +208,17 @@ class Expert:
             if np.linalg.norm(tcp[:2] - grasp[:2]) > 0.025:  # the object moved: line up again
                 self._set("approach")
                 return self._plan(env)
-            action = self._move(env, grasp, closing, 1.0)
             if np.linalg.norm(tcp - grasp) < c.position_tolerance:
-                self._set("close")
-            return action
+                self._set("close")  # there: close now, without a last (noisy) move
+                return self._plan(env)
+            return self._move(env, grasp, closing, 1.0)
         if self.phase == "close":
             action = self._hold(0.0)
             if self._phase_steps >= c.close_steps:
-                self._set("lift" if grasped else "approach")
+                # An object held near the edge of the pads slips out when carried: regrasp.
+                grasp, _ = task.grasp_target(env)
+                off_centre = abs(float(mat[:, 0] @ (grasp - tcp))) > c.grasp_centre_tolerance
+                self._set("lift" if grasped and not off_centre else "approach")
             return action
         if self.phase == "lift":
             first = task.place_path(env)[0]
@@ -221,20 +232,19 @@ class Expert:
         if self.phase == "transport":
             path = task.place_path(env)
             obj = task.object_point(env)
-            goal = path[self._waypoint]
             closing = self._carry_closing(env, closing_now)
-            action = self._move(env, tcp + (goal - obj), closing, 0.0)
-            last = self._waypoint == len(path) - 1
-            tol = c.position_tolerance if last else c.waypoint_tolerance
             yaw_ok = abs(_yaw_between(closing_now, closing)) < c.yaw_tolerance
-            err = float(np.linalg.norm(goal - obj))
-            if err < tol and yaw_ok:
+            while True:
+                last = self._waypoint == len(path) - 1
+                err = float(np.linalg.norm(path[self._waypoint] - obj))
+                if err >= (c.position_tolerance if last else c.waypoint_tolerance) or not yaw_ok:
+                    break
                 if last:
-                    self._set("release")
-                else:
-                    self._waypoint += 1
-                    self._best_to_go, self._stuck = np.inf, 0
-            elif last:
+                    self._set("release")  # there: let go now, without a last (noisy) move
+                    return self._plan(env)
+                self._waypoint += 1
+                self._best_to_go, self._stuck = np.inf, 0
+            if last:
                 # Jammed on the last stretch (a square caught on the stick): back up and retry.
                 if err < self._best_to_go - 0.002:
                     self._best_to_go, self._stuck = err, 0
@@ -243,7 +253,7 @@ class Expert:
                 if self._stuck >= c.stuck_steps:
                     self._waypoint = max(0, self._waypoint - 1)
                     self._best_to_go, self._stuck = np.inf, 0
-            return action
+            return self._move(env, tcp + (path[self._waypoint] - obj), closing, 0.0)
         if self.phase == "release":
             action = self._hold(1.0)
             if self._phase_steps >= c.release_steps:
@@ -293,5 +303,6 @@ class Expert:
 
 def make_expert(task: str, *, noise: float = 0.0, seed: int = 0) -> Expert:
     """A scripted expert for `task`; `noise` scales Gaussian action noise (0 = deterministic;
-    1 = about 1 cm / 3 degrees per step), `seed` seeds that noise."""
+    1 = about 1 cm / 3 degrees per step at full speed, less when moving slowly), `seed` seeds
+    that noise."""
     return Expert(task, noise=noise, seed=seed)
