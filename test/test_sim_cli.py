@@ -107,3 +107,16 @@ def test_sim_commands_report_user_errors(tmp_path, capsys):
     assert str(empty) in capsys.readouterr().err
     assert main(["sim", "tasks"]) == 0
     assert "insert the square into the stick" in capsys.readouterr().out
+
+
+def test_sim_eval_loads_a_checkpoint_directory(tmp_path, capsys):
+    """`--policy DIR` goes through apo_ros.policies.checkpoint.load_policy and runs the policy on
+    rendered observations (an untrained small policy: it fails, but it runs)."""
+    checkpoint = tmp_path / "small"
+    assert main(["policy", "new", "small", "-o", str(checkpoint)]) == 0
+    capsys.readouterr()
+    assert main(["sim", "eval", "--task", "lemon_on_plate", "--policy", str(checkpoint),
+                 "--episodes", "1", "--max-steps", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out == {"task": "lemon_on_plate", "episodes": 1, "successes": 0, "success_rate": 0.0,
+                   "mean_steps": 3.0}
