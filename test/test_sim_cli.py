@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apo_ros.cli import main
-from apo_ros.sim import evaluate
+from apo_ros.sim.evaluate import evaluate
 
 
 def test_evaluate_expert_reports_the_summary():

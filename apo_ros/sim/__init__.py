@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from apo_ros.sim.env import TabletopEnv, make_env
-    from apo_ros.sim.evaluate import evaluate
     from apo_ros.sim.experts import Expert, ExpertConfig, make_expert
     from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
     from apo_ros.sim.tasks import TASKS, Task
@@ -24,11 +23,12 @@ _EXPORTS = {
     "make_expert": "apo_ros.sim.experts",
     "OperatorConfig": "apo_ros.sim.operator",
     "SimulatedOperator": "apo_ros.sim.operator",
-    "evaluate": "apo_ros.sim.evaluate",
 }
 
 __all__ = ["TASKS", "Expert", "ExpertConfig", "OperatorConfig", "SimulatedOperator", "TabletopEnv",
-           "Task", "evaluate", "make_env", "make_expert"]
+           "Task", "make_env", "make_expert"]
+# `evaluate` lives in the submodule of the same name: `from apo_ros.sim.evaluate import evaluate`
+# (re-exporting it here would be shadowed by the submodule once that is imported).
 
 
 def __getattr__(name: str) -> Any:
