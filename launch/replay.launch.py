@@ -4,13 +4,12 @@ with the recorded joint_states, cameras and executed actions).
     ros2 launch apo_ros replay.launch.py bag:=bags/20261127-101500_lemon_on_plate_001 rate:=1.0
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess
 from launch.substitutions import Command, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

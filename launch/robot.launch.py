@@ -8,12 +8,11 @@ Start MoveIt Servo (and switch it to twist commands) and the camera drivers sepa
         ee_pose_topic:=/tcp_pose gripper_command_topic:=/gripper/command
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

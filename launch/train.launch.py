@@ -4,12 +4,11 @@ from the bags and publishes the new checkpoint on policy/checkpoint (policy_node
     ros2 launch apo_ros train.launch.py init_checkpoint:=/path/to/ckpt bags_dir:=bags demos_dir:=demos
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

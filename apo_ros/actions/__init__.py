@@ -1,10 +1,29 @@
-"""The action space: layout, normalization statistics, tokenizers, and the safety filter."""
+"""The action space: layout, normalization statistics, tokenizers, and the safety filter.
+
+The FAST tokenizer (scipy + tokenizers) and the safety filter load on first use, so importing
+`apo_ros.actions` for the layout or the bin tokenizer stays light."""
 
 from apo_ros.actions.bins import BinTokenizer
-from apo_ros.actions.fast import FastDecodeError, FastTokenizer
-from apo_ros.actions.safety import FilterResult, SafetyConfig, SafetyFilter, zero_action
 from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES, GRIPPER_INDEX, NORMALIZE_MASK
 from apo_ros.actions.statistics import ActionStatistics, load_statistics, save_statistics
+
+_LAZY = {
+    "FastDecodeError": "apo_ros.actions.fast",
+    "FastTokenizer": "apo_ros.actions.fast",
+    "FilterResult": "apo_ros.actions.safety",
+    "SafetyConfig": "apo_ros.actions.safety",
+    "SafetyFilter": "apo_ros.actions.safety",
+    "zero_action": "apo_ros.actions.safety",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'apo_ros.actions' has no attribute {name!r}")
+
 
 __all__ = [
     "ACTION_DIM", "ACTION_NAMES", "GRIPPER_INDEX", "NORMALIZE_MASK",
