@@ -24,9 +24,10 @@ def test_wilson_interval_properties():
 
 def test_tiny_flywheel_writes_results(tmp_path):
     out = tmp_path / "demo"
-    config = DemoConfig(out=str(out), rounds=2, seeds=1, demo_episodes=3, demo_noise=0.0, base_steps=15,
+    # base_steps=2: a nearly untrained base drifts, so the simulated operator must step in
+    config = DemoConfig(out=str(out), rounds=2, seeds=1, demo_episodes=3, demo_noise=0.0, base_steps=2,
                         interaction_episodes=2, round_episodes=1, method_steps=4, batch_size=8,
-                        eval_episodes=2, workers=1, max_steps=25)
+                        eval_episodes=2, workers=1, max_steps=60)
     results = run_demo(config, progress=False, log=lambda m: None)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
@@ -38,7 +39,7 @@ def test_tiny_flywheel_writes_results(tmp_path):
     assert {(r["round"], r["method"]) for r in rounds} == {
         (r, m) for r in (0, 1, 2) for m in ("apo", "dagger")}
     assert all(0.0 <= r["intervention_ratio"] <= 1.0 for r in rounds)
-    assert results["data"]["demo_episodes"] == 3
+    assert results["data"]["demo_episodes"] == 3 and results["data"]["interventions"] >= 1
     assert results["data"]["interaction_episodes"] == 2 + 2 * 2
     assert (out / "results.md").read_text().count("|") > 20
     assert (out / "results.png").stat().st_size > 1000

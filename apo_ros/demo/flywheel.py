@@ -246,8 +246,13 @@ def run_demo(config: DemoConfig, *, progress: bool = True, log: Callable[[str], 
         stages.advance(plan[2][0], f"{round0['interventions']} interventions, "
                                    f"ratio {round0['intervention_ratio']:.2f}")
         if round0["interventions"] == 0:
-            log("warning: the operator never intervened on the base policy; preference methods "
-                "(kto, tpo, apo) have no undesirable samples to learn from")
+            from apo_ros.cli import UserError
+
+            raise UserError(
+                f"the simulated operator never intervened in {c.interaction_episodes} deployments of the "
+                f"base policy ({round0['successes']} succeeded), so dagger / sirius / kto / tpo / apo "
+                f"have no corrections to learn from; the bags are in {round0_dir}. Use more "
+                "interaction episodes or a weaker base (fewer base steps or demos).")
 
         # 4. train every method from the base on the same data and budget
         stages.start(plan[3][0])
