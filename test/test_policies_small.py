@@ -150,3 +150,30 @@ def test_learns_a_localization_task_in_bounded_steps():
     error = np.abs(pred[:, 0, :2] - h_actions[:, :2]).mean() / 0.08
     assert ok.all() and error < 0.2, error
     assert (np.round(pred[:, 0, 6]) == h_actions[:, 6]).all()
+
+
+def test_rotation_features_are_sign_invariant_and_old_configs_load():
+    # A top-down gripper sits near qw = 0, where the canonical quaternion flips between q and -q
+    # from step to step: the policy must see the same state for both.
+    policy = make()
+    assert policy.config.rotation_features == "matrix"
+    images, proprio, _ = random_batch(4, seed=0, chunk=1)
+    q = np.array([0.47, -0.88, 0.01, 0.004])
+    proprio[:, 3:7] = q / np.linalg.norm(q)
+    flipped = proprio.copy()
+    flipped[:, 3:7] *= -1
+    instr = [INSTRUCTIONS[0]] * 4
+    a = policy.trunk(policy.prepare(images, proprio, instr))
+    b = policy.trunk(policy.prepare(images, flipped, instr))
+    torch.testing.assert_close(a, b)
+    features = policy.proprio_features(torch.from_numpy(proprio).float())
+    rot = features[:, 3:12].reshape(-1, 3, 3)
+    torch.testing.assert_close(rot @ rot.transpose(1, 2), torch.eye(3).expand(4, 3, 3), atol=1e-5, rtol=0)
+    # a config saved before the option existed is the raw-quaternion network
+    old = policy.config_dict()
+    del old["rotation_features"]
+    loaded = type(policy).from_config_dict(old, default_statistics(), device="cpu")
+    assert loaded.config.rotation_features == "quaternion"
+    assert loaded.state_proj.in_features == policy.state_proj.in_features - 5
+    with pytest.raises(ValueError, match="rotation_features"):
+        make(rotation_features="euler")

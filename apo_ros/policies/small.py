@@ -51,6 +51,14 @@ class SmallPolicyConfig:
     instruction_dim: int = 16  # instruction embedding width
     proprio_mean: list[float] | None = None  # optional proprio standardization (from statistics)
     proprio_std: list[float] | None = None
+    # How the ee quaternion (proprio[3:7]) enters the network. "matrix": the 9 rotation-matrix
+    # entries, continuous and the same for q and -q. A top-down gripper sits near a 180 degree
+    # rotation where qw ~ 0, so the canonical-sign quaternion (qw >= 0) flips between q and -q
+    # from step to step and its standardized qz/qw are noise amplified a hundredfold: a BC policy
+    # then memorizes episodes from that noise instead of looking at the images. "quaternion": the
+    # raw standardized quaternion (checkpoints written before this option; loading one without the
+    # key selects it).
+    rotation_features: str = "matrix"
 
     def __post_init__(self) -> None:
         self.instructions = [str(i) for i in self.instructions]
@@ -64,10 +72,26 @@ class SmallPolicyConfig:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if len(self.channels) < 2:
             raise ValueError(f"channels needs at least 2 conv widths, got {self.channels}")
+        if self.rotation_features not in ("matrix", "quaternion"):
+            raise ValueError(f"rotation_features must be 'matrix' or 'quaternion', "
+                             f"got {self.rotation_features!r}")
+        if self.rotation_features == "matrix" and self.proprio_dim != PROPRIO_DIM:
+            raise ValueError(f"rotation_features='matrix' needs the {PROPRIO_DIM}-D Observation.proprio() "
+                             f"layout (xyz, quaternion xyzw, gripper), got proprio_dim={self.proprio_dim}")
 
 
 def _norm(instruction: str) -> str:
     return " ".join(str(instruction).strip().lower().rstrip(".").split())
+
+
+def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """[B, 4] unit quaternions [qx, qy, qz, qw] -> [B, 3, 3] rotation matrices (same for q and -q)."""
+    x, y, z, w = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(q.shape[:-1] + (3, 3))
 
 
 class SpatialSoftmax(nn.Module):
@@ -114,7 +138,8 @@ class SmallPolicy(TokenPolicy):
         h = config.hidden
         self.image_proj = nn.Linear(3 * c[-1], h)  # 2C keypoint coordinates + C mean activations
         self.instruction_embedding = nn.Embedding(len(config.instructions), config.instruction_dim)
-        self.state_proj = nn.Linear(config.proprio_dim + config.instruction_dim, h)
+        state_dim = config.proprio_dim + (5 if config.rotation_features == "matrix" else 0)  # 4 -> 9
+        self.state_proj = nn.Linear(state_dim + config.instruction_dim, h)
         self.token_embedding = nn.Embedding(n_pos * config.n_bins, h)  # one table per position
         self.position = nn.Parameter(torch.zeros(n_pos, h))
         self.head_hidden = nn.Linear(h, h)
@@ -142,6 +167,8 @@ class SmallPolicy(TokenPolicy):
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"small policy config has unknown keys {unknown}")
+        d = dict(d)
+        d.setdefault("rotation_features", "quaternion")  # saved before the option existed
         return cls(SmallPolicyConfig(**d), stats, device=device)
 
     def save_parts(self, directory: str, *, merge_lora: bool = True) -> dict:
@@ -266,9 +293,18 @@ class SmallPolicy(TokenPolicy):
         x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], 1)
         features = self.encoder(x)
         image = torch.cat([self.keypoints(features), features.mean((2, 3))], 1)
-        proprio = (inputs["proprio"].float() - self.proprio_mean) / self.proprio_std
-        state = torch.cat([proprio, self.instruction_embedding(inputs["instruction"])], 1)
+        state = torch.cat([self.proprio_features(inputs["proprio"].float()),
+                           self.instruction_embedding(inputs["instruction"])], 1)
         return self.image_proj(image) + self.state_proj(state)
+
+    def proprio_features(self, proprio: torch.Tensor) -> torch.Tensor:
+        """[B, 8] proprio -> standardized state features (see SmallPolicyConfig.rotation_features)."""
+        standardized = (proprio - self.proprio_mean) / self.proprio_std
+        if self.config.rotation_features == "quaternion":
+            return standardized
+        q = F.normalize(proprio[:, 3:7], dim=1)
+        rotation = quaternion_to_matrix(q).reshape(-1, 9)
+        return torch.cat([standardized[:, :3], rotation, standardized[:, 7:]], 1)
 
     def _logits(self, trunk: torch.Tensor, history: torch.Tensor, positions: slice) -> torch.Tensor:
         """trunk [B, H], history [B, P, H] (sum of embeddings of earlier tokens) -> logits [B, P, V]."""
