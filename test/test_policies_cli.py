@@ -34,6 +34,17 @@ def test_new_small_then_info(tmp_path, capsys):
     assert info["action_tokenizer"]["id_range"] == [0, 255]
 
 
+def test_new_small_default_instructions_are_the_task_instructions_once(tmp_path, capsys):
+    # task variants (lemon_on_plate_easy) share an instruction; the list must not repeat it
+    out = str(tmp_path / "small")
+    assert main(["policy", "new", "small", "-o", out]) == 0
+    capsys.readouterr()
+    assert main(["policy", "info", out, "--json"]) == 0
+    instructions = json.loads(capsys.readouterr().out)["config"]["instructions"]
+    assert instructions == ["put the lemon on the plate", "insert the square into the stick",
+                            "hang the cup on the rack"]
+
+
 def test_new_vla_with_openvla_statistics(tmp_path, capsys):
     stats = ActionStatistics(q01=[-0.02] * 6 + [0.0], q99=[0.03] * 6 + [1.0], mask=[True] * 6 + [False])
     stats_file = tmp_path / "dataset_statistics.json"

@@ -18,7 +18,7 @@ def place(env, body: str, pos, yaw: float = 0.0) -> None:
 
 
 def test_task_table():
-    assert set(TASKS) == {"lemon_on_plate", "square_on_stick", "hang_cup"}
+    assert set(TASKS) == {"lemon_on_plate", "square_on_stick", "hang_cup", "lemon_on_plate_easy"}
     assert TASKS["lemon_on_plate"].instruction == "put the lemon on the plate"
     assert TASKS["square_on_stick"].instruction == "insert the square into the stick"
     assert TASKS["hang_cup"].instruction == "hang the cup on the rack"
@@ -38,6 +38,22 @@ def test_initial_states_are_randomized_and_not_successful(name):
         assert 0.2 < positions[-1][0] < 0.6 and abs(positions[-1][1]) < 0.3
     spread = np.ptp(np.array(positions)[:, :2], axis=0)
     assert spread.min() > 0.01
+
+
+def test_easy_lemon_variant_narrows_only_the_randomization():
+    full, easy = TASKS["lemon_on_plate"], TASKS["lemon_on_plate_easy"]
+    assert easy.instruction == full.instruction and easy.max_steps == full.max_steps
+    assert full.lemon_box == (0.28, 0.50, -0.22, 0.22) and full.lemon_yaw == pytest.approx(np.pi / 2)
+    env = make_env("lemon_on_plate_easy", render=False)
+    x0, x1, y0, y1 = easy.lemon_box
+    px0, px1, py0, py1 = easy.plate_box
+    for seed in range(8):
+        env.reset(seed)
+        lemon, plate = env.body_pos("lemon"), env.body_pos("plate")
+        assert x0 - 0.005 <= lemon[0] <= x1 + 0.005 and y0 - 0.005 <= lemon[1] <= y1 + 0.005
+        assert px0 <= plate[0] <= px1 and py0 <= plate[1] <= py1
+        closing = env.body_mat("lemon")[:, 0]  # the long axis: yaw within +- lemon_yaw
+        assert abs(np.arctan2(closing[1], closing[0])) <= easy.lemon_yaw + 0.05
 
 
 def test_lemon_predicate():

@@ -60,7 +60,8 @@ def _default_instructions() -> list[str]:
     try:
         from apo_ros.sim.tasks import TASKS
 
-        return [task.instruction for task in TASKS.values()]
+        # task variants share their base task's instruction: keep each instruction once
+        return list(dict.fromkeys(task.instruction for task in TASKS.values()))
     except Exception:  # the simulator area is optional for this command
         return ["put the lemon on the plate", "insert the square into the stick", "hang the cup on the rack"]
 

@@ -13,7 +13,8 @@ import json
 import os
 import sys
 
-TASK_NAMES = ("lemon_on_plate", "square_on_stick", "hang_cup")  # mirrors apo_ros.sim.tasks.TASKS
+# mirrors apo_ros.sim.tasks.TASKS (kept here so --help does not import mujoco)
+TASK_NAMES = ("lemon_on_plate", "square_on_stick", "hang_cup", "lemon_on_plate_easy")
 
 
 def _user_error(message: str) -> Exception:
