@@ -177,3 +177,24 @@ def test_rotation_features_are_sign_invariant_and_old_configs_load():
     assert loaded.state_proj.in_features == policy.state_proj.in_features - 5
     with pytest.raises(ValueError, match="rotation_features"):
         make(rotation_features="euler")
+
+
+def test_separate_camera_encoder_trains_and_sees_both_cameras():
+    policy = make(camera_fusion="separate", channels=(8, 16, 16), hidden=64)
+    inputs, tokens, mask, _ = batch(policy)
+    assert policy.image_proj.in_features == 2 * 3 * 16  # keypoints + means per camera
+    before = policy.token_logps(inputs, tokens, mask)
+    for channel in (0, 3):  # blank the front, then the wrist camera: both change the output
+        other = dict(inputs)
+        other["images"] = inputs["images"].clone()
+        other["images"][:, channel:channel + 3] = 0
+        assert not torch.allclose(policy.token_logps(other, tokens, mask), before)
+    opt = torch.optim.Adam(policy.trainable_parameters(), lr=1e-2)
+    for _ in range(5):
+        loss = -policy.token_logps(inputs, tokens, mask).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert policy.token_logps(inputs, tokens, mask).sum() > before.sum()
+    with pytest.raises(ValueError, match="camera_fusion"):
+        make(camera_fusion="mixed")

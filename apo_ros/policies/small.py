@@ -49,6 +49,8 @@ class SmallPolicyConfig:
     channels: tuple[int, ...] = (16, 32, 32)  # conv widths; first two convs have stride 2
     hidden: int = 256  # width of the trunk, token embeddings and head hidden layer
     instruction_dim: int = 16  # instruction embedding width
+    camera_fusion: str = "stacked"  # "stacked": cameras as channels of one image (cheapest);
+    # "separate": one shared encoder run per camera, keypoints per camera (2x conv cost)
     proprio_mean: list[float] | None = None  # optional proprio standardization (from statistics)
     proprio_std: list[float] | None = None
     # How the ee quaternion (proprio[3:7]) enters the network. "matrix": the 9 rotation-matrix
@@ -70,6 +72,8 @@ class SmallPolicyConfig:
             raise ValueError(f"instruction list has duplicates: {self.instructions}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.camera_fusion not in ("stacked", "separate"):
+            raise ValueError(f"camera_fusion must be 'stacked' or 'separate', got {self.camera_fusion!r}")
         if len(self.channels) < 2:
             raise ValueError(f"channels needs at least 2 conv widths, got {self.channels}")
         if self.rotation_features not in ("matrix", "quaternion"):
@@ -128,7 +132,10 @@ class SmallPolicy(TokenPolicy):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
         c = config.channels
-        layers: list[nn.Module] = [nn.Conv2d(3 * len(config.cameras) + 2, c[0], 5, 2, 2), nn.ReLU()]
+        self.separate = config.camera_fusion == "separate"
+        n_views = len(config.cameras) if self.separate else 1
+        in_channels = 3 + 2 if self.separate else 3 * len(config.cameras) + 2
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, c[0], 5, 2, 2), nn.ReLU()]
         layers += [nn.Conv2d(c[0], c[1], 3, 2, 1), nn.ReLU()]
         for a, b in zip(c[1:-1], c[2:]):
             layers += [nn.Conv2d(a, b, 3, 1, 1), nn.ReLU()]
@@ -136,7 +143,8 @@ class SmallPolicy(TokenPolicy):
         feat = ((size - 1) // 2) // 2 + 1  # after the two stride-2 convs
         self.keypoints = SpatialSoftmax(feat, feat, temperature=0.25)
         h = config.hidden
-        self.image_proj = nn.Linear(3 * c[-1], h)  # 2C keypoint coordinates + C mean activations
+        # per view: 2C keypoint coordinates + C mean activations
+        self.image_proj = nn.Linear(3 * c[-1] * n_views, h)
         self.instruction_embedding = nn.Embedding(len(config.instructions), config.instruction_dim)
         state_dim = config.proprio_dim + (5 if config.rotation_features == "matrix" else 0)  # 4 -> 9
         self.state_proj = nn.Linear(state_dim + config.instruction_dim, h)
@@ -290,9 +298,12 @@ class SmallPolicy(TokenPolicy):
         """Observation features [B, hidden]."""
         images = inputs["images"]
         x = images.float() * (2.0 / 255.0) - 1.0
+        b = x.shape[0]
+        if self.separate:  # [B, K*3, H, W] -> [B*K, 3, H, W]: one encoder pass per camera
+            x = x.reshape(b * len(self.cameras), 3, x.shape[2], x.shape[3])
         x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], 1)
         features = self.encoder(x)
-        image = torch.cat([self.keypoints(features), features.mean((2, 3))], 1)
+        image = torch.cat([self.keypoints(features), features.mean((2, 3))], 1).reshape(b, -1)
         state = torch.cat([self.proprio_features(inputs["proprio"].float()),
                            self.instruction_embedding(inputs["instruction"])], 1)
         return self.image_proj(image) + self.state_proj(state)
