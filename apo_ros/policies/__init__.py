@@ -1,21 +1,26 @@
 """Token policies: the interface every objective uses, the small CPU policy, transformers VLAs
-(OpenVLA-style bins and pi0-FAST-style), checkpoints and the frozen reference."""
+(OpenVLA-style bins and pi0-FAST-style), checkpoints and the frozen reference.
 
-from apo_ros.policies.base import TokenPolicy, concat_inputs, index_inputs, inputs_to, pick_device
-from apo_ros.policies.checkpoint import (
-    CheckpointError,
-    PickleRefusedError,
-    RemoteCodeRefusedError,
-    load_policy,
-    policy_id,
-    save_policy,
-    verify_policy_id,
-)
-from apo_ros.policies.factory import POLICY_KINDS, build_policy
-from apo_ros.policies.reference import ReferencePolicy, make_reference
+Names load on first use (torch and transformers are heavy), so `apo-ros --help` and the
+`apo_ros.policies.cli` registration stay fast."""
 
-__all__ = [
-    "POLICY_KINDS", "CheckpointError", "PickleRefusedError", "ReferencePolicy", "RemoteCodeRefusedError",
-    "TokenPolicy", "build_policy", "concat_inputs", "index_inputs", "inputs_to", "load_policy",
-    "make_reference", "pick_device", "policy_id", "save_policy", "verify_policy_id",
-]
+import importlib
+
+_LAZY = {
+    "TokenPolicy": "base", "concat_inputs": "base", "index_inputs": "base", "inputs_to": "base",
+    "pick_device": "base",
+    "CheckpointError": "checkpoint", "PickleRefusedError": "checkpoint",
+    "RemoteCodeRefusedError": "checkpoint", "load_policy": "checkpoint", "policy_id": "checkpoint",
+    "save_policy": "checkpoint", "verify_policy_id": "checkpoint",
+    "POLICY_KINDS": "factory", "build_policy": "factory",
+    "ReferencePolicy": "reference", "make_reference": "reference",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"apo_ros.policies.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'apo_ros.policies' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
