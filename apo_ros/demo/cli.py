@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "budget, evaluate all on the same seeded states, and run lifelong rounds. No ROS, no GPU, "
         "no downloads. Writes results.json / .md / .png and keeps every bag and checkpoint.",
     )
-    p.add_argument("--task", default=None, help="lemon_on_plate (default) | square_on_stick | hang_cup")
+    p.add_argument("--task", default=None,
+                   help="lemon_on_plate_easy (default) | lemon_on_plate | square_on_stick | hang_cup")
     p.add_argument("--quick", action="store_true", help="the short variant (a few minutes)")
     p.add_argument("--rounds", type=int, default=None, help="lifelong rounds after round 0 "
                    "(default 2; quick 1)")

@@ -142,6 +142,23 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
         """tokens -> (raw actions float [B, T, 7], ok bool [B]); ok False where decoding failed
         (then that row's actions are zeros and must not be executed)."""
 
+    # ---- scoring several token sequences on one observation encoding --------------------------
+    def encode_observation(self, inputs: dict):
+        """The part of a forward pass that depends on the observation only. The objectives score a
+        sample's own actions and its mismatched partner's (KTO/APO's z0) on the same observation:
+        with `token_logps_encoded` the second scoring reuses this instead of re-encoding images.
+        Default: no sharing (the encoding is the inputs themselves)."""
+        return inputs
+
+    def token_logps_encoded(self, encoding, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`token_logps` from `encode_observation(inputs)` -> float [B, L], 0 where ~mask."""
+        return self.token_logps(encoding, tokens, mask)
+
+    def token_logits_encoded(self, encoding, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V] from `encode_observation(inputs)` (policies that have
+        `token_logits`)."""
+        return self.token_logits(encoding, tokens, mask)  # type: ignore[attr-defined]
+
     # ---- convenience -------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -323,20 +323,35 @@ class SmallPolicy(TokenPolicy):
         hidden = F.relu(self.head_hidden(ctx))
         return torch.einsum("bph,phv->bpv", hidden, self.head_weight[positions]) + self.head_bias[positions]
 
-    def token_logits(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, L, n_bins]; masked tokens are left out of every history."""
+    def encode_observation(self, inputs: dict) -> torch.Tensor:
+        """The trunk [B, hidden]: everything observation-dependent (the image encoder is ~all
+        the cost), shared by every token sequence scored on the same observations."""
+        return self.trunk(inputs)
+
+    def token_logits_encoded(self, encoding: torch.Tensor, tokens: torch.Tensor,
+                             mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, n_bins] from the trunk; masked tokens are left out of
+        every history."""
         self._check_tokens(tokens, mask)
         safe = tokens.clamp(0, self.config.n_bins - 1)
         emb = self.token_embedding(safe + self.token_offset[: tokens.shape[1]])
         emb = emb * mask[..., None].to(emb.dtype)
         history = torch.cumsum(emb, 1) - emb  # exclusive prefix sum: tokens < d
-        return self._logits(self.trunk(inputs), history, slice(0, tokens.shape[1]))
+        return self._logits(encoding, history, slice(0, tokens.shape[1]))
 
-    def token_logps(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.token_logits(inputs, tokens, mask)
+    def token_logps_encoded(self, encoding: torch.Tensor, tokens: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor:
+        logits = self.token_logits_encoded(encoding, tokens, mask)
         logp = torch.log_softmax(logits.float(), -1)
         picked = logp.gather(-1, tokens.clamp(0, self.config.n_bins - 1)[..., None]).squeeze(-1)
         return torch.where(mask, picked, torch.zeros_like(picked))
+
+    def token_logits(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, n_bins]; masked tokens are left out of every history."""
+        return self.token_logits_encoded(self.trunk(inputs), tokens, mask)
+
+    def token_logps(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.token_logps_encoded(self.trunk(inputs), tokens, mask)
 
     def _check_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
         if tokens.shape != mask.shape or tokens.dim() != 2:

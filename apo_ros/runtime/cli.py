@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in lock-step. Writes one rosbag2 episode per episode into --bags, tagged with interventions "
         "(`apo-ros bags info DIR` lists them). `--policy expert` records expert demonstrations.",
     )
-    p.add_argument("--task", required=True, help="lemon_on_plate | square_on_stick | hang_cup")
+    p.add_argument("--task", required=True,
+                   help="lemon_on_plate | lemon_on_plate_easy | square_on_stick | hang_cup")
     p.add_argument("--policy", required=True, metavar="CKPT|expert",
                    help="checkpoint directory, or 'expert' for the scripted expert (demos)")
     p.add_argument("--operator", choices=("scripted", "none"), default="scripted",

@@ -292,12 +292,19 @@ def _init_policy(init: str, config: TrainConfig, samples: SampleSet, device: str
                     "init_policy_id": policy.policy_id}
 
 
-def _logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor, want_argmax: bool):
+def _logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor, want_argmax: bool,
+                      encoding=None):
     """Teacher-forced per-token log-probs [B, L] and, when asked, the argmax token at each
     position from the SAME pass (as the released code; no extra autoregressive decode) when the
-    policy exposes its logits, else from greedy decoding."""
+    policy exposes its logits, else from greedy decoding. `encoding`: the policy's
+    `encode_observation(inputs)`, when the caller scores other tokens on it too."""
+    if encoding is None:
+        encoding = inputs
+        logits_fn, logps_fn = getattr(policy, "token_logits", None), policy.token_logps
+    else:
+        logits_fn, logps_fn = policy.token_logits_encoded, policy.token_logps_encoded
     if want_argmax and hasattr(policy, "token_logits"):
-        logits = policy.token_logits(inputs, tokens, mask).float()
+        logits = logits_fn(encoding, tokens, mask).float()
         if logits.shape[-1] > int(tokens.max()):
             logp = torch.log_softmax(logits, -1)
             picked = logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
@@ -312,7 +319,7 @@ def _logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Te
                 width = min(scores.shape[-1], allowed.shape[0])
                 scores = scores[..., :width].masked_fill(~allowed[:width].to(scores.device), float("-inf"))
             return picked, scores.argmax(-1), mask
-    logps = policy.token_logps(inputs, tokens, mask)
+    logps = logps_fn(encoding, tokens, mask)
     if not want_argmax:
         return logps, None, None
     with torch.no_grad():
@@ -479,10 +486,13 @@ class _Run:
             return loss, {"loss": float(loss.detach())}, len(idx)
         want_argmax = self.method == "apo" and self.config.reweight
         with self._autocast():
-            logps, pred, pred_mask = _logps_and_argmax(self.policy, inputs, tok, mask, want_argmax)
+            # one observation encoding for the sample's own tokens and its mismatched partner's
+            encoding = self.policy.encode_observation(inputs)
+            logps, pred, pred_mask = _logps_and_argmax(self.policy, inputs, tok, mask, want_argmax,
+                                                       encoding=encoding)
         logps = logps.float()
         ref = self._reference_logps(idx, inputs, tok, mask)
-        kl_pol, kl_ref = self._kl_terms(idx, inputs, tok, mask, logps, ref)
+        kl_pol, kl_ref = self._kl_terms(idx, inputs, tok, mask, logps, ref, encoding)
         desirable = torch.from_numpy(self.samples.desirable[idx]).to(self.device)
         c = self.config
         if self.method == "kto":
@@ -513,8 +523,10 @@ class _Run:
         with self._autocast():
             return self.reference.token_logps(inputs, tok, mask).float()
 
-    def _kl_terms(self, idx, inputs, tok, mask, logps, ref) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probs of the mismatched pairs under policy and reference."""
+    def _kl_terms(self, idx, inputs, tok, mask, logps, ref,
+                  encoding=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs of the mismatched pairs under policy and reference (z0 is detached, so
+        the policy's pass runs without gradient, on the already computed observation encoding)."""
         if self.config.z0_mode == "matched" or len(idx) < 2:
             return logps.detach().sum(-1), ref.sum(-1)
         if self.ref_kl is not None:  # cached: fixed partner per sample
@@ -525,7 +537,10 @@ class _Run:
             with self._autocast():
                 kl_ref = self.reference.token_logps(inputs, ptok, pmask).float().sum(-1)
         with torch.no_grad(), self._autocast():
-            kl_pol = self.policy.token_logps(inputs, ptok, pmask).float().sum(-1)
+            if encoding is None:
+                kl_pol = self.policy.token_logps(inputs, ptok, pmask).float().sum(-1)
+            else:
+                kl_pol = self.policy.token_logps_encoded(encoding, ptok, pmask).float().sum(-1)
         return kl_pol, kl_ref
 
     def _action_errors(self, idx, pred, pred_mask) -> tuple[torch.Tensor, torch.Tensor]:
