@@ -24,13 +24,7 @@ from apo_ros.policies.testing import default_statistics, random_batch
 INSTRUCTIONS = ["open it", "close it"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_policy():

@@ -26,13 +26,7 @@ from apo_ros.policies.tiny import save_tiny_checkpoint
 INSTRUCTIONS = ["go", "Put the lemon on the plate."]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

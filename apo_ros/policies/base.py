@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from apo_ros.actions.space import ACTION_DIM
 from apo_ros.actions.statistics import ActionStatistics
 from apo_ros.observation import Observation
 
@@ -120,6 +121,18 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
         return concat_inputs(parts, self.input_pad_values)
 
     # ---- tokens ------------------------------------------------------------------------------
+    def as_action_chunks(self, actions) -> np.ndarray:
+        """Raw actions [B, T, 7] (or [B, 7] when T == 1) as float64 [B, T, 7]; NaN/Inf refused."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim == 2 and self.chunk_size == 1:
+            a = a[:, None, :]
+        if a.ndim != 3 or a.shape[1:] != (self.chunk_size, ACTION_DIM):
+            raise ValueError(f"actions must be [B, {self.chunk_size}, {ACTION_DIM}]"
+                             f"{' or [B, 7]' if self.chunk_size == 1 else ''}, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("actions contain NaN or Inf; refusing to tokenize")
+        return a
+
     @abc.abstractmethod
     def encode_actions(self, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """raw actions [B, T, 7] (or [B, 7] when T == 1) -> (tokens long [B, L], mask bool [B, L])."""

@@ -261,19 +261,8 @@ class SmallPolicy(TokenPolicy):
                 "instruction": self.instruction_ids(instructions).to(device)}
 
     # ---- tokens ------------------------------------------------------------------------------
-    def _as_chunks(self, actions: np.ndarray) -> np.ndarray:
-        a = np.asarray(actions, dtype=np.float64)
-        if a.ndim == 2 and self.chunk_size == 1:
-            a = a[:, None, :]
-        if a.ndim != 3 or a.shape[1:] != (self.chunk_size, ACTION_DIM):
-            raise ValueError(f"actions must be [B, {self.chunk_size}, {ACTION_DIM}]"
-                             f"{' or [B, 7]' if self.chunk_size == 1 else ''}, got shape {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError("actions contain NaN or Inf; refusing to tokenize")
-        return a
-
     def encode_actions(self, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        chunks = self._as_chunks(actions)
+        chunks = self.as_action_chunks(actions)
         ids = self.tokenizer.encode(self.stats.normalize(chunks)).reshape(chunks.shape[0], -1)
         tokens = torch.from_numpy(ids).to(self.device)
         return tokens, torch.ones_like(tokens, dtype=torch.bool)

@@ -372,19 +372,8 @@ class VLABinsPolicy(TokenPolicy):
         return torch.stack(tokens, 1), torch.stack(masks, 1)
 
     # ---- bins --------------------------------------------------------------------------------
-    def _as_chunks(self, actions: np.ndarray) -> np.ndarray:
-        a = np.asarray(actions, dtype=np.float64)
-        if a.ndim == 2 and self.chunk_size == 1:
-            a = a[:, None, :]
-        if a.ndim != 3 or a.shape[1:] != (self.chunk_size, ACTION_DIM):
-            raise ValueError(f"actions must be [B, {self.chunk_size}, {ACTION_DIM}]"
-                             f"{' or [B, 7]' if self.chunk_size == 1 else ''}, got shape {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError("actions contain NaN or Inf; refusing to tokenize")
-        return a
-
     def encode_actions(self, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        chunks = self._as_chunks(actions)
+        chunks = self.as_action_chunks(actions)
         ids = self.bins.encode(self.stats.normalize(chunks)).reshape(chunks.shape[0], -1)
         ids = np.concatenate([ids, np.full((ids.shape[0], 1), self.stop_id)], 1)
         tokens = torch.from_numpy(ids).to(self.device)
@@ -563,7 +552,7 @@ class VLAFastPolicy(VLABinsPolicy):
         return self.fast_end - np.asarray(ids, dtype=np.int64)
 
     def encode_actions(self, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        chunks = self.stats.normalize(self._as_chunks(actions))
+        chunks = self.stats.normalize(self.as_action_chunks(actions))
         rows = [self.fast_to_ids(t) + [self.stop_id] for t in self.fast.encode_batch(chunks)]
         width = max(len(r) for r in rows)
         tokens = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
