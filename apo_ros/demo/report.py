@@ -93,6 +93,7 @@ def plot_results(results: dict, path: str) -> str:
             ax2.plot(rounds, [r["success_rate"] for r in rows], marker="o", label=f"{name} success")
             ax2.plot(rounds, [r["intervention_ratio"] for r in rows], marker="x", linestyle="--",
                      label=f"{name} intervention ratio")
+        ax2.set_xticks(sorted({r["round"] for r in results["rounds"]}))
         ax2.set_xlabel("round")
         ax2.set_ylim(0, 1)
         ax2.set_title("lifelong loop")
