@@ -39,6 +39,11 @@ def describe_machine() -> dict:
 
 def run_bench(args: argparse.Namespace) -> int:
     names = args.sections or list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        from apo_ros.cli import UserError
+
+        raise UserError(f"unknown bench section(s) {unknown}; choose from {list(SECTIONS)}")
     report: dict = {"machine": describe_machine(), "sections": {}}
     for name in names:
         module = SECTIONS[name]
@@ -71,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="speed figures (sim, bags, policy, train, runtime)",
         description="Run benchmarks and print figures, each with its bare baseline where one exists.",
     )
-    p.add_argument("sections", nargs="*", choices=list(SECTIONS), help="sections to run (default: all)")
+    # no `choices=` here: argparse rejects an empty list against choices with nargs="*"
+    p.add_argument("sections", nargs="*", metavar="SECTION",
+                   help=f"sections to run: {' '.join(SECTIONS)} (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--quick", action="store_true", help="shorter runs (noisier figures)")
     p.set_defaults(func=run_bench)

@@ -24,3 +24,10 @@ def test_every_subcommand_has_help():
 def test_console_entry_runs():
     out = subprocess.run([sys.executable, "-m", "apo_ros.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "apo_ros" in out.stdout
+
+
+def test_bench_parses_no_sections_and_rejects_unknown(capsys):
+    args = build_parser().parse_args(["bench", "--quick"])
+    assert args.sections == [] and args.quick
+    assert main(["bench", "no_such_section"]) == 1
+    assert "no_such_section" in capsys.readouterr().err
