@@ -153,3 +153,24 @@ def test_augmentation():
     assert np.array_equal(out, again)
     assert np.array_equal(augment_images(images, rng, AugmentConfig(True, 0, 0.0)), images)
     assert augment_images(images, rng, AugmentConfig(False)) is images
+
+
+def test_chunk_continuations_are_not_training_samples():
+    """A chunk-4 policy executes steps 1-3 of each chunk from the chunk's planning observation
+    (the bag links them to it). Pairing that observation with a chunk target starting later would
+    misalign samples, so those steps are dropped from training but still count for the labels."""
+    rng = np.random.default_rng(0)
+    sources = ["policy"] * 8 + ["human"] * 2
+    steps = []
+    for i, src in enumerate(sources):
+        planned_at = i - i % 4 if src == "policy" else i  # policy chunks of 4: obs of the chunk start
+        obs = synthetic_observation(rng, 1000 + planned_at, size=8, index=planned_at)
+        steps.append(Step(observation=obs, action=np.full(7, 0.01 * i), source=src, stamp_ns=1000 + i))
+    s = _samples(Episode(path="chunked", steps=steps))
+    assert s.continues_chunk.tolist() == [False, True, True, True, False, True, True, True, False, False]
+    assert s.dropped.tolist() == s.continues_chunk.tolist()
+    # K = 2 undesirable steps are still the two executed policy steps before the take-over ...
+    # ... but both continue a chunk, so neither is a training sample
+    assert not s.undesirable.any()
+    assert s.pool("sirius").tolist() == [0, 4, 8, 9]
+    assert s.groups()["human"].tolist() == [8, 9]

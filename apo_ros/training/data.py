@@ -32,7 +32,7 @@ from apo_ros.actions.space import ACTION_DIM
 from apo_ros.observation import PROPRIO_DIM
 from apo_ros.training.objectives import SIRIUS_CLASSES
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: obs_stamp_ns column
 SOURCE_NAMES: tuple[str, ...] = ("policy", "human", "expert")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCE_NAMES)}
 SIRIUS_CODE = {name: i for i, name in enumerate(SIRIUS_CLASSES)}
@@ -122,6 +122,7 @@ def episode_columns(episode) -> dict:
     except KeyError as err:
         raise DataError(f"{episode.path}: unknown action source {err}") from None
     cols["stamp_ns"] = np.array([s.stamp_ns for s in steps], dtype=np.int64)
+    cols["obs_stamp_ns"] = np.array([s.observation.stamp_ns for s in steps], dtype=np.int64)
     instructions = sorted({s.observation.instruction for s in steps})
     cols["instruction"] = np.array([instructions.index(s.observation.instruction) for s in steps],
                                    dtype=np.int32)
@@ -129,6 +130,13 @@ def episode_columns(episode) -> dict:
             "outcome": episode.outcome, "truncated": bool(episode.truncated),
             "metadata": {k: str(v) for k, v in episode.metadata.items()}}
     return {"columns": cols, "meta": meta}
+
+
+def _continues_chunk(obs_stamp_ns: np.ndarray) -> np.ndarray:
+    """bool [n]: the step was executed from the same observation as the step before it."""
+    out = np.zeros(obs_stamp_ns.shape[0], bool)
+    out[1:] = obs_stamp_ns[1:] == obs_stamp_ns[:-1]
+    return out
 
 
 def _write_entry(root: str, key: str, decoded: dict) -> str:
@@ -199,6 +207,7 @@ class SampleSet:
     episode: np.ndarray  # int32 [N] bag index
     step: np.ndarray  # int32 [N] step index within its episode
     instruction: np.ndarray  # int32 [N] index into `instructions`
+    continues_chunk: np.ndarray  # bool [N] executed from the previous step's observation (see label)
     instructions: list[str]
     bags: list[str]
     desirable: np.ndarray | None = None  # bool [N] (after label())
@@ -243,6 +252,11 @@ class SampleSet:
             self.sirius[lo:hi] = lab.sirius_class
             # Only policy steps are dropped as no-ops: a still operator is still a correction.
             self.dropped[lo:hi] = lab.noop & (self.source[lo:hi] == SOURCE_CODE["policy"])
+            # A chunked policy executes actions 2..T of a chunk from the observation the chunk was
+            # planned on, and the bag links them to it (exactly). As samples they would pair that
+            # old observation with a target chunk that starts T-1 steps later: left out of
+            # training (they still count as executed steps for the labels above).
+            self.dropped[lo:hi] |= self.continues_chunk[lo:hi]
         self.desirable &= ~self.dropped
         self.undesirable &= ~self.dropped
         return self
@@ -409,7 +423,7 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
                 raise DataError(f"{bag}: camera {cam!r} images are {shape}, other bags have "
                                 f"{shapes[cam]}; record all bags at one resolution")
     instructions = sorted({t for d, _ in parts for t in d["meta"]["instructions"]})
-    names = ("proprio", "actions", "source", "is_demo", "episode", "step", "instruction")
+    names = ("proprio", "actions", "source", "is_demo", "episode", "step", "instruction", "continues_chunk")
     cols: dict[str, list] = {k: [] for k in names}
     offsets = [0]
     for b, (d, is_demo) in enumerate(parts):
@@ -422,6 +436,7 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
         cols["step"].append(np.arange(n, dtype=np.int32))
         remap = np.array([instructions.index(t) for t in d["meta"]["instructions"]], dtype=np.int32)
         cols["instruction"].append(remap[np.asarray(c["instruction"])])
+        cols["continues_chunk"].append(_continues_chunk(np.asarray(c["obs_stamp_ns"])))
         offsets.append(offsets[-1] + n)
     merged = {k: np.concatenate(v) for k, v in cols.items()}
     finite = np.isfinite(merged["actions"]).all(-1) & np.isfinite(merged["proprio"]).all(-1)
