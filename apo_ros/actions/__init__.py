@@ -6,6 +6,7 @@ The FAST tokenizer (scipy + tokenizers) and the safety filter load on first use,
 from apo_ros.actions.bins import BinTokenizer
 from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES, GRIPPER_INDEX, NORMALIZE_MASK
 from apo_ros.actions.statistics import ActionStatistics, load_statistics, save_statistics
+from apo_ros.lazy import lazy_exports
 
 _LAZY = {
     "FastDecodeError": "apo_ros.actions.fast",
@@ -16,13 +17,7 @@ _LAZY = {
     "zero_action": "apo_ros.actions.safety",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'apo_ros.actions' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

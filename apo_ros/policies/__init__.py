@@ -4,7 +4,7 @@
 Names load on first use (torch and transformers are heavy), so `apo-ros --help` and the
 `apo_ros.policies.cli` registration stay fast."""
 
-import importlib
+from apo_ros.lazy import lazy_exports
 
 _LAZY = {
     "TokenPolicy": "base", "concat_inputs": "base", "index_inputs": "base", "inputs_to": "base",
@@ -16,11 +16,8 @@ _LAZY = {
     "ReferencePolicy": "reference", "make_reference": "reference",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"apo_ros.policies.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'apo_ros.policies' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {name: f"apo_ros.policies.{module}"
+                                          for name, module in _LAZY.items()})
 
 
 __all__ = sorted(_LAZY)

@@ -96,6 +96,8 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
 
     def __init__(self, stats: ActionStatistics):
         super().__init__()
+        if stats.dim != ACTION_DIM:
+            raise ValueError(f"statistics have {stats.dim} dims, a {self.kind} policy needs {ACTION_DIM}")
         self.stats = stats
         self.policy_id: str | None = None  # content hash, set by save_policy / load_policy
         self.checkpoint_dir: str | None = None  # where it was loaded from / saved to

@@ -119,8 +119,6 @@ class SmallPolicy(TokenPolicy):
 
     def __init__(self, config: SmallPolicyConfig, stats: ActionStatistics, device: str | None = None):
         super().__init__(stats)
-        if stats.dim != ACTION_DIM:
-            raise ValueError(f"statistics have {stats.dim} dims, the small policy needs {ACTION_DIM}")
         self.config = config
         self.cameras = config.cameras
         self.chunk_size = config.chunk_size

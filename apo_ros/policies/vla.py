@@ -131,8 +131,6 @@ class VLABinsPolicy(TokenPolicy):
 
     def __init__(self, config: VLAConfig, stats: ActionStatistics, model, processor, device: torch.device):
         super().__init__(stats)
-        if stats.dim != ACTION_DIM:
-            raise ValueError(f"statistics have {stats.dim} dims, VLA policies need {ACTION_DIM}")
         self.config = config
         self.cameras = config.cameras
         self.chunk_size = config.chunk_size

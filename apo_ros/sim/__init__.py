@@ -4,8 +4,9 @@ load their modules on first use (so `apo-ros --help` stays fast)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from apo_ros.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from apo_ros.sim.env import TabletopEnv, make_env
@@ -31,10 +32,4 @@ __all__ = ["TASKS", "Expert", "ExpertConfig", "OperatorConfig", "SimulatedOperat
 # (re-exporting it here would be shadowed by the submodule once that is imported).
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'apo_ros.sim' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

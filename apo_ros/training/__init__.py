@@ -3,7 +3,7 @@ the trainer. Names are imported lazily so `apo-ros --help` does not pay for torc
 
 from __future__ import annotations
 
-import importlib
+from apo_ros.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "apo_ros.training.trainer",
@@ -24,10 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'apo_ros.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
