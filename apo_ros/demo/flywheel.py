@@ -87,6 +87,8 @@ def job_session(task: str, policy: str, operator: str, episodes: int, bags_dir: 
 def job_train(method: str, demos: list[str], data: list[str], init: str, out: str, steps: int,
               batch_size: int, seed: int, cache_dir: str, lr: float | None = None,
               policy: dict | None = None, overrides: dict | None = None) -> str:
+    if os.path.exists(os.path.join(out, "policy", "apo_policy.json")):
+        return os.path.join(out, "policy")  # finished earlier (a rerun of the same --out)
     from apo_ros.training.trainer import TrainConfig, train_policy
 
     fields = dict(method=method, steps=steps, batch_size=batch_size, seed=seed, lr=lr, device="cpu",
@@ -94,8 +96,6 @@ def job_train(method: str, demos: list[str], data: list[str], init: str, out: st
                   keep_checkpoints=1, policy=dict(policy or {}))
     fields.update(overrides or {})
     config = TrainConfig(**fields)
-    if os.path.exists(os.path.join(out, "policy", "apo_policy.json")):
-        return os.path.join(out, "policy")  # finished earlier (a rerun of the same --out)
     return train_policy(config, demos, data, init, out, log=lambda msg: None)
 
 
@@ -272,10 +272,9 @@ def run_demo(config: DemoConfig, *, progress: bool = True, log: Callable[[str], 
                                             c.max_steps)
 
         # 6. lifelong rounds run alongside the evaluations
-        rounds: list[dict] = []
         lineage_data = {m: [round0_dir] for m in LIFELONG_METHODS}
         current = {m: trained[(m, 0)] for m in LIFELONG_METHODS}
-        round_evals: dict[tuple[int, str], Future] = {}
+        round_eval_futures: dict[tuple[int, str], Future] = {}
         round_sessions: dict[tuple[int, str], dict] = {}
         if c.rounds:
             stages.start(plan[5][0])
@@ -289,8 +288,8 @@ def run_demo(config: DemoConfig, *, progress: bool = True, log: Callable[[str], 
                 round_sessions[(r, m)] = fut.result()
                 lineage_data[m].append(os.path.join(out, "rounds", f"round{r}", m))
                 if r > 1:  # generation 1 is the comparison's seed-0 model, evaluated in stage 5
-                    round_evals[(r, m)] = pool.submit(job_eval, c.task, current[m], c.eval_episodes,
-                                                      c.eval_seed0, c.max_steps)
+                    round_eval_futures[(r, m)] = pool.submit(job_eval, c.task, current[m],
+                                                             c.eval_episodes, c.eval_seed0, c.max_steps)
             if r == c.rounds:
                 for m in LIFELONG_METHODS:
                     stages.advance(plan[5][0], f"round {r} {m}")
@@ -311,8 +310,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True, log: Callable[[str], 
             evals[key] = fut.result()
             stages.advance(plan[4][0], f"{key[0]} seed {key[1]}: "
                                        f"{evals[key]['successes']}/{evals[key]['episodes']}")
-        for key, fut in round_evals.items():
-            round_evals[key] = fut.result()  # type: ignore[assignment]
+        round_evals = {key: fut.result() for key, fut in round_eval_futures.items()}
     finally:
         pool.close()
         stages.close()
