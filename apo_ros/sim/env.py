@@ -205,7 +205,13 @@ class TabletopEnv:
             instruction=self.instruction,
             stamp_ns=int(round(d.time * 1e9)),
             joint_names=self.joint_names,
+            object_poses=self.object_poses(),
         )
+
+    def object_poses(self) -> np.ndarray:
+        """(N, 7) float32 [x, y, z, qx, qy, qz, qw] of the task's state bodies (base = world frame)."""
+        return np.asarray([np.concatenate([self.body_pos(b), mat_to_quat_xyzw(self.body_mat(b))])
+                           for b in self.task.state_bodies], dtype=np.float32).reshape(-1, 7)
 
     def render_image(self, camera: str, size: int | None = None) -> np.ndarray:
         """(size, size, 3) uint8 RGB image from camera "front" or "wrist" (any size up to 640)."""

@@ -56,6 +56,12 @@ class Task:
     max_steps: int = 160  # default episode length at 10 Hz (truncation)
     hold_steps: int = 1  # consecutive control steps the success predicate must hold to terminate
     object_body: str = ""  # the manipulated (free) object
+    target_body: str = ""  # where it must go (plate, stick, rack)
+
+    @property
+    def state_bodies(self) -> tuple[str, ...]:
+        """The bodies whose poses an observation carries (Observation.object_poses), in order."""
+        return tuple(b for b in (self.object_body, self.target_body) if b)
 
     def add_objects(self, spec: mujoco.MjSpec) -> None:
         raise NotImplementedError
@@ -309,20 +315,21 @@ class HangCup(Task):
 
 TASKS: dict[str, Task] = {
     "lemon_on_plate": LemonOnPlate(name="lemon_on_plate", instruction="put the lemon on the plate",
-                                   max_steps=150, object_body="lemon"),
+                                   max_steps=150, object_body="lemon", target_body="plate"),
     # The same task with a narrower seeded randomization (8 cm x 8 cm boxes, lemon yaw +-0.5 rad,
     # the plate always to the left of the lemon): the `apo-ros demo` task, where a small BC base
     # trained in minutes on a 2-core CPU reaches tens of percent (the full task's localization
     # and grasp precision at 64 px need far more demos and steps).
     "lemon_on_plate_easy": LemonOnPlate(name="lemon_on_plate_easy",
                                         instruction="put the lemon on the plate", max_steps=150,
-                                        object_body="lemon", plate_box=(0.42, 0.50, 0.10, 0.18),
+                                        object_body="lemon", target_body="plate",
+                                        plate_box=(0.42, 0.50, 0.10, 0.18),
                                         lemon_box=(0.34, 0.42, -0.16, -0.08), lemon_yaw=0.5),
     "square_on_stick": SquareOnStick(name="square_on_stick",
                                      instruction="insert the square into the stick", max_steps=160,
-                                     object_body="square"),
+                                     object_body="square", target_body="stick"),
     "hang_cup": HangCup(name="hang_cup", instruction="hang the cup on the rack", max_steps=180,
-                        hold_steps=3, object_body="cup"),
+                        hold_steps=3, object_body="cup", target_body="rack"),
 }
 
 
