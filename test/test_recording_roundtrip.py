@@ -42,7 +42,8 @@ def _write_reference(path, *, image_format="raw", serialized=False):
                 joints = M.make_joint_state(t, stamp, obs.joint_names, obs.joint_positions)
                 parts = [(schema.JOINT_STATES, joints),
                          (schema.EE_POSE, M.make_pose_stamped(t, stamp, obs.ee_pose)),
-                         (schema.GRIPPER_STATE, M.make_gripper_state(t, stamp, obs.gripper))]
+                         (schema.GRIPPER_STATE, M.make_gripper_state(t, stamp, obs.gripper)),
+                         (schema.OBJECT_POSES, M.make_pose_array(t, stamp, obs.object_poses))]
                 for topic, msg in parts:
                     cdr = store.serialize_cdr(msg, msg.__msgtype__)
                     w.write_serialized(topic, msg.__msgtype__, stamp, cdr)
@@ -91,6 +92,8 @@ def test_round_trip_every_field(tmp_path, image_format):
         np.testing.assert_array_equal(o.joint_positions, obs.joint_positions)
         assert o.joint_names == JOINT_NAMES
         np.testing.assert_array_equal(o.ee_pose, obs.ee_pose)
+        assert o.object_poses.shape == (2, 7)
+        np.testing.assert_array_equal(o.object_poses, obs.object_poses)
         assert o.gripper == obs.gripper
         assert o.instruction == meta["instruction"]
         assert set(o.images) == {"front", "wrist"}

@@ -117,6 +117,11 @@ def test_expert_demos_recorded_as_expert(tmp_path, capsys):
     ep = read_episode(summary.episodes[0].path, load_images=False)
     assert set(ep.sources) == {"expert"} and ep.outcome == "success"
     assert ep.metadata["policy_id"] == "expert" and ep.metadata["seed"] == "3"
+    # the simulator's object poses (object, then target) are recorded for state-based policies
+    first, last = ep.steps[0].observation.object_poses, ep.steps[-1].observation.object_poses
+    assert first.shape == (2, 7) and last.shape == (2, 7)
+    assert np.linalg.norm(last[0, :3] - first[0, :3]) > 0.05  # the object was carried
+    np.testing.assert_allclose(last[1], first[1], atol=1e-6)  # the target stays put
     info = bags_info_json(capsys, tmp_path)
     assert info["totals"]["interventions"] == 0 and info["episodes"][0]["outcome"] == "success"
 

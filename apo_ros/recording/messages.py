@@ -5,7 +5,7 @@ Both kinds of classes have the ROS field names; they differ in construction: ros
 dataclasses whose fields are all required and whose numeric arrays are numpy arrays, rclpy classes
 take keyword arguments with defaults and want `array.array` (or lists) for sequences. A *types
 namespace* hides that: an object with the message classes as attributes (`Header`, `Time`,
-`JointState`, `Image`, `CompressedImage`, `PoseStamped`, `Pose`, `Point`, `Quaternion`,
+`JointState`, `Image`, `CompressedImage`, `PoseStamped`, `PoseArray`, `Pose`, `Point`, `Quaternion`,
 `TwistStamped`, `Twist`, `Vector3`, `String`) and `flavor` = "rosbags" or "rclpy".
 `rosbags_types()` builds one here; `rclpy_types()` builds one inside a ROS install (nodes only).
 """
@@ -30,6 +30,7 @@ _CLASSES = {
     "Image": "sensor_msgs/msg/Image",
     "CompressedImage": "sensor_msgs/msg/CompressedImage",
     "PoseStamped": "geometry_msgs/msg/PoseStamped",
+    "PoseArray": "geometry_msgs/msg/PoseArray",
     "Pose": "geometry_msgs/msg/Pose",
     "Point": "geometry_msgs/msg/Point",
     "Quaternion": "geometry_msgs/msg/Quaternion",
@@ -67,13 +68,23 @@ def rosbags_types(distro: str = "humble") -> SimpleNamespace:
 def rclpy_types() -> SimpleNamespace:  # pragma: no cover - needs a ROS 2 install
     """The types namespace of rclpy message classes. Only the ROS nodes call this."""
     from builtin_interfaces.msg import Time
-    from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Twist, TwistStamped, Vector3
+    from geometry_msgs.msg import (
+        Point,
+        Pose,
+        PoseArray,
+        PoseStamped,
+        Quaternion,
+        Twist,
+        TwistStamped,
+        Vector3,
+    )
     from sensor_msgs.msg import CompressedImage, Image, JointState
     from std_msgs.msg import Header, String
 
     return SimpleNamespace(flavor="rclpy", Time=Time, Header=Header, String=String,
                            JointState=JointState, Image=Image, CompressedImage=CompressedImage,
-                           PoseStamped=PoseStamped, Pose=Pose, Point=Point, Quaternion=Quaternion,
+                           PoseStamped=PoseStamped, PoseArray=PoseArray, Pose=Pose, Point=Point,
+                           Quaternion=Quaternion,
                            TwistStamped=TwistStamped, Twist=Twist, Vector3=Vector3)
 
 
@@ -151,17 +162,27 @@ def make_gripper_state(types: Any, stamp_ns: int, opening: float):
     return make_joint_state(types, stamp_ns, [schema.GRIPPER_JOINT], [float(opening)])
 
 
+def _make_pose(types: Any, p: np.ndarray):
+    return types.Pose(position=types.Point(x=float(p[0]), y=float(p[1]), z=float(p[2])),
+                      orientation=types.Quaternion(x=float(p[3]), y=float(p[4]), z=float(p[5]),
+                                                   w=float(p[6])))
+
+
 def make_pose_stamped(types: Any, stamp_ns: int, pose, frame_id: str = schema.BASE_FRAME):
     """geometry_msgs/PoseStamped from [x, y, z, qx, qy, qz, qw]."""
     p = np.asarray(pose, dtype=np.float64).reshape(-1)
     if p.shape[0] != 7:
         raise ValueError(f"pose must be [x, y, z, qx, qy, qz, qw], got {p.shape[0]} values")
-    return types.PoseStamped(
-        header=make_header(types, stamp_ns, frame_id),
-        pose=types.Pose(position=types.Point(x=float(p[0]), y=float(p[1]), z=float(p[2])),
-                        orientation=types.Quaternion(x=float(p[3]), y=float(p[4]), z=float(p[5]),
-                                                     w=float(p[6]))),
-    )
+    return types.PoseStamped(header=make_header(types, stamp_ns, frame_id), pose=_make_pose(types, p))
+
+
+def make_pose_array(types: Any, stamp_ns: int, poses, frame_id: str = schema.BASE_FRAME):
+    """geometry_msgs/PoseArray from (N, 7) rows [x, y, z, qx, qy, qz, qw]."""
+    p = np.asarray(poses, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 7:
+        raise ValueError(f"poses must be (N, 7) rows [x, y, z, qx, qy, qz, qw], got shape {p.shape}")
+    return types.PoseArray(header=make_header(types, stamp_ns, frame_id),
+                           poses=[_make_pose(types, row) for row in p])
 
 
 def make_twist_stamped(types: Any, stamp_ns: int, linear, angular, frame_id: str = schema.BASE_FRAME):
@@ -261,6 +282,13 @@ def pose_stamped_to_array(msg) -> np.ndarray:
     """PoseStamped -> [x, y, z, qx, qy, qz, qw]."""
     p, q = msg.pose.position, msg.pose.orientation
     return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float64)
+
+
+def pose_array_to_array(msg) -> np.ndarray:
+    """PoseArray -> (N, 7) float32 rows [x, y, z, qx, qy, qz, qw]."""
+    rows = [[p.position.x, p.position.y, p.position.z,
+             p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w] for p in msg.poses]
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 7)
 
 
 def twist_stamped_to_arrays(msg) -> tuple[np.ndarray, np.ndarray]:

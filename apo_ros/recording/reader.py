@@ -156,6 +156,7 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     images: dict[str, dict[int, object]] = {c: {} for c in cameras}
     joints: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}
     poses: dict[int, np.ndarray] = {}
+    object_poses: dict[int, np.ndarray] = {}
     grippers: dict[int, float] = {}
     proposed: dict[int, np.ndarray] = {}
     human: dict[int, np.ndarray] = {}
@@ -165,7 +166,8 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     info: dict = {}
 
     topic_camera = {t: c for c, t in cameras.items()}
-    wanted = [schema.JOINT_STATES, schema.EE_POSE, schema.GRIPPER_STATE, schema.ACTION_EXECUTED,
+    wanted = [schema.JOINT_STATES, schema.EE_POSE, schema.OBJECT_POSES, schema.GRIPPER_STATE,
+              schema.ACTION_EXECUTED,
               schema.ACTION_PROPOSED, schema.ACTION_HUMAN, schema.INSTRUCTION, schema.EPISODE_EVENTS,
               schema.EPISODE_INFO]
     if load_images:
@@ -228,6 +230,9 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                     msg = decode(raw, conn.msgtype)
                     stamp, pose = M.stamp_to_ns(msg.header), M.pose_stamped_to_array(msg)
                 poses[stamp] = pose
+            elif topic == schema.OBJECT_POSES:
+                msg = decode(raw, conn.msgtype)
+                object_poses[M.stamp_to_ns(msg.header)] = M.pose_array_to_array(msg)
             else:  # instruction, events, episode info: std_msgs/String
                 try:
                     text = cdr.string(raw)
@@ -260,7 +265,8 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     sorted_keys = None
     if tolerance_ns > 0:
         sorted_keys = {name: sorted(table) for name, table in
-                       [("joints", joints), ("poses", poses), ("grippers", grippers)]
+                       [("joints", joints), ("poses", poses), ("grippers", grippers),
+                        ("objects", object_poses)]
                        + [(f"img:{c}", images[c]) for c in images]}
     keys = sorted_keys or {}
 
@@ -272,7 +278,8 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
         obs = observations.get(obs_stamp, False)
         if obs is False:
             obs = _observation(obs_stamp, images if load_images else {}, joints, poses, grippers,
-                               instructions, instr_times, default_instruction, keys, tolerance_ns, empty)
+                               object_poses, instructions, instr_times, default_instruction, keys,
+                               tolerance_ns, empty)
             observations[obs_stamp] = obs
         if obs is None:
             dropped += 1
@@ -283,8 +290,8 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                    events=events, dropped_steps=dropped)
 
 
-def _observation(stamp, images, joints, poses, grippers, instructions, instr_times, default_instruction,
-                 keys, tolerance_ns, empty) -> Observation | None:
+def _observation(stamp, images, joints, poses, grippers, object_poses, instructions, instr_times,
+                 default_instruction, keys, tolerance_ns, empty) -> Observation | None:
     pose = _nearest(poses, keys.get("poses"), stamp, tolerance_ns)
     gripper = _nearest(grippers, keys.get("grippers"), stamp, tolerance_ns)
     if pose is None or gripper is None:
@@ -297,13 +304,15 @@ def _observation(stamp, images, joints, poses, grippers, instructions, instr_tim
         imgs[camera] = img
     joint = _nearest(joints, keys.get("joints"), stamp, tolerance_ns)
     names, positions = joint if joint is not None else ((), empty)
+    objects = _nearest(object_poses, keys.get("objects"), stamp, tolerance_ns)
     if instructions:
         i = bisect.bisect_right(instr_times, stamp) - 1
         instruction = instructions[max(i, 0)][1]
     else:
         instruction = default_instruction
     return Observation(images=imgs, joint_positions=positions, ee_pose=pose, gripper=gripper,
-                       instruction=instruction, stamp_ns=stamp, joint_names=names)
+                       instruction=instruction, stamp_ns=stamp, joint_names=names,
+                       **({} if objects is None else {"object_poses": objects}))
 
 
 def read_episodes(paths, **kwargs) -> tuple[list[Episode], list[tuple[str, str]]]:

@@ -22,6 +22,7 @@ IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 JOINT_STATE = "sensor_msgs/msg/JointState"
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+POSE_ARRAY = "geometry_msgs/msg/PoseArray"
 TWIST_STAMPED = "geometry_msgs/msg/TwistStamped"
 STRING = "std_msgs/msg/String"
 
@@ -29,6 +30,10 @@ STRING = "std_msgs/msg/String"
 JOINT_STATES = "joint_states"  # JointState: arm + finger joints (URDF names), header.stamp = obs stamp
 EE_POSE = "ee_pose"  # PoseStamped: tool frame in the arm base frame, header.stamp = obs stamp
 GRIPPER_STATE = "gripper/state"  # JointState, name ["gripper"], position [opening 0..1, 1 = open]
+# PoseArray, header.stamp = obs stamp, frame_id = BASE_FRAME: the task's objects (the manipulated
+# object, then its target), as a perception or motion-capture node (or the simulator) reports them.
+# Optional: only state-based policies need it.
+OBJECT_POSES = "object_poses"
 INSTRUCTION = "instruction"  # String, latched (transient local): the task's language instruction
 EPISODE_INFO = "episode/info"  # String, latched: JSON of the episode metadata (survives a crash)
 EPISODE_EVENTS = "episode/events"  # String: one of EVENT_KINDS, bag time = when it happened
@@ -110,6 +115,7 @@ def topics(cameras: tuple[str, ...] = ("front", "wrist"), image_format: str = "r
         TopicSpec(JOINT_STATES, JOINT_STATE, QOS_DEFAULT, "joint positions (URDF order and names)"),
         TopicSpec(EE_POSE, POSE_STAMPED, QOS_DEFAULT, "tool pose in the arm base frame", required=True),
         TopicSpec(GRIPPER_STATE, JOINT_STATE, QOS_DEFAULT, "measured gripper opening 0..1", required=True),
+        TopicSpec(OBJECT_POSES, POSE_ARRAY, QOS_DEFAULT, "task object poses in the arm base frame"),
         TopicSpec(INSTRUCTION, STRING, QOS_LATCHED, "language instruction (latched)"),
         TopicSpec(EPISODE_INFO, STRING, QOS_LATCHED, "episode metadata as JSON (latched)"),
         TopicSpec(EPISODE_EVENTS, STRING, QOS_EVENTS, "episode events: " + " | ".join(EVENT_KINDS)),

@@ -35,6 +35,8 @@ def synthetic_observation(rng: np.random.Generator, stamp_ns: int, *, size: int 
         instruction=instruction,
         stamp_ns=int(stamp_ns),
         joint_names=JOINT_NAMES,
+        object_poses=np.stack([np.concatenate([rng.normal(size=3), _unit_quaternion(rng)])
+                               for _ in range(2)]).astype(np.float32),
     )
 
 

@@ -206,6 +206,9 @@ class EpisodeWriter:
     def write_ee_pose(self, stamp_ns: int, pose) -> None:
         self.write_message(schema.EE_POSE, M.make_pose_stamped(self.types, stamp_ns, pose), stamp_ns)
 
+    def write_object_poses(self, stamp_ns: int, poses) -> None:
+        self.write_message(schema.OBJECT_POSES, M.make_pose_array(self.types, stamp_ns, poses), stamp_ns)
+
     def write_gripper(self, stamp_ns: int, opening: float) -> None:
         self.write_message(schema.GRIPPER_STATE, M.make_gripper_state(self.types, stamp_ns, opening),
                            stamp_ns)
@@ -215,8 +218,8 @@ class EpisodeWriter:
         self._last_instruction = text
 
     def write_observation(self, obs: Observation) -> None:
-        """Cameras, joint states, end-effector pose and gripper, all stamped obs.stamp_ns (header
-        stamp and bag time); the instruction too when it changed."""
+        """Cameras, joint states, end-effector pose, gripper and object poses (when known), all
+        stamped obs.stamp_ns (header stamp and bag time); the instruction too when it changed."""
         stamp = int(obs.stamp_ns)
         missing = [c for c in self.cameras if c not in obs.images]
         if missing:
@@ -234,6 +237,8 @@ class EpisodeWriter:
         self.write_joint_state(stamp, joints, names)
         self.write_ee_pose(stamp, obs.ee_pose)
         self.write_gripper(stamp, float(obs.gripper))
+        if len(obs.object_poses):
+            self.write_object_poses(stamp, obs.object_poses)
 
     # --- actions ----------------------------------------------------------------------------------
 
