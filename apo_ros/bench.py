@@ -41,7 +41,7 @@ def run_bench(args: argparse.Namespace) -> int:
     names = args.sections or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
-        from apo_ros.cli import UserError
+        from apo_ros.errors import UserError
 
         raise UserError(f"unknown bench section(s) {unknown}; choose from {list(SECTIONS)}")
     report: dict = {"machine": describe_machine(), "sections": {}}

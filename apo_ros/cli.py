@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from apo_ros import __version__
+from apo_ros.errors import EXIT_USER_ERROR, UserError, user_message
 
 # Each module exposes `register(subparsers)`, adding one or more subcommands whose parsers set
 # `func=handler(args) -> int`.
@@ -46,14 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except UserError as err:  # expected failures: bad input, missing files -> one clear line
-        print(f"apo-ros: error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # bad input, missing or unwritable files -> one clear line, exit 2
+        message = user_message(err)
+        if message is None:  # a bug: keep the traceback
+            raise
+        print(f"apo-ros: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
-class UserError(Exception):
-    """An error caused by the user's input (a bad path, a bad bag, a missing option). The CLI
-    prints its message without a traceback."""
+__all__ = ["UserError", "build_parser", "main"]  # UserError lives in apo_ros.errors
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import io
 import subprocess
 import sys
 
@@ -29,5 +30,75 @@ def test_console_entry_runs():
 def test_bench_parses_no_sections_and_rejects_unknown(capsys):
     args = build_parser().parse_args(["bench", "--quick"])
     assert args.sections == [] and args.quick
-    assert main(["bench", "no_such_section"]) == 1
+    assert main(["bench", "no_such_section"]) == 2
     assert "no_such_section" in capsys.readouterr().err
+
+
+# One error path: every user mistake below gives one line naming the file and exit code 2.
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("apo-ros: error: "), err
+    return lines[-1]
+
+
+def test_user_error_from_python_m_is_one_line(tmp_path):
+    """`python -m apo_ros.cli` runs cli.py as __main__: the error class must still be recognised."""
+    out = subprocess.run([sys.executable, "-m", "apo_ros.cli", "bags", "info", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == f"apo-ros: error: no readable bag in {tmp_path / 'none'}"
+
+
+def test_unwritable_output_is_reported_before_any_work(tmp_path, capsys):
+    assert main(["policy", "new", "--kind", "small", "-o", "/sys/apo"]) == 2
+    assert "/sys/apo" in _one_error_line(capsys)
+    from apo_ros.recording.synthetic import write_synthetic_episode
+
+    write_synthetic_episode(str(tmp_path / "ep"), ["policy"] * 3, size=8)
+    assert main(["bags", "plot", str(tmp_path / "ep"), "-o", "/proc/nope/x.png"]) == 2
+    line = _one_error_line(capsys)
+    assert "/proc/nope/x.png" in line and "does not exist" in line
+
+
+def test_truncated_safetensors_names_the_file(tmp_path, capsys):
+    import os
+
+    assert main(["policy", "new", "--kind", "small", "-o", str(tmp_path / "p"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    weights = next(os.path.join(root, f) for root, _, files in os.walk(tmp_path / "p")
+                   for f in files if f.endswith(".safetensors"))
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    assert main(["policy", "info", str(tmp_path / "p")]) == 2
+    line = _one_error_line(capsys)
+    assert weights in line and "safetensors" in line
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: apo\nsteps: [1, 2\n")
+    assert main(["train", "--config", str(bad), "--demos", str(tmp_path), "--init", "small",
+                 "--out", str(tmp_path / "out")]) == 2
+    line = _one_error_line(capsys)
+    assert str(bad) in line and "YAML" in line and "line 2" in line.replace(":2:", " line 2")
+
+
+def test_user_message_leaves_bugs_alone():
+    from apo_ros.errors import UserError, reading, user_message
+
+    assert user_message(ValueError("a bug")) is None and user_message(KeyError("x")) is None
+    assert user_message(PermissionError(13, "Permission denied", "/x")) == "/x: Permission denied"
+    import yaml
+
+    with pytest.raises(yaml.YAMLError) as bad_yaml:
+        yaml.safe_load(io.StringIO("a: [1,\n"))
+    assert user_message(bad_yaml.value).startswith("<file>:2:1: invalid YAML: ")
+    with pytest.raises(UserError, match=r"^cfg.yaml: steps: not an int$"):
+        with reading("cfg.yaml"):
+            raise ValueError("steps: not an int")
+    with pytest.raises(ZeroDivisionError):  # not an input error: the traceback stays
+        with reading("cfg.yaml"):
+            raise ZeroDivisionError

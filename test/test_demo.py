@@ -53,5 +53,5 @@ def test_tiny_flywheel_writes_results(tmp_path):
 
 
 def test_demo_rejects_unknown_task(tmp_path, capsys):
-    assert main(["demo", "--task", "no_such_task", "--out", str(tmp_path), "--no-progress"]) == 1
+    assert main(["demo", "--task", "no_such_task", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "no_such_task" in capsys.readouterr().err

@@ -60,13 +60,13 @@ def test_new_vla_with_openvla_statistics(tmp_path, capsys):
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):
-    assert main(["policy", "info", str(tmp_path / "missing")]) == 1
+    assert main(["policy", "info", str(tmp_path / "missing")]) == 2
     assert "no such policy checkpoint" in capsys.readouterr().err
     stats_file = tmp_path / "two.json"
     stats = ActionStatistics(q01=[-1.0] * 7, q99=[1.0] * 7, mask=[True] * 7)
     save_statistics(str(stats_file), {"a": stats, "b": stats})
     assert main(["policy", "new", "--kind", "small", "-o", str(tmp_path / "x"),
-                 "--stats-from", str(stats_file)]) == 1
+                 "--stats-from", str(stats_file)]) == 2
     assert "choose one by name" in capsys.readouterr().err
-    assert main(["policy", "new", "-o", str(tmp_path / "y")]) == 1
+    assert main(["policy", "new", "-o", str(tmp_path / "y")]) == 2
     assert "give the kind" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def test_info_text_lists_bad_bags_and_exits_1(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "ep1" in out and "ep2" in out and "intervention ratio 27.5%" in out
     assert "junk" in err and "apo-ros bags repair" in err
-    assert main(["bags", "info", str(tmp_path / "nothing_here")]) == 1
+    assert main(["bags", "info", str(tmp_path / "nothing_here")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -66,5 +66,5 @@ def test_repair_command(tmp_path, capsys):
     ep = read_episode(str(tmp_path / "ep_repaired"))
     assert ep.truncated and len(ep.steps) == 10
     np.testing.assert_array_equal([s.source for s in ep.steps], ["policy"] * 10)
-    assert main(["bags", "repair", str(tmp_path / "ep")]) == 1  # output exists: one clear error line
+    assert main(["bags", "repair", str(tmp_path / "ep")]) == 2  # output exists: one clear error line
     assert "already exists" in capsys.readouterr().err

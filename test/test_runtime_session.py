@@ -155,10 +155,10 @@ def test_cli_session_with_a_checkpoint(tmp_path, capsys):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli_main(["session", "--task", TASK, "--policy", str(tmp_path / "missing"),
-                     "--bags", str(tmp_path / "b")]) == 1
+                     "--bags", str(tmp_path / "b")]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
     assert cli_main(["session", "--task", "nope", "--policy", "expert", "--operator", "none",
-                     "--bags", str(tmp_path / "b")]) == 1
+                     "--bags", str(tmp_path / "b")]) == 2
     assert "unknown task" in capsys.readouterr().err
 
 

@@ -96,14 +96,14 @@ def test_sim_view_writes_a_contact_sheet(tmp_path, capsys):
 
 
 def test_sim_commands_report_user_errors(tmp_path, capsys):
-    assert main(["sim", "eval", "--task", "stack_blocks", "--episodes", "1"]) == 1
+    assert main(["sim", "eval", "--task", "stack_blocks", "--episodes", "1"]) == 2
     assert "unknown task" in capsys.readouterr().err
     missing = tmp_path / "no_such_checkpoint"
-    assert main(["sim", "eval", "--task", "hang_cup", "--policy", str(missing)]) == 1
+    assert main(["sim", "eval", "--task", "hang_cup", "--policy", str(missing)]) == 2
     assert "checkpoint directory" in capsys.readouterr().err
     empty = tmp_path / "empty_checkpoint"
     empty.mkdir()
-    assert main(["sim", "eval", "--task", "hang_cup", "--policy", str(empty)]) == 1
+    assert main(["sim", "eval", "--task", "hang_cup", "--policy", str(empty)]) == 2
     assert str(empty) in capsys.readouterr().err
     assert main(["sim", "tasks"]) == 0
     assert "insert the square into the stick" in capsys.readouterr().out

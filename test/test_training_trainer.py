@@ -208,12 +208,12 @@ def test_cli_train_and_errors(bags, tmp_path, capsys):
     assert code == 0 and "skipping bad bag" in err and "nope" in err
     code = main(["train", "--method", "apo", "--demos", *bags["demos"], "--init", "small",
                  "--out", str(tmp_path / "cli3"), "--no-cache"])
-    assert code == 1 and "needs interaction data" in capsys.readouterr().err
+    assert code == 2 and "needs interaction data" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("stepz: 3\n")
     code = main(["train", "--config", str(bad), "--demos", *bags["demos"], "--init", "small",
                  "--out", str(tmp_path / "cli4")])
-    assert code == 1 and "unknown training options ['stepz']" in capsys.readouterr().err
+    assert code == 2 and "unknown training options ['stepz']" in capsys.readouterr().err
 
 
 def test_lora_vla_trains_and_resumes_exactly(bags, tmp_path):

@@ -14,7 +14,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
                                    ("seeds", args.seeds), ("workers", args.workers)) if v is not None}
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     if config.rounds < 0 or config.seeds < 1 or config.workers < 1:
-        from apo_ros.cli import UserError
+        from apo_ros.errors import UserError
 
         raise UserError("--rounds must be >= 0, --seeds and --workers >= 1")
     print(f"apo-ros demo: task {config.task}, {'quick' if args.quick else 'default'} mode, "

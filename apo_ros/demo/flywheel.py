@@ -193,7 +193,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True, log: Callable[[str], 
     from apo_ros.sim import TASKS
 
     if config.task not in TASKS:
-        from apo_ros.cli import UserError
+        from apo_ros.errors import UserError
 
         raise UserError(f"unknown task {config.task!r}; choose one of {sorted(TASKS)}")
     t_start = time.perf_counter()
@@ -248,7 +248,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True, log: Callable[[str], 
         stages.advance(plan[2][0], f"{round0['interventions']} interventions, "
                                    f"ratio {round0['intervention_ratio']:.2f}")
         if round0["interventions"] == 0:
-            from apo_ros.cli import UserError
+            from apo_ros.errors import UserError
 
             raise UserError(
                 f"the simulated operator never intervened in {c.interaction_episodes} deployments of the "

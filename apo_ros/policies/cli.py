@@ -68,7 +68,7 @@ def _default_instructions() -> list[str]:
 
 def _statistics(args: argparse.Namespace):
     from apo_ros.actions.statistics import load_statistics
-    from apo_ros.cli import UserError
+    from apo_ros.errors import UserError
     from apo_ros.policies.testing import default_statistics
 
     if not args.stats_from:
@@ -80,13 +80,14 @@ def _statistics(args: argparse.Namespace):
 
 
 def run_new(args: argparse.Namespace) -> int:
-    from apo_ros.cli import UserError
+    from apo_ros.errors import UserError, check_writable
 
     kind = args.kind or args.kind_pos
     if kind is None:
         raise UserError("policy new: give the kind (small, vla_bins or vla_fast), e.g. `--kind small`")
     if args.kind and args.kind_pos and args.kind != args.kind_pos:
         raise UserError(f"policy new: two different kinds given ({args.kind_pos}, {args.kind})")
+    check_writable(args.out, "--out")
     stats = _statistics(args)
     import torch
 
@@ -125,6 +126,7 @@ def checkpoint_summary(directory: str, verify: bool = False) -> dict:
     from safetensors import safe_open
 
     from apo_ros.actions.statistics import load_statistics
+    from apo_ros.errors import reading
     from apo_ros.policies.base import ACTION_TOKENIZER_FILENAME
     from apo_ros.policies.checkpoint import read_checkpoint_config, verify_policy_id
 
@@ -133,7 +135,8 @@ def checkpoint_summary(directory: str, verify: bool = False) -> dict:
     params: dict[str, int] = {}
     for rel in document.get("files", {}):
         if rel.endswith(".safetensors"):
-            with safe_open(os.path.join(directory, rel), framework="pt") as f:
+            with reading(os.path.join(directory, rel)), safe_open(os.path.join(directory, rel),
+                                                                  framework="pt") as f:
                 total = 0
                 for key in f.keys():
                     count = 1
@@ -161,7 +164,7 @@ def checkpoint_summary(directory: str, verify: bool = False) -> dict:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from apo_ros.cli import UserError
+    from apo_ros.errors import UserError
     from apo_ros.policies.checkpoint import CheckpointError
 
     try:

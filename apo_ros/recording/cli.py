@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from apo_ros.errors import UserError, check_writable
+
 DEFAULT_K = 10
 
 
@@ -20,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Per episode: steps, duration, interventions, human steps, "
                            "undesirable steps at K, outcome, truncated; then totals and the "
                            "intervention ratio (human steps / all executed steps). PATHs are bags "
-                           "or directories searched for bags. Exit 1 if any bag is bad.")
+                           "or directories searched for bags. Exit 1 if any bag is bad, 2 if none "
+                           "is readable.")
     info.add_argument("paths", nargs="+", metavar="PATH")
     info.add_argument("--json", action="store_true", help="print one JSON document")
     info.add_argument("--k", type=int, default=DEFAULT_K,
@@ -46,14 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(paths: list[str], *, load_images: bool = False):
-    from apo_ros.cli import UserError
     from apo_ros.recording.reader import read_episodes
 
     episodes, bad = read_episodes(paths, load_images=load_images)
     for path, problem in bad:
         print(f"apo-ros bags: bad bag {path}: {problem}", file=sys.stderr)
-    if not episodes and not bad:
-        raise UserError(f"no bags found in {' '.join(paths)}")
+    if not episodes:  # nothing to show: an error, not an empty table
+        where = " ".join(paths)
+        raise UserError(f"no readable bag in {where}" if bad else f"no bags found in {where}")
     return episodes, bad
 
 
@@ -88,7 +91,6 @@ def summarize(episodes, k: int = DEFAULT_K) -> dict:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from apo_ros.cli import UserError
 
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
@@ -115,21 +117,18 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from apo_ros.cli import UserError
     from apo_ros.recording.plot import plot_timeline
 
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
+    check_writable(args.output, "-o", create_parents=False)
     episodes, bad = _load(args.paths)
-    if not episodes:
-        raise UserError("no readable episode to plot")
     plot_timeline(episodes, args.output, k=args.k)
     print(f"wrote {args.output} ({len(episodes)} episodes)")
     return 1 if bad else 0
 
 
 def run_repair(args: argparse.Namespace) -> int:
-    from apo_ros.cli import UserError
     from apo_ros.recording.reader import BagError
     from apo_ros.recording.repair import repair_bag
 

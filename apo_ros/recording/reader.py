@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apo_ros.errors import UserError
 from apo_ros.observation import Observation
 from apo_ros.recording import cdr, schema
 from apo_ros.recording import messages as M
@@ -24,7 +25,7 @@ from apo_ros.recording.episode import OUTCOMES, Episode, Step
 REPAIR_HINT = "salvage it with `apo-ros bags repair {path}`"
 
 
-class BagError(Exception):
+class BagError(UserError):
     """A bag that cannot be read as an episode. The message names the file and the problem."""
 
     def __init__(self, path: str, problem: str) -> None:

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_session_cli(args: argparse.Namespace) -> int:
     import os
 
-    from apo_ros.cli import UserError
+    from apo_ros.errors import UserError
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")

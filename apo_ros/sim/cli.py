@@ -18,7 +18,7 @@ TASK_NAMES = ("lemon_on_plate", "square_on_stick", "hang_cup", "lemon_on_plate_e
 
 
 def _user_error(message: str) -> Exception:
-    from apo_ros.cli import UserError
+    from apo_ros.errors import UserError
 
     return UserError(message)
 

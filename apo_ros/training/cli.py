@@ -59,7 +59,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from apo_ros.cli import UserError
+    from apo_ros.errors import UserError
     from apo_ros.policies import CheckpointError
     from apo_ros.training.data import DataError
     from apo_ros.training.trainer import TrainingError, train_policy
