@@ -26,6 +26,11 @@ class UserError(Exception):
     prints its message on one line, without a traceback."""
 
 
+class ConfigError(UserError, ValueError):
+    """A bad configuration value (a YAML file, a flag, a parameter). A ValueError too, so code
+    that catches ValueError around config parsing keeps working."""
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -75,8 +80,9 @@ def reading(source: str) -> Iterator[None]:
     try:
         yield
     except UserError as err:
-        message = str(err)
-        raise UserError(message if source in message else f"{source}: {message}") from err
+        if source in str(err):
+            raise
+        raise UserError(f"{source}: {err}") from err
     except (ValueError, TypeError, KeyError) as err:
         detail = err.args[0] if isinstance(err, KeyError) and err.args else err
         raise UserError(f"{source}: {_one_line(detail)}") from err

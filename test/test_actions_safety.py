@@ -179,13 +179,14 @@ def test_yaml_round_trip_and_wildcard(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("safety_filter:\n  ros__parameters:\n    max_speed: 1.0\n", r"unknown safety parameter.*max_speed"),
+    ("safety_filter:\n  ros__parameters:\n    max_speed: 1.0\n", r"unknown option.*max_speed"),
     ("safety_filter:\n  ros__parameters:\n    max_delta: [0.1, 0.1]\n", "max_delta must be a list of 6"),
     ("safety_filter:\n  ros__parameters:\n    max_delta: [0.1, 0.1, 0.1, 0.1, 0.1, -1]\n", "> 0"),
-    ("safety_filter:\n  ros__parameters:\n    max_delta: [a, 0.1, 0.1, 0.1, 0.1, 0.1]\n", "finite numbers"),
+    ("safety_filter:\n  ros__parameters:\n    max_delta: [a, 0.1, 0.1, 0.1, 0.1, 0.1]\n",
+     "max_delta.0: expected float, got 'a'"),
     ("safety_filter:\n  ros__parameters:\n    workspace_min: [0, 0, 2]\n", "below workspace_max.*'z'"),
     ("safety_filter:\n  ros__parameters:\n    gripper_max: 2.0\n", "gripper_max"),
-    ("safety_filter:\n  ros__parameters:\n    gripper_min: yes\n", "gripper_min must be a finite"),
+    ("safety_filter:\n  ros__parameters:\n    gripper_min: yes\n", "gripper_min: expected float, got True"),
     ("safety_filter:\n  ros__parameters:\n    gripper_min: .nan\n", "gripper_min must be a finite"),
     ("other_node:\n  ros__parameters: {}\n", "no 'safety_filter' entry"),
     ("safety_filter:\n  max_delta: 1\n", "ros__parameters"),

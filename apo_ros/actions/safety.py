@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -77,18 +77,11 @@ class SafetyConfig:
 
     @classmethod
     def from_dict(cls, params: dict, *, source: str = "safety config") -> SafetyConfig:
-        """Build from a flat parameter dict; unknown keys and bad values raise ValueError naming
-        `source` and the key."""
-        if not isinstance(params, dict):
-            raise ValueError(f"{source}: expected a mapping of parameters, got {type(params).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown safety parameter(s) {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**params)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from None
+        """Build from a flat parameter dict; unknown keys and bad values raise ConfigError (a
+        ValueError) naming `source` and the key."""
+        from apo_ros.config import parse_config
+
+        return parse_config(cls, overrides=params, source=source)
 
     @classmethod
     def from_yaml(cls, path: str, node_name: str = NODE_NAME) -> SafetyConfig:

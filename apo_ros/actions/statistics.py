@@ -11,13 +11,36 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from apo_ros.actions.space import ACTION_DIM, NORMALIZE_MASK
+from apo_ros.actions.space import NORMALIZE_MASK
+from apo_ros.config import parse_config
 
 STATISTICS_FILENAME = "dataset_statistics.json"
+
+
+@dataclass
+class _ActionEntry:
+    """The "action" object of one dataset in dataset_statistics.json, as written."""
+
+    q01: list[float]
+    q99: list[float]
+    mask: list[bool] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    min: list[float] | None = None
+    max: list[float] | None = None
+
+
+@dataclass
+class _DatasetEntry:
+    """One dataset in dataset_statistics.json (other keys, e.g. "proprio", are kept aside)."""
+
+    action: _ActionEntry
+    num_transitions: int = 0
+    num_trajectories: int = 0
 
 
 @dataclass
@@ -109,16 +132,20 @@ class ActionStatistics:
         if missing:
             raise ValueError(f"{source}: action statistics lack {missing}")
         extra = {k: v for k, v in d.items() if k not in ("action", "num_transitions", "num_trajectories")}
+        counts = {k: d[k] for k in ("num_transitions", "num_trajectories") if d.get(k) is not None}
+        known = {f.name for f in fields(_ActionEntry)}
         try:
-            q01 = np.asarray(action["q01"], dtype=np.float64)
+            entry = parse_config(_DatasetEntry, source=source, overrides={
+                "action": {k: v for k, v in action.items() if k in known}, **counts})
+            a = entry.action
             # OpenVLA files always carry the mask; without one, the last dim (gripper) passes through.
-            mask = action.get("mask", [True] * (q01.size - 1) + [False])
-            stats = cls(q01=q01, q99=action["q99"], mask=mask, mean=action.get("mean"),
-                        std=action.get("std"), min=action.get("min"), max=action.get("max"),
-                        num_transitions=int(d.get("num_transitions", 0) or 0),
-                        num_trajectories=int(d.get("num_trajectories", 0) or 0), extra=extra)
+            mask = a.mask if a.mask is not None else [True] * (len(a.q01) - 1) + [False]
+            stats = cls(q01=a.q01, q99=a.q99, mask=mask, mean=a.mean, std=a.std, min=a.min, max=a.max,
+                        num_transitions=entry.num_transitions, num_trajectories=entry.num_trajectories,
+                        extra=extra)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: malformed action statistics ({err})") from None
+            detail = str(err).removeprefix(f"{source}: ")
+            raise ValueError(f"{source}: malformed action statistics ({detail})") from None
         if not (np.isfinite(stats.q01).all() and np.isfinite(stats.q99).all()):
             raise ValueError(f"{source}: q01/q99 contain NaN or Inf")
         return stats
@@ -168,6 +195,3 @@ def load_statistics(path: str, name: str | None = None) -> ActionStatistics:
         raise KeyError(f"{path}: no dataset {name!r} (has {sorted(data)})")
     return ActionStatistics.from_dict(data[name], source=f"{path}[{name}]")
 
-
-def default_mask(dim: int = ACTION_DIM) -> np.ndarray:
-    return np.asarray(NORMALIZE_MASK if dim == ACTION_DIM else [True] * dim, dtype=bool)

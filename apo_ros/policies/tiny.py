@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<image>")
 EXTRA_TOKENS = tuple(f"<loc{i:0>4}>" for i in range(1024)) + tuple(f"<seg{i:0>3}>" for i in range(128))
@@ -115,8 +115,7 @@ def save_tiny_checkpoint(directory: str, config: TinyVLAConfig | None = None) ->
 
 
 def tiny_config_from_dict(d: dict | None) -> TinyVLAConfig:
-    d = dict(d or {})
-    unknown = sorted(set(d) - set(TinyVLAConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown tiny VLA options {unknown} (known: {sorted(asdict(TinyVLAConfig()))})")
-    return TinyVLAConfig(**d)
+    """TinyVLAConfig from overrides (unknown keys and wrong types raise ConfigError, a ValueError)."""
+    from apo_ros.config import parse_config
+
+    return parse_config(TinyVLAConfig, overrides=d or {}, source="tiny VLA config")
