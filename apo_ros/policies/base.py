@@ -93,6 +93,11 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
     chunk_size: int = 1  # T: actions produced per prediction
     cameras: tuple[str, ...] = ("front", "wrist")  # cameras it reads, in order
     has_stop_token: bool = False  # True when the target sequence ends in a stop token (VLAs)
+    uses_object_state: bool = False  # True when `prepare` reads Observation.object_poses (state policies)
+    # Tokens per chunk step when target position p holds step p // tokens_per_step (bin
+    # tokenizers: 7); None when a token mixes steps (FAST). The trainer masks the tokens of chunk
+    # steps that lie outside a sample's own segment only when this is set.
+    tokens_per_step: int | None = None
 
     def __init__(self, stats: ActionStatistics):
         super().__init__()
@@ -105,13 +110,24 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
 
     # ---- inputs ------------------------------------------------------------------------------
     @abc.abstractmethod
-    def prepare(self, images: np.ndarray, proprio: np.ndarray, instructions: Sequence[str]) -> dict:
-        """images uint8 [B, K, H, W, 3], proprio float [B, P], B instructions -> model inputs."""
+    def prepare(self, images: np.ndarray | None, proprio: np.ndarray, instructions: Sequence[str],
+                object_state: np.ndarray | None = None) -> dict:
+        """images uint8 [B, K, H, W, 3] (None when the policy reads no camera), proprio float
+        [B, P], B instructions, object_state float [B, 7 N] (`Observation.object_state()`; read
+        only by policies with `uses_object_state`) -> model inputs."""
 
     def prepare_observations(self, observations: Sequence[Observation]) -> dict:
-        images = np.stack([np.stack([o.images[c] for c in self.cameras]) for o in observations])
+        images = None
+        if self.cameras:
+            images = np.stack([np.stack([o.images[c] for c in self.cameras]) for o in observations])
         proprio = np.stack([o.proprio() for o in observations])
-        return self.prepare(images, proprio, [o.instruction for o in observations])
+        object_state = None
+        if self.uses_object_state:
+            sizes = {o.object_state().shape[0] for o in observations}
+            if len(sizes) != 1:
+                raise ValueError(f"observations carry different numbers of object poses {sorted(sizes)}")
+            object_state = np.stack([o.object_state() for o in observations])
+        return self.prepare(images, proprio, [o.instruction for o in observations], object_state=object_state)
 
     @property
     def input_pad_values(self) -> dict:

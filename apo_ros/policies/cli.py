@@ -7,12 +7,12 @@ import json
 import os
 import sys
 
-KINDS = ("small", "vla_bins", "vla_fast")
+KINDS = ("small", "state", "vla_bins", "vla_fast")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `apo-ros`."""
-    p = sub.add_parser("policy", help="create or inspect policy checkpoints (small, vla_bins, vla_fast)",
+    p = sub.add_parser("policy", help="create or inspect policy checkpoints (small, state, vla_bins, vla_fast)",
                        description="Create an untrained policy checkpoint or inspect one.")
     psub = p.add_subparsers(dest="policy_command", metavar="ACTION")
 
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "it, a tiny PaliGemma built from config (no download).")
     new.add_argument("kind_pos", nargs="?", choices=KINDS, metavar="KIND", help="policy kind (or --kind)")
     new.add_argument("--kind", choices=KINDS,
-                     help="small (CPU), vla_bins (OpenVLA-style), vla_fast (pi0-FAST-style)")
+                     help="small (CPU, images), state (CPU, object poses instead of images), "
+                     "vla_bins (OpenVLA-style), vla_fast (pi0-FAST-style)")
     new.add_argument("-o", "--out", required=True, metavar="DIR", help="checkpoint directory to write")
     new.add_argument("--instructions", nargs="+", metavar="TEXT",
                      help="instruction list (default: the simulator tasks' instructions)")
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     new.add_argument("--no-lora", action="store_true", help="VLA kinds: train all weights instead of LoRA")
     new.add_argument("--lora-rank", type=int, default=32, help="VLA kinds: LoRA rank (default 32, alpha 16)")
     new.add_argument("--cameras", nargs="+", help="cameras read (default: small front wrist; VLAs front)")
+    new.add_argument("--objects", type=int, default=None, metavar="N",
+                     help="state kind: object poses read (default 2: the task's object, then its target)")
     new.add_argument("--trust-remote-code", action="store_true",
                      help="allow a --pretrained checkpoint's own Python code (only code you trust)")
     new.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
@@ -84,7 +87,7 @@ def run_new(args: argparse.Namespace) -> int:
 
     kind = args.kind or args.kind_pos
     if kind is None:
-        raise UserError("policy new: give the kind (small, vla_bins or vla_fast), e.g. `--kind small`")
+        raise UserError("policy new: give the kind (small, state, vla_bins or vla_fast), e.g. `--kind small`")
     if args.kind and args.kind_pos and args.kind != args.kind_pos:
         raise UserError(f"policy new: two different kinds given ({args.kind_pos}, {args.kind})")
     check_writable(args.out, "--out")
@@ -95,20 +98,26 @@ def run_new(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     options: dict = {"device": args.device}
+    if args.cameras and kind == "state":
+        raise UserError("--cameras: the state policy reads no camera (it reads object poses)")
     if args.cameras:
         options["cameras"] = tuple(args.cameras)
+    if args.objects is not None:
+        if kind != "state":
+            raise UserError("--objects is for the state kind")
+        options["n_objects"] = args.objects
     if args.chunk_size is not None:
         options["chunk_size"] = args.chunk_size
     elif kind == "vla_fast":
         options["chunk_size"] = 8
-    if kind != "small":
+    if kind.startswith("vla"):
         if args.pretrained:
             options["pretrained"] = args.pretrained
             options["trust_remote_code"] = args.trust_remote_code
         options["lora"] = None if args.no_lora else {"r": args.lora_rank, "alpha": 16, "dropout": 0.0,
                                                      "target_modules": "all-linear"}
     elif args.pretrained:
-        raise UserError("--pretrained is for the VLA kinds (vla_bins, vla_fast), not small")
+        raise UserError(f"--pretrained is for the VLA kinds (vla_bins, vla_fast), not {kind}")
     instructions = args.instructions or _default_instructions()
     try:
         policy = build_policy(kind, stats, instructions=instructions, **options)

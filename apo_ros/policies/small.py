@@ -114,7 +114,116 @@ class SpatialSoftmax(nn.Module):
         return (attention @ self.grid).reshape(b, 2 * c)
 
 
-class SmallPolicy(TokenPolicy):
+class BinTokenHead:
+    """The autoregressive bin-token head shared by the small (image) and state policies.
+
+    T x 7 positions over `n_bins` bins each (BinTokenizer ids 0..n_bins-1). The head of position d
+    sees the observation encoding plus the embeddings of the tokens before d:
+    context_d = encoding + pos_d + sum_{j<d} emb_j[token_j] -> shared hidden layer -> one
+    n_bins-way head per position. Teacher forcing is one pass (an exclusive cumulative sum);
+    masked tokens are left out of every later context. A subclass sets up its encoder, calls
+    `_build_head(chunk_size, n_bins, hidden)` in `__init__` and implements `encode_observation`
+    (inputs -> [B, hidden]).
+    """
+
+    stats: ActionStatistics
+    chunk_size: int
+    tokens_per_step = ACTION_DIM  # token position p holds chunk step p // 7 (TokenPolicy.tokens_per_step)
+
+    def _build_head(self, chunk_size: int, n_bins: int, hidden: int) -> None:
+        n_pos = chunk_size * ACTION_DIM
+        self.n_positions = n_pos
+        self.n_bins = n_bins
+        self.tokenizer = BinTokenizer(vocab_size=n_bins, n_bins=n_bins)
+        self.token_embedding = nn.Embedding(n_pos * n_bins, hidden)  # one table per position
+        self.position = nn.Parameter(torch.zeros(n_pos, hidden))
+        self.head_hidden = nn.Linear(hidden, hidden)
+        self.head_weight = nn.Parameter(torch.randn(n_pos, hidden, n_bins) * hidden ** -0.5)
+        self.head_bias = nn.Parameter(torch.zeros(n_pos, n_bins))
+        self.register_buffer("token_offset", torch.arange(n_pos) * n_bins, persistent=False)
+
+    @property
+    def valid_target_ids(self) -> torch.Tensor:
+        """bool [n_bins]: every head output is a valid token (same contract as the VLAs')."""
+        return torch.ones(self.n_bins, dtype=torch.bool, device=self.device)
+
+    def max_target_tokens(self) -> int:
+        return self.n_positions
+
+    # ---- tokens ------------------------------------------------------------------------------
+    def encode_actions(self, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        chunks = self.as_action_chunks(actions)
+        ids = self.tokenizer.encode(self.stats.normalize(chunks)).reshape(chunks.shape[0], -1)
+        tokens = torch.from_numpy(ids).to(self.device)
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+
+    def gripper_positions(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(tokens.shape[1], device=tokens.device) % ACTION_DIM == GRIPPER_INDEX
+        return pos[None].expand_as(tokens) & mask
+
+    def decode_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        ids = tokens.detach().cpu().numpy()
+        m = mask.detach().cpu().numpy().astype(bool)
+        b = ids.shape[0]
+        ok = m.all(1) & (ids.shape[1] == self.n_positions) & self.tokenizer.is_action_id(ids).all(1)
+        actions = np.zeros((b, self.chunk_size, ACTION_DIM))
+        if ok.any():
+            norm = self.tokenizer.decode(ids[ok]).reshape(-1, self.chunk_size, ACTION_DIM)
+            actions[ok] = self.stats.unnormalize(norm)
+        return actions, ok
+
+    # ---- head ------------------------------------------------------------------------------
+    def _logits(self, trunk: torch.Tensor, history: torch.Tensor, positions: slice) -> torch.Tensor:
+        """trunk [B, H], history [B, P, H] (sum of embeddings of earlier tokens) -> logits [B, P, V]."""
+        ctx = F.relu(trunk[:, None] + self.position[positions] + history)
+        hidden = F.relu(self.head_hidden(ctx))
+        return torch.einsum("bph,phv->bpv", hidden, self.head_weight[positions]) + self.head_bias[positions]
+
+    def token_logits_encoded(self, encoding: torch.Tensor, tokens: torch.Tensor,
+                             mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, n_bins] from the trunk; masked tokens are left out of
+        every history."""
+        self._check_tokens(tokens, mask)
+        safe = tokens.clamp(0, self.n_bins - 1)
+        emb = self.token_embedding(safe + self.token_offset[: tokens.shape[1]])
+        emb = emb * mask[..., None].to(emb.dtype)
+        history = torch.cumsum(emb, 1) - emb  # exclusive prefix sum: tokens < d
+        return self._logits(encoding, history, slice(0, tokens.shape[1]))
+
+    def token_logps_encoded(self, encoding: torch.Tensor, tokens: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor:
+        logits = self.token_logits_encoded(encoding, tokens, mask)
+        logp = torch.log_softmax(logits.float(), -1)
+        picked = logp.gather(-1, tokens.clamp(0, self.n_bins - 1)[..., None]).squeeze(-1)
+        return torch.where(mask, picked, torch.zeros_like(picked))
+
+    def token_logits(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, n_bins]; masked tokens are left out of every history."""
+        return self.token_logits_encoded(self.encode_observation(inputs), tokens, mask)
+
+    def token_logps(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.token_logps_encoded(self.encode_observation(inputs), tokens, mask)
+
+    def _check_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        if tokens.shape != mask.shape or tokens.dim() != 2:
+            raise ValueError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must both be [B, L]")
+        if tokens.shape[1] > self.n_positions:
+            raise ValueError(f"{tokens.shape[1]} target tokens; this policy has {self.n_positions}")
+
+    @torch.no_grad()
+    def predict_tokens(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        trunk = self.encode_observation(inputs)
+        b = trunk.shape[0]
+        history = torch.zeros_like(trunk)
+        tokens = torch.zeros(b, self.n_positions, dtype=torch.long, device=trunk.device)
+        for d in range(self.n_positions):
+            logits = self._logits(trunk, history[:, None], slice(d, d + 1))[:, 0]
+            tokens[:, d] = logits.argmax(-1)
+            history = history + self.token_embedding(tokens[:, d] + d * self.n_bins)
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+
+
+class SmallPolicy(BinTokenHead, TokenPolicy):
     kind = "small"
 
     def __init__(self, config: SmallPolicyConfig, stats: ActionStatistics, device: str | None = None):
@@ -122,10 +231,7 @@ class SmallPolicy(TokenPolicy):
         self.config = config
         self.cameras = config.cameras
         self.chunk_size = config.chunk_size
-        self.tokenizer = BinTokenizer(vocab_size=config.n_bins, n_bins=config.n_bins)
         self._instruction_index = {_norm(s): i for i, s in enumerate(config.instructions)}
-        n_pos = config.chunk_size * ACTION_DIM
-        self.n_positions = n_pos
         size = config.image_size
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
@@ -146,12 +252,7 @@ class SmallPolicy(TokenPolicy):
         self.instruction_embedding = nn.Embedding(len(config.instructions), config.instruction_dim)
         state_dim = config.proprio_dim + (5 if config.rotation_features == "matrix" else 0)  # 4 -> 9
         self.state_proj = nn.Linear(state_dim + config.instruction_dim, h)
-        self.token_embedding = nn.Embedding(n_pos * config.n_bins, h)  # one table per position
-        self.position = nn.Parameter(torch.zeros(n_pos, h))
-        self.head_hidden = nn.Linear(h, h)
-        self.head_weight = nn.Parameter(torch.randn(n_pos, h, config.n_bins) * h ** -0.5)
-        self.head_bias = nn.Parameter(torch.zeros(n_pos, config.n_bins))
-        self.register_buffer("token_offset", torch.arange(n_pos) * config.n_bins, persistent=False)
+        self._build_head(config.chunk_size, config.n_bins, h)
         mean = config.proprio_mean or [0.0] * config.proprio_dim
         std = config.proprio_std or [1.0] * config.proprio_dim
         self.register_buffer("proprio_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
@@ -210,14 +311,6 @@ class SmallPolicy(TokenPolicy):
                                   f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
         return policy.to(pick_device(device)[0])
 
-    @property
-    def valid_target_ids(self) -> torch.Tensor:
-        """bool [n_bins]: every head output is a valid token (same contract as the VLAs')."""
-        return torch.ones(self.config.n_bins, dtype=torch.bool, device=self.device)
-
-    def max_target_tokens(self) -> int:
-        return self.n_positions
-
     def describe(self) -> dict:
         d = super().describe()
         d.update({"instructions": list(self.config.instructions), "image_size": self.config.image_size,
@@ -235,7 +328,8 @@ class SmallPolicy(TokenPolicy):
             ids.append(self._instruction_index[key])
         return torch.tensor(ids, dtype=torch.long)
 
-    def prepare(self, images: np.ndarray, proprio: np.ndarray, instructions: Sequence[str]) -> dict:
+    def prepare(self, images: np.ndarray, proprio: np.ndarray, instructions: Sequence[str],
+                object_state: np.ndarray | None = None) -> dict:
         images = np.asarray(images)
         if images.ndim != 5 or images.shape[1] != len(self.cameras) or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, {len(self.cameras)} cameras {list(self.cameras)}, H, W, 3] "
@@ -257,28 +351,6 @@ class SmallPolicy(TokenPolicy):
         device = self.device
         return {"images": x.to(device), "proprio": torch.from_numpy(proprio).to(device),
                 "instruction": self.instruction_ids(instructions).to(device)}
-
-    # ---- tokens ------------------------------------------------------------------------------
-    def encode_actions(self, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        chunks = self.as_action_chunks(actions)
-        ids = self.tokenizer.encode(self.stats.normalize(chunks)).reshape(chunks.shape[0], -1)
-        tokens = torch.from_numpy(ids).to(self.device)
-        return tokens, torch.ones_like(tokens, dtype=torch.bool)
-
-    def gripper_positions(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(tokens.shape[1], device=tokens.device) % ACTION_DIM == GRIPPER_INDEX
-        return pos[None].expand_as(tokens) & mask
-
-    def decode_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        ids = tokens.detach().cpu().numpy()
-        m = mask.detach().cpu().numpy().astype(bool)
-        b = ids.shape[0]
-        ok = m.all(1) & (ids.shape[1] == self.n_positions) & self.tokenizer.is_action_id(ids).all(1)
-        actions = np.zeros((b, self.chunk_size, ACTION_DIM))
-        if ok.any():
-            norm = self.tokenizer.decode(ids[ok]).reshape(-1, self.chunk_size, ACTION_DIM)
-            actions[ok] = self.stats.unnormalize(norm)
-        return actions, ok
 
     # ---- model -------------------------------------------------------------------------------
     def trunk(self, inputs: dict) -> torch.Tensor:
@@ -304,56 +376,7 @@ class SmallPolicy(TokenPolicy):
         rotation = quaternion_to_matrix(q).reshape(-1, 9)
         return torch.cat([standardized[:, :3], rotation, standardized[:, 7:]], 1)
 
-    def _logits(self, trunk: torch.Tensor, history: torch.Tensor, positions: slice) -> torch.Tensor:
-        """trunk [B, H], history [B, P, H] (sum of embeddings of earlier tokens) -> logits [B, P, V]."""
-        ctx = F.relu(trunk[:, None] + self.position[positions] + history)
-        hidden = F.relu(self.head_hidden(ctx))
-        return torch.einsum("bph,phv->bpv", hidden, self.head_weight[positions]) + self.head_bias[positions]
-
     def encode_observation(self, inputs: dict) -> torch.Tensor:
         """The trunk [B, hidden]: everything observation-dependent (the image encoder is ~all
         the cost), shared by every token sequence scored on the same observations."""
         return self.trunk(inputs)
-
-    def token_logits_encoded(self, encoding: torch.Tensor, tokens: torch.Tensor,
-                             mask: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, L, n_bins] from the trunk; masked tokens are left out of
-        every history."""
-        self._check_tokens(tokens, mask)
-        safe = tokens.clamp(0, self.config.n_bins - 1)
-        emb = self.token_embedding(safe + self.token_offset[: tokens.shape[1]])
-        emb = emb * mask[..., None].to(emb.dtype)
-        history = torch.cumsum(emb, 1) - emb  # exclusive prefix sum: tokens < d
-        return self._logits(encoding, history, slice(0, tokens.shape[1]))
-
-    def token_logps_encoded(self, encoding: torch.Tensor, tokens: torch.Tensor,
-                            mask: torch.Tensor) -> torch.Tensor:
-        logits = self.token_logits_encoded(encoding, tokens, mask)
-        logp = torch.log_softmax(logits.float(), -1)
-        picked = logp.gather(-1, tokens.clamp(0, self.config.n_bins - 1)[..., None]).squeeze(-1)
-        return torch.where(mask, picked, torch.zeros_like(picked))
-
-    def token_logits(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, L, n_bins]; masked tokens are left out of every history."""
-        return self.token_logits_encoded(self.trunk(inputs), tokens, mask)
-
-    def token_logps(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.token_logps_encoded(self.trunk(inputs), tokens, mask)
-
-    def _check_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
-        if tokens.shape != mask.shape or tokens.dim() != 2:
-            raise ValueError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must both be [B, L]")
-        if tokens.shape[1] > self.n_positions:
-            raise ValueError(f"{tokens.shape[1]} target tokens; this policy has {self.n_positions}")
-
-    @torch.no_grad()
-    def predict_tokens(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        trunk = self.trunk(inputs)
-        b = trunk.shape[0]
-        history = torch.zeros_like(trunk)
-        tokens = torch.zeros(b, self.n_positions, dtype=torch.long, device=trunk.device)
-        for d in range(self.n_positions):
-            logits = self._logits(trunk, history[:, None], slice(d, d + 1))[:, 0]
-            tokens[:, d] = logits.argmax(-1)
-            history = history + self.token_embedding(tokens[:, d] + d * self.config.n_bins)
-        return tokens, torch.ones_like(tokens, dtype=torch.bool)

@@ -127,6 +127,7 @@ def load_backbone(path: str, *, device: torch.device, dtype: torch.dtype, trust_
 
 class VLABinsPolicy(TokenPolicy):
     kind = "vla_bins"
+    tokens_per_step = ACTION_DIM  # 7 bin tokens per chunk step, then the stop token
     has_stop_token = True
 
     def __init__(self, config: VLAConfig, stats: ActionStatistics, model, processor, device: torch.device):
@@ -289,7 +290,8 @@ class VLABinsPolicy(TokenPolicy):
         head = self.image_token * len(self.cameras)
         return [head + self.config.prompt.format(instruction=str(text).lower()) for text in instructions]
 
-    def prepare(self, images: np.ndarray, proprio: np.ndarray, instructions: Sequence[str]) -> dict:
+    def prepare(self, images: np.ndarray, proprio: np.ndarray, instructions: Sequence[str],
+                object_state: np.ndarray | None = None) -> dict:
         images = np.asarray(images)
         k = len(self.cameras)
         if images.ndim != 5 or images.shape[1] != k or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -492,6 +494,7 @@ class VLAFastPolicy(VLABinsPolicy):
     """pi0-FAST-style: FAST tokens of a T x 7 chunk in a reserved backbone id range, then <eos>."""
 
     kind = "vla_fast"
+    tokens_per_step = None  # FAST tokens mix the steps of a chunk
 
     def __init__(self, config: VLAConfig, stats: ActionStatistics, model, processor, device: torch.device,
                  fast_tokenizer=None):

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="interaction bags (deployments with SpaceMouse corrections), or folders of bags")
     p.add_argument("--init", required=True, metavar="CKPT_OR_KIND",
                    help="starting checkpoint directory, or a policy kind to build fresh "
-                   "(small, vla_bins, vla_fast; statistics from the demo actions)")
+                   "(small, state, vla_bins, vla_fast; statistics from the demo actions)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (final policy: DIR/policy)")
     p.add_argument("--config", metavar="YAML", help="training options (TrainConfig fields) from a YAML file")
     p.add_argument("--steps", type=int, help="optimizer steps")

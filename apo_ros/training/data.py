@@ -32,7 +32,7 @@ from apo_ros.actions.space import ACTION_DIM
 from apo_ros.observation import PROPRIO_DIM
 from apo_ros.training.objectives import SIRIUS_CLASSES
 
-CACHE_VERSION = 2  # 2: obs_stamp_ns column
+CACHE_VERSION = 3  # 2: obs_stamp_ns column; 3: object_state column
 SOURCE_NAMES: tuple[str, ...] = ("policy", "human", "expert")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCE_NAMES)}
 SIRIUS_CODE = {name: i for i, name in enumerate(SIRIUS_CLASSES)}
@@ -121,6 +121,11 @@ def episode_columns(episode) -> dict:
         cols["source"] = np.array([SOURCE_CODE[s.source] for s in steps], dtype=np.int8)
     except KeyError as err:
         raise DataError(f"{episode.path}: unknown action source {err}") from None
+    object_states = [s.observation.object_state() for s in steps]
+    sizes = sorted({o.shape[0] for o in object_states})
+    if len(sizes) > 1:
+        raise DataError(f"{episode.path}: object poses change count within the episode ({sizes} values)")
+    cols["object_state"] = np.stack(object_states).astype(np.float32).reshape(n, sizes[0])
     cols["stamp_ns"] = np.array([s.stamp_ns for s in steps], dtype=np.int64)
     cols["obs_stamp_ns"] = np.array([s.observation.stamp_ns for s in steps], dtype=np.int64)
     instructions = sorted({s.observation.instruction for s in steps})
@@ -201,6 +206,9 @@ class SampleSet:
     image_parts: list[dict[str, np.ndarray]]  # per bag: camera -> uint8 [n_b, H, W, 3]
     offsets: np.ndarray  # int64 [n_bags + 1]: rows of bag b are offsets[b]:offsets[b+1]
     proprio: np.ndarray  # float32 [N, 8]
+    object_state: np.ndarray  # float32 [N, 7 M] object poses (Observation.object_state()); M = 0 when
+    #                           the bags have none (recorded before object poses were, or on a robot
+    #                           without a pose source)
     actions: np.ndarray  # float32 [N, 7] raw executed actions
     source: np.ndarray  # int8 [N] index into SOURCE_NAMES
     is_demo: np.ndarray  # bool [N] from a --demos bag
@@ -214,6 +222,7 @@ class SampleSet:
     undesirable: np.ndarray | None = None  # bool [N]
     sirius: np.ndarray | None = None  # int8 [N] index into SIRIUS_CLASSES
     dropped: np.ndarray | None = None  # bool [N] no-op steps left out (noop_filter)
+    object_dims: list[int] = field(default_factory=list)  # per bag: object-state values recorded
     errors: list[str] = field(default_factory=list)  # bags that could not be used, with why
     load_stats: dict = field(default_factory=dict)  # timing / cache hits
 
@@ -260,6 +269,15 @@ class SampleSet:
         self.desirable &= ~self.dropped
         self.undesirable &= ~self.dropped
         return self
+
+    def object_state_problem(self, dim: int) -> str | None:
+        """Why these samples cannot feed a policy that reads `dim` object-state values, or None."""
+        if self.object_state.shape[1] == dim:
+            return None
+        lacking = [b for b, d in zip(self.bags, self.object_dims) if d != dim]
+        return (f"the policy reads {dim // 7} object poses ({dim} values) but {len(lacking)} of "
+                f"{len(self.bags)} bags do not record them (object_poses), e.g. {lacking[:3]}; "
+                "record them again with a recorder that writes object poses, or train an image policy")
 
     def _labels(self) -> None:
         if self.desirable is None:
@@ -423,12 +441,20 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
                 raise DataError(f"{bag}: camera {cam!r} images are {shape}, other bags have "
                                 f"{shapes[cam]}; record all bags at one resolution")
     instructions = sorted({t for d, _ in parts for t in d["meta"]["instructions"]})
-    names = ("proprio", "actions", "source", "is_demo", "episode", "step", "instruction", "continues_chunk")
+    object_dims = [int(np.asarray(d["columns"]["object_state"]).shape[1]) if "object_state" in d["columns"] else 0
+                   for d, _ in parts]
+    names = ("proprio", "object_state", "actions", "source", "is_demo", "episode", "step", "instruction",
+             "continues_chunk")
     cols: dict[str, list] = {k: [] for k in names}
     offsets = [0]
     for b, (d, is_demo) in enumerate(parts):
         c, n = d["columns"], int(d["meta"]["n"])
         cols["proprio"].append(np.asarray(c["proprio"]))
+        # object poses only when every bag has the same number (else none: a state policy then
+        # says which bags lack them, see object_state_problem)
+        width = object_dims[0] if len(set(object_dims)) == 1 else 0
+        cols["object_state"].append(np.asarray(c["object_state"], dtype=np.float32)[:, :width] if width
+                                    else np.zeros((n, 0), np.float32))
         cols["actions"].append(np.asarray(c["actions"]))
         cols["source"].append(np.asarray(c["source"]))
         cols["is_demo"].append(np.full(n, is_demo, bool))
@@ -439,11 +465,12 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
         cols["continues_chunk"].append(_continues_chunk(np.asarray(c["obs_stamp_ns"])))
         offsets.append(offsets[-1] + n)
     merged = {k: np.concatenate(v) for k, v in cols.items()}
-    finite = np.isfinite(merged["actions"]).all(-1) & np.isfinite(merged["proprio"]).all(-1)
+    finite = (np.isfinite(merged["actions"]).all(-1) & np.isfinite(merged["proprio"]).all(-1)
+              & np.isfinite(merged["object_state"]).all(-1))
     if not finite.all():
         bad = sorted({used[e] for e in merged["episode"][~finite]})
-        raise DataError(f"non-finite actions or proprio in {bad}")
-    return SampleSet(
+        raise DataError(f"non-finite actions, proprio or object poses in {bad}")
+    return SampleSet(object_dims=object_dims,
         cameras=tuple(cameras),
         image_parts=[{cam: d["columns"][f"image_{cam}"] for cam in cameras} for d, _ in parts],
         offsets=np.asarray(offsets, dtype=np.int64), instructions=instructions, bags=used, **merged)

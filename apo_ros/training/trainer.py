@@ -256,7 +256,7 @@ def _barrier(dist_info: _Dist) -> None:
 # ---------------------------------------------------------------------------------------------
 # Policy and reference
 # ---------------------------------------------------------------------------------------------
-POLICY_KIND_NAMES = ("small", "vla_bins", "vla_fast")
+POLICY_KIND_NAMES = ("small", "state", "vla_bins", "vla_fast")
 
 
 def _statistics_from_samples(samples: SampleSet):
@@ -267,6 +267,9 @@ def _statistics_from_samples(samples: SampleSet):
                                           num_trajectories=len(np.unique(samples.episode[rows])))
     proprio = samples.proprio[rows].astype(np.float64)
     stats.extra["proprio"] = {"mean": proprio.mean(0).tolist(), "std": proprio.std(0).tolist()}
+    if samples.object_state.shape[1]:
+        objects = samples.object_state[rows].astype(np.float64)
+        stats.extra["object_state"] = {"mean": objects.mean(0).tolist(), "std": objects.std(0).tolist()}
     return stats
 
 
@@ -387,11 +390,15 @@ class _Run:
             self.pool_size = int(sum(len(v) for v in groups.values()))
 
     def inputs(self, idx: np.ndarray, augment_step: int | None) -> dict:
-        images = self.samples.images(idx, self.policy.cameras)
-        if augment_step is not None and self.aug.enabled:
-            rng = np.random.default_rng([self.config.seed, 7, self.dist.rank, augment_step])
-            images = augment_images(images, rng, self.aug)
-        return self.policy.prepare(images, self.samples.proprio[idx], self.samples.instruction_texts(idx))
+        images = None
+        if self.policy.cameras:  # a state policy reads no image: none is gathered or augmented
+            images = self.samples.images(idx, self.policy.cameras)
+            if augment_step is not None and self.aug.enabled:
+                rng = np.random.default_rng([self.config.seed, 7, self.dist.rank, augment_step])
+                images = augment_images(images, rng, self.aug)
+        object_state = self.samples.object_state[idx] if self.policy.uses_object_state else None
+        return self.policy.prepare(images, self.samples.proprio[idx], self.samples.instruction_texts(idx),
+                                   object_state=object_state)
 
     def targets(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         tok, mask = self.tokens[idx], self.token_mask[idx]
@@ -688,7 +695,7 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
     """Train and return the final checkpoint directory (`<out>/policy`).
 
     demos: expert-demo bags or folders of bags; data: interaction bags (policy + human steps);
-    init: a policy checkpoint directory, or a kind ("small", "vla_bins", "vla_fast") to build
+    init: a policy checkpoint directory, or a kind ("small", "state", "vla_bins", "vla_fast") to build
     fresh with statistics from the demo actions; out: output directory (see module docstring);
     resume: continue from the last checkpoint in `out`.
     """
@@ -717,6 +724,10 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
         f"cache, {len(samples)} steps in {samples.load_stats['seconds']:.1f} s")
 
     policy, init_facts = _init_policy(init, config, samples, device)
+    if policy.uses_object_state:
+        problem = samples.object_state_problem(policy.object_dim)
+        if problem:
+            raise DataError(problem)
     samples.label(LabelConfig(config.k, config.noop_filter, config.sirius_window), stats=policy.stats)
     check_method_data(config.method, samples, tpo_window=config.tpo_window)
     say("samples: " + json.dumps(samples.summary()))
