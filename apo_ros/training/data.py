@@ -32,7 +32,7 @@ from apo_ros.actions.space import ACTION_DIM
 from apo_ros.observation import PROPRIO_DIM
 from apo_ros.training.objectives import SIRIUS_CLASSES
 
-CACHE_VERSION = 3  # 2: obs_stamp_ns column; 3: object_state column
+CACHE_VERSION = 3  # 2: obs_stamp_ns column; 3: object_state and proposed columns
 SOURCE_NAMES: tuple[str, ...] = ("policy", "human", "expert")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCE_NAMES)}
 SIRIUS_CODE = {name: i for i, name in enumerate(SIRIUS_CLASSES)}
@@ -114,6 +114,9 @@ def episode_columns(episode) -> dict:
             raise DataError(f"{episode.path}: camera {cam!r} missing or changing shape ({err})") from None
     cols["proprio"] = np.stack([s.observation.proprio() for s in steps]).astype(np.float32)
     cols["actions"] = np.stack([np.asarray(s.action, dtype=np.float64) for s in steps]).astype(np.float32)
+    nan = np.full(ACTION_DIM, np.nan)
+    cols["proposed"] = np.stack([nan if s.proposed is None else np.asarray(s.proposed, dtype=np.float64)
+                                 for s in steps]).astype(np.float32)
     if cols["actions"].shape != (n, ACTION_DIM) or cols["proprio"].shape != (n, PROPRIO_DIM):
         raise DataError(f"{episode.path}: actions {cols['actions'].shape} / proprio "
                         f"{cols['proprio'].shape} do not have {ACTION_DIM} / {PROPRIO_DIM} values")
@@ -141,6 +144,19 @@ def _continues_chunk(obs_stamp_ns: np.ndarray) -> np.ndarray:
     """bool [n]: the step was executed from the same observation as the step before it."""
     out = np.zeros(obs_stamp_ns.shape[0], bool)
     out[1:] = obs_stamp_ns[1:] == obs_stamp_ns[:-1]
+    return out
+
+
+def _segment_ends(source: np.ndarray) -> np.ndarray:
+    """int64 [n]: for each step of one episode, the index just past the run of same-source steps
+    it belongs to."""
+    n = source.shape[0]
+    out = np.empty(n, np.int64)
+    end = n
+    for i in range(n - 1, -1, -1):
+        if i < n - 1 and source[i] != source[i + 1]:
+            end = i + 1
+        out[i] = end
     return out
 
 
@@ -210,12 +226,15 @@ class SampleSet:
     #                           the bags have none (recorded before object poses were, or on a robot
     #                           without a pose source)
     actions: np.ndarray  # float32 [N, 7] raw executed actions
+    proposed: np.ndarray  # float32 [N, 7] what the policy proposed at the step (NaN: not recorded)
     source: np.ndarray  # int8 [N] index into SOURCE_NAMES
     is_demo: np.ndarray  # bool [N] from a --demos bag
     episode: np.ndarray  # int32 [N] bag index
     step: np.ndarray  # int32 [N] step index within its episode
     instruction: np.ndarray  # int32 [N] index into `instructions`
     continues_chunk: np.ndarray  # bool [N] executed from the previous step's observation (see label)
+    segment_end: np.ndarray  # int64 [N] first row after the sample's segment (the run of steps of
+    #                          one source it belongs to: a take-over or hand-back ends a segment)
     instructions: list[str]
     bags: list[str]
     desirable: np.ndarray | None = None  # bool [N] (after label())
@@ -223,6 +242,8 @@ class SampleSet:
     sirius: np.ndarray | None = None  # int8 [N] index into SIRIUS_CLASSES
     dropped: np.ndarray | None = None  # bool [N] no-op steps left out (noop_filter)
     object_dims: list[int] = field(default_factory=list)  # per bag: object-state values recorded
+    held_out: np.ndarray | None = None  # bool [N] validation episodes (split_episodes), never trained on
+    unused: np.ndarray | None = None  # bool [N] demo episodes left out by a demo mix (select_demos)
     errors: list[str] = field(default_factory=list)  # bags that could not be used, with why
     load_stats: dict = field(default_factory=dict)  # timing / cache hits
 
@@ -303,22 +324,109 @@ class SampleSet:
         return out
 
     def chunk_index(self, index: np.ndarray, chunk: int) -> np.ndarray:
-        """int64 [B, chunk]: rows of the next `chunk` actions of each sample's episode, repeating
-        the episode's last action past its end (LeRobot-style padding)."""
+        """int64 [B, chunk]: rows of the next `chunk` actions of each sample's SEGMENT (its run of
+        steps of one source), repeating the segment's last action past its end: a target chunk
+        never mixes the policy's and the operator's actions across a take-over or hand-back.
+        `chunk_valid` says which entries are real (the trainer masks the others' tokens)."""
         index = np.asarray(index, dtype=np.int64)
         rows = index[:, None] + np.arange(chunk)[None, :]
-        return np.minimum(rows, self.episode_end[index][:, None] - 1)
+        return np.minimum(rows, self.segment_end[index][:, None] - 1)
+
+    def chunk_valid(self, index: np.ndarray, chunk: int) -> np.ndarray:
+        """bool [B, chunk]: the chunk step lies inside the sample's segment. Past the episode's
+        end the last action repeats as LeRobot pads (valid: the episode ended, the arm holds);
+        past a take-over or hand-back it is not (those actions came from the other source)."""
+        index = np.asarray(index, dtype=np.int64)
+        rows = index[:, None] + np.arange(chunk)[None, :]
+        inside = rows < self.segment_end[index][:, None]
+        ends_episode = (self.segment_end[index] == self.episode_end[index])[:, None]
+        return inside | ends_episode
+
+    def target_actions(self) -> np.ndarray:
+        """float32 [N, 7]: the action each step's target uses. Policy steps of interaction bags
+        use what the policy PROPOSED (when recorded) rather than what was executed after the
+        safety filter: a preference objective must score the policy's own output."""
+        policy = (self.source == SOURCE_CODE["policy"]) & ~self.is_demo
+        use = policy & np.isfinite(self.proposed).all(-1)
+        return np.where(use[:, None], self.proposed, self.actions)
 
     def action_targets(self, index: np.ndarray, chunk: int) -> np.ndarray:
-        """float32 raw targets: [B, 7] when chunk == 1 else [B, chunk, 7]."""
+        """float32 raw targets: [B, 7] when chunk == 1 else [B, chunk, 7] (see chunk_index and
+        target_actions)."""
+        actions = self.target_actions()
         if chunk == 1:
-            return self.actions[np.asarray(index, dtype=np.int64)]
-        return self.actions[self.chunk_index(index, chunk)]
+            return actions[np.asarray(index, dtype=np.int64)]
+        return actions[self.chunk_index(index, chunk)]
 
     def instruction_texts(self, index: np.ndarray) -> list[str]:
         return [self.instructions[i] for i in self.instruction[np.asarray(index, dtype=np.int64)]]
 
     # ---- pools and groups ---------------------------------------------------------------------
+    def trainable_rows(self) -> np.ndarray:
+        """bool [N]: rows of episodes a run may train on (not held out, not left out of a demo mix)."""
+        out = np.ones(len(self), bool)
+        for column in (self.held_out, self.unused):
+            if column is not None:
+                out &= ~column
+        return out
+
+    def episode_rows(self, bags: np.ndarray) -> np.ndarray:
+        """bool [N]: rows of the given bag indices."""
+        return np.isin(self.episode, np.asarray(bags, dtype=np.int64))
+
+    def split_episodes(self, fraction: float, seed: int) -> SampleSet:
+        """Hold out `fraction` of the demo bags and of the interaction bags (each rounded, at least
+        one of a kind when it has two or more bags and fraction > 0), chosen from the seed. One bag
+        is one episode, so no held-out step shares an episode with a training step."""
+        held = np.zeros(len(self.bags), bool)
+        bag_is_demo = np.array([bool(self.is_demo[o]) for o in self.offsets[:-1]])
+        rng = np.random.default_rng([int(seed), 41])
+        if fraction > 0:
+            for kind in (True, False):
+                members = np.nonzero(bag_is_demo == kind)[0]
+                if len(members) < 2:
+                    continue
+                n = min(len(members) - 1, max(1, int(round(fraction * len(members)))))
+                held[rng.choice(members, size=n, replace=False)] = True
+        self.held_out = held[self.episode]
+        return self
+
+    def select_demos(self, mix: str, seed: int) -> SampleSet:
+        """Which training demo episodes a run uses: "all"; "equal" (as many as there are
+        training interaction episodes, drawn from the seed: the paper's fine-tuning mix of
+        intervened trajectories and expert demos in equal numbers); or a number of episodes."""
+        bag_is_demo = np.array([bool(self.is_demo[o]) for o in self.offsets[:-1]])
+        held = np.zeros(len(self.bags), bool) if self.held_out is None else \
+            np.array([bool(self.held_out[o]) for o in self.offsets[:-1]])
+        demos = np.nonzero(bag_is_demo & ~held)[0]
+        if mix == "all":
+            want = len(demos)
+        elif mix == "equal":
+            want = int((~bag_is_demo & ~held).sum())
+        else:
+            try:
+                want = int(mix)
+            except ValueError:
+                raise ValueError(f"demo_mix must be 'all', 'equal' or a number of episodes, got {mix!r}") from None
+        want = max(0, min(want, len(demos)))
+        rng = np.random.default_rng([int(seed), 43])
+        keep = rng.choice(demos, size=want, replace=False) if want < len(demos) else demos
+        unused = np.zeros(len(self.bags), bool)
+        unused[np.setdiff1d(demos, keep)] = True
+        self.unused = unused[self.episode]
+        return self
+
+    def validation_rows(self, kind: str) -> np.ndarray:
+        """Rows whose token NLL measures generalization, in held-out episodes: "demos" = demo
+        steps; "data" = the operator's corrections (human steps) of interaction bags. Chunk
+        continuations and no-ops are left out as in training."""
+        self._labels()
+        if self.held_out is None:
+            return np.zeros(0, np.int64)
+        rows = self.held_out & ~self.dropped
+        rows &= self.is_demo if kind == "demos" else self.human_mask()
+        return np.nonzero(rows)[0]
+
     def human_mask(self) -> np.ndarray:
         """Operator-executed steps of interaction bags (the corrections)."""
         return (self.source == SOURCE_CODE["human"]) & ~self.is_demo
@@ -330,7 +438,7 @@ class SampleSet:
         """Rows a behaviour-cloning method trains on: bc = demos; dagger = demos + human steps
         (HG-DAgger); sirius = everything."""
         self._labels()
-        keep = ~self.dropped
+        keep = ~self.dropped & self.trainable_rows()
         if method == "bc":
             return np.nonzero(self.is_demo & keep)[0]
         if method == "dagger":
@@ -343,10 +451,11 @@ class SampleSet:
         """Balanced-sampler groups: desirable robot/expert steps (demos included), human steps of
         interaction bags, undesirable steps."""
         self._labels()
-        human = self.human_mask() & self.desirable
-        return {"desirable": np.nonzero(self.desirable & ~human)[0],
+        train = self.trainable_rows()
+        human = self.human_mask() & self.desirable & train
+        return {"desirable": np.nonzero(self.desirable & ~human & train)[0],
                 "human": np.nonzero(human)[0],
-                "undesirable": np.nonzero(self.undesirable)[0]}
+                "undesirable": np.nonzero(self.undesirable & train)[0]}
 
     def intervention_starts(self) -> np.ndarray:
         """Rows where an intervention begins (first human step of a run, interaction bags)."""
@@ -364,7 +473,10 @@ class SampleSet:
         out = []
         policy = self.source == SOURCE_CODE["policy"]
         human = self.human_mask()
+        train = self.trainable_rows()
         for start in self.intervention_starts():
+            if not train[start]:
+                continue
             lo = int(self.offsets[self.episode[start]])
             hi = int(self.offsets[self.episode[start] + 1])
             end = start
@@ -384,6 +496,10 @@ class SampleSet:
                "interaction_samples": int((~self.is_demo).sum()),
                "human_samples": int(self.human_mask().sum()),
                "interventions": int(self.intervention_starts().size)}
+        if self.held_out is not None:
+            out["held_out_bags"] = int(len(np.unique(self.episode[self.held_out])))
+        if self.unused is not None:
+            out["unused_demo_bags"] = int(len(np.unique(self.episode[self.unused])))
         if self.desirable is not None:
             out["undesirable_samples"] = int(self.undesirable.sum())
             out["dropped_noop_samples"] = int(self.dropped.sum())
@@ -443,8 +559,8 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
     instructions = sorted({t for d, _ in parts for t in d["meta"]["instructions"]})
     object_dims = [int(np.asarray(d["columns"]["object_state"]).shape[1]) if "object_state" in d["columns"] else 0
                    for d, _ in parts]
-    names = ("proprio", "object_state", "actions", "source", "is_demo", "episode", "step", "instruction",
-             "continues_chunk")
+    names = ("proprio", "object_state", "actions", "proposed", "source", "is_demo", "episode", "step",
+             "instruction", "continues_chunk", "segment_end")
     cols: dict[str, list] = {k: [] for k in names}
     offsets = [0]
     for b, (d, is_demo) in enumerate(parts):
@@ -456,6 +572,9 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
         cols["object_state"].append(np.asarray(c["object_state"], dtype=np.float32)[:, :width] if width
                                     else np.zeros((n, 0), np.float32))
         cols["actions"].append(np.asarray(c["actions"]))
+        cols["proposed"].append(np.asarray(c["proposed"]) if "proposed" in c
+                                else np.full((n, ACTION_DIM), np.nan, np.float32))
+        cols["segment_end"].append(offsets[-1] + _segment_ends(np.asarray(c["source"])))
         cols["source"].append(np.asarray(c["source"]))
         cols["is_demo"].append(np.full(n, is_demo, bool))
         cols["episode"].append(np.full(n, b, np.int32))

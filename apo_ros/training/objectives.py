@@ -10,6 +10,7 @@ are sums over that sample's real token positions (no length normalization, as AP
 
 Objectives (REFERENCE sections 1-2):
 - `bc_loss`: token negative log-likelihood (optionally per-sample weighted: Sirius).
+- `smoothed_token_nll`: the same against targets softened over neighbouring bins / uniformly.
 - `sirius_weights`: Sirius class weights from the class fractions.
 - `kto_loss`: TRL's KTO loss (exact signature and semantics of the issue).
 - `apo_loss`: KTO-style loss on summed per-token log-ratios with APO's gripper masking and
@@ -63,6 +64,40 @@ def bc_loss(token_logps: torch.Tensor, mask: torch.Tensor,
     m = mask.to(token_logps.dtype)
     counts = m.sum(-1).clamp(min=1.0)
     nll = -(token_logps * m).sum(-1) / counts  # [B]
+    if weights is not None:
+        nll = nll * weights.to(nll.dtype)
+    return nll.mean()
+
+
+def smoothed_token_nll(token_logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, *,
+                       label_smoothing: float = 0.0, bin_sigma: float = 0.0,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Token cross-entropy against softened targets, for bin tokens (ids 0..V-1 = bins in order).
+
+    token_logits float [B, L, V], tokens long [B, L], mask bool [B, L], weights float [B] or None
+    -> scalar, reduced as `bc_loss` (per-sample mean over real tokens, then mean_i w_i nll_i).
+
+    Target distribution at each position: q = (1 - label_smoothing) * g + label_smoothing / V,
+    g = one-hot at the target bin when bin_sigma == 0, else a Gaussian over the bins centred on
+    it with standard deviation bin_sigma bins (normalized). With a bin width far below the
+    demonstrations' noise, a one-hot target asks the policy to tell apart bins the data cannot
+    tell apart (it memorizes); the Gaussian says "about here". With both 0 this equals `bc_loss`
+    on the log-softmax of the logits.
+    """
+    logp = torch.log_softmax(token_logits.float(), -1)
+    v = logp.shape[-1]
+    if bin_sigma > 0:
+        bins = torch.arange(v, device=logp.device, dtype=torch.float32)
+        distance = bins[None, None, :] - tokens.clamp(0, v - 1)[..., None].float()
+        target = torch.exp(-0.5 * (distance / float(bin_sigma)) ** 2)
+        target = target / target.sum(-1, keepdim=True)
+    else:
+        target = F.one_hot(tokens.clamp(0, v - 1), v).float()
+    if label_smoothing > 0:
+        target = (1 - label_smoothing) * target + label_smoothing / v
+    nll_tokens = -(target * logp).sum(-1)  # [B, L]
+    m = mask.to(nll_tokens.dtype)
+    nll = (nll_tokens * m).sum(-1) / m.sum(-1).clamp(min=1.0)
     if weights is not None:
         nll = nll * weights.to(nll.dtype)
     return nll.mean()
@@ -157,26 +192,53 @@ class PreferenceTerms:
         return out
 
 
+# The paper's (and its released code's) per-device batch: the adaptive weights' group sums and
+# the "sum" reduction run over micro-groups of this many consecutive batch rows (see
+# adaptive_weights), so their balance does not depend on the batch size.
+APO_WEIGHT_GROUP = 8
+
+
+def micro_groups(batch: int, group_size: int | None, device=None) -> torch.Tensor:
+    """long [B]: the micro-group of each batch row (consecutive rows, `group_size` per group; the
+    last group may be smaller). group_size None or 0: one group (the whole batch)."""
+    if not group_size:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return torch.arange(batch, device=device) // int(group_size)
+
+
 def adaptive_weights(errors: torch.Tensor, desirable: torch.Tensor,
-                     decode_ok: torch.Tensor | None = None, eps: float = 1e-4) -> torch.Tensor:
+                     decode_ok: torch.Tensor | None = None, eps: float = 1e-4,
+                     group_size: int | None = APO_WEIGHT_GROUP) -> torch.Tensor:
     """APO's adaptive weights.
 
     errors float [B]: l_i = mean over action dims |decoded argmax action - target| (normalized
     actions); desirable bool [B]; decode_ok bool [B] or None -> lambda float [B], detached.
 
-    Within each group g (desirable / undesirable): w_i = (l_i + eps) / (sum_{j in g} l_j + eps);
-    lambda_D = 1 - exp(-w), lambda_U = exp(-w). A sample whose decode failed gets lambda 1 and
-    its error does not enter the group sums.
+    Within each group g (desirable / undesirable) of each micro-group m:
+    w_i = (l_i + eps) / (sum_{j in g and m} l_j + eps); lambda_D = 1 - exp(-w), lambda_U = exp(-w).
+    A sample whose decode failed gets lambda 1 and its error does not enter the group sums.
+
+    Why micro-groups: w_i is about 1 / (members of its group), so over a whole batch of 64 the
+    desirable lambda falls to ~0.02 and the undesirable one rises to ~0.94 and APO turns into
+    "push the undesirable samples down". The paper's formula runs per device on 8 samples (the
+    released code's per-device batch), where lambda_D ~ 0.15-0.25 and lambda_U ~ 0.6-0.8.
+    Computing it over consecutive micro-groups of `group_size` (default 8) rows keeps that
+    balance whatever the batch size: the weights of a batch of 64 are exactly those of eight
+    batches of 8 (tested). group_size None / 0 = the whole batch (the formula taken literally).
     """
     errors = errors.detach().to(torch.float32)
     desirable = desirable.bool()
     ok = torch.ones_like(desirable) if decode_ok is None else decode_ok.bool()
+    groups = micro_groups(errors.shape[0], group_size, errors.device)
+    n_groups = int(groups.max()) + 1 if groups.numel() else 0
     lam = torch.ones_like(errors)
     for group, is_desirable in ((desirable, True), (~desirable, False)):
         members = group & ok
         if not members.any():
             continue
-        w = (errors + eps) / (errors[members].sum() + eps)
+        sums = torch.zeros(n_groups, dtype=errors.dtype, device=errors.device)
+        sums = sums.index_add(0, groups, torch.where(members, errors, torch.zeros_like(errors)))
+        w = (errors + eps) / (sums[groups] + eps)
         value = 1 - torch.exp(-w) if is_desirable else torch.exp(-w)
         lam = torch.where(members, value, lam)
     return lam
@@ -188,7 +250,7 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
              decode_ok: torch.Tensor | None = None, beta: float = 0.1, z0_min: float | None = 0.0,
              z0_max: float | None = None, mask_gripper: bool = True, reweight: bool = True,
              desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-             reduction: str = "sum") -> PreferenceTerms:
+             reduction: str = "sum", group_size: int | None = APO_WEIGHT_GROUP) -> PreferenceTerms:
     """APO loss (REFERENCE 1).
 
     policy_token_logps, ref_token_logps: float [B, L] per-token log-probs of each sample's own
@@ -202,8 +264,11 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
     samples when `mask_gripper`; z0 = clamp(mean(kl_policy - kl_ref), z0_min, z0_max), detached;
     L_i = 1 - sigmoid(beta (r - z0)) (desirable) or 1 - sigmoid(beta (z0 - r)) (undesirable);
     lambda_i = adaptive weights when `reweight` (needs action_errors) else the static
-    desirable/undesirable weights; loss = sum_i lambda_i L_i ("sum", the paper's total) or
-    mean_i lambda_i L_i ("mean", KTO's reduction).
+    desirable/undesirable weights, over micro-groups of `group_size` rows (see adaptive_weights);
+    loss = "sum" (the paper's total): the sum of lambda_i L_i within each micro-group, averaged
+    over the micro-groups - what data-parallel training on devices of `group_size` samples
+    computes, so the scale does not grow with the batch (group_size None / 0: the sum over the
+    whole batch); "mean" (KTO's reduction): mean_i lambda_i L_i.
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
@@ -224,12 +289,16 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
     if reweight:
         if action_errors is None:
             raise ValueError("apo_loss(reweight=True) needs action_errors")
-        weights = adaptive_weights(action_errors, desirable, decode_ok).to(losses.dtype)
+        weights = adaptive_weights(action_errors, desirable, decode_ok, group_size=group_size).to(losses.dtype)
     else:
         weights = torch.where(desirable, torch.full_like(losses, desirable_weight),
                               torch.full_like(losses, undesirable_weight))
     weighted = weights * losses
-    loss = weighted.sum() if reduction == "sum" else weighted.mean()
+    if reduction == "sum":
+        n_groups = int(micro_groups(losses.shape[0], group_size).max()) + 1 if losses.numel() else 1
+        loss = weighted.sum() / n_groups
+    else:
+        loss = weighted.mean()
     return PreferenceTerms(loss=loss, rewards=rewards.detach(), z0=z0, losses=losses.detach(),
                            weights=weights.detach(), desirable=desirable)
 

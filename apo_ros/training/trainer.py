@@ -66,9 +66,11 @@ NEEDS_REFERENCE = ("kto", "tpo", "apo")
 # Paper / public code learning rates (REFERENCE 1-2): SFT 5e-4, APO 5e-5, TPO 2e-5. DAgger and
 # Sirius fine-tune the deployed policy like APO does, so they share its rate by default.
 DEFAULT_LR = {"bc": 5e-4, "dagger": 5e-5, "sirius": 5e-5, "kto": 5e-5, "apo": 5e-5, "tpo": 2e-5}
-CSV_COLUMNS = ("step", "epoch", "lr", "loss", "grad_norm", "samples_per_s", "z0", "reward_desirable",
-               "reward_undesirable", "reward_margin", "weight_desirable", "weight_undesirable",
-               "pair_accuracy", "elapsed_s")
+CSV_COLUMNS = ("step", "epoch", "lr", "loss", "grad_norm", "samples_per_s", "z0", "z0_unclamped",
+               "reward_desirable", "reward_undesirable", "reward_margin", "weight_desirable",
+               "weight_undesirable", "pair_accuracy", "train_nll", "val_nll_demos", "val_nll_data",
+               "elapsed_s")
+VALIDATION_SETS = ("demos", "data")
 
 
 class TrainingError(RuntimeError):
@@ -99,6 +101,8 @@ class TrainConfig:
     mask_gripper: bool = True  # apo: leave the gripper token out of undesirable samples' reward
     reweight: bool = True  # apo: adaptive lambda from the decoded-action error
     apo_reduction: str = "sum"  # apo: "sum" (paper: total = sum_i lambda_i L_i) or "mean"
+    apo_weight_group: int = 8  # apo: rows per micro-group of the adaptive weights and the sum (the
+    #                            paper's per-device batch; 0 = the whole batch), see adaptive_weights
     reference: str = "cached"  # "cached": reference log-probs once per data set; "online": every step
     reference_batch_size: int = 64  # batch size of the one-off reference pass
     # --- balanced sampler (kto, apo) ---
@@ -112,7 +116,20 @@ class TrainConfig:
     # --- tpo ---
     tpo_window: int = 8  # max steps per window (GRAPE public code: 8)
     tpo_pairs: int = 0  # window pairs per step; 0 = max(1, batch_size // (2 * tpo_window))
-    # --- augmentation (policy inputs only) ---
+    # --- behaviour-cloning targets (bc, dagger, sirius) ---
+    label_smoothing: float = 0.0  # share of the uniform distribution mixed into each token target
+    bin_sigma: float = 0.0  # Gaussian target over neighbouring bins, std in bins (small / state policies)
+    # --- data mix, validation and early stopping ---
+    demo_mix: str = "all"  # demo episodes used: "all", "equal" (as many as interaction episodes, the
+    #                        paper's fine-tuning mix) or a number
+    val_fraction: float = 0.0  # share of demo bags and of interaction bags held out for validation
+    val_every: int = 50  # steps between validation passes (token NLL on held-out episodes)
+    val_max_samples: int = 2048  # validation rows per set (a fixed random subset when there are more)
+    val_metric: str = "auto"  # what early stopping / best selection watch: "demos" (held-out demos),
+    #                           "data" (held-out operator corrections), "auto" (data when held out)
+    patience: int = 0  # stop after this many validation passes without improvement (0 = never)
+    select_best: bool = True  # with validation: the final policy is the best validation pass's weights
+
     augment: bool = True  # random shift + brightness
     aug_shift: int = 4  # max shift in pixels
     aug_brightness: float = 0.1  # brightness factor range 1 +- this
@@ -146,6 +163,18 @@ class TrainConfig:
             (self.tpo_window >= 1, "tpo_window must be >= 1"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.lr is None or self.lr > 0, "lr must be > 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.bin_sigma >= 0, "bin_sigma must be >= 0"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.val_every >= 1, "val_every must be >= 1"),
+            (self.val_max_samples >= 1, "val_max_samples must be >= 1"),
+            (self.val_metric in ("auto", "demos", "data"), "val_metric must be 'auto', 'demos' or 'data'"),
+            (self.patience >= 0, "patience must be >= 0"),
+            (self.patience == 0 or self.val_fraction > 0,
+             "patience (early stopping) needs validation episodes: set val_fraction > 0"),
+            (self.apo_weight_group >= 0, "apo_weight_group must be >= 0"),
+            (str(self.demo_mix) in ("all", "equal") or str(self.demo_mix).isdigit(),
+             "demo_mix must be 'all', 'equal' or a number of demo episodes"),
         ]
         for ok, message in checks:
             if not ok:
@@ -262,7 +291,8 @@ POLICY_KIND_NAMES = ("small", "state", "vla_bins", "vla_fast")
 def _statistics_from_samples(samples: SampleSet):
     from apo_ros.actions.statistics import ActionStatistics
 
-    rows = samples.is_demo if samples.is_demo.any() else np.ones(len(samples), bool)
+    train = samples.trainable_rows()
+    rows = samples.is_demo & train if (samples.is_demo & train).any() else train
     stats = ActionStatistics.from_actions(samples.actions[rows],
                                           num_trajectories=len(np.unique(samples.episode[rows])))
     proprio = samples.proprio[rows].astype(np.float64)
@@ -343,8 +373,16 @@ class _Run:
         self.chunk = int(policy.chunk_size)
         self.aug = AugmentConfig(config.augment, config.aug_shift, config.aug_brightness)
         self.autocast = config.bf16 and self.device.type == "cuda"
+        smoothing = config.label_smoothing > 0 or config.bin_sigma > 0
+        if smoothing and config.method in ("bc", "dagger", "sirius"):
+            if not hasattr(policy, "token_logits"):
+                raise TrainingError(f"label_smoothing / bin_sigma need a policy with token_logits ({policy.kind} has none)")
+            if config.bin_sigma > 0 and policy.valid_target_ids.numel() != getattr(policy, "n_bins", -1):
+                raise TrainingError(f"bin_sigma smooths over neighbouring bins of a policy whose tokens are "
+                                    f"the bins (small, state); {policy.kind} tokens are not")
         self._encode_all()
         self._build_sampler()
+        self._choose_validation_rows()
         self.ref_logps: torch.Tensor | None = None
         self.ref_kl: torch.Tensor | None = None
         self.partner: np.ndarray | None = None
@@ -354,9 +392,18 @@ class _Run:
         """Target tokens of every sample, once (they never change)."""
         n = len(self.samples)
         toks, masks = [], []
+        per_step = getattr(self.policy, "tokens_per_step", None)
         for lo in range(0, n, 4096):
             rows = np.arange(lo, min(n, lo + 4096))
             t, m = self.policy.encode_actions(self.samples.action_targets(rows, self.chunk))
+            if per_step and self.chunk > 1:
+                # tokens of chunk steps past a take-over / hand-back are not targets of this sample
+                valid = torch.from_numpy(self.samples.chunk_valid(rows, self.chunk))
+                step_of = torch.arange(m.shape[1]) // per_step
+                inside = step_of < self.chunk  # e.g. a VLA's stop token after the chunk
+                keep = torch.ones_like(m, dtype=torch.bool).cpu()
+                keep[:, inside] = valid[:, step_of[inside]]
+                m = m.cpu() & keep
             toks.append(t.cpu())
             masks.append(m.cpu())
         width = max(t.shape[1] for t in toks)
@@ -388,6 +435,63 @@ class _Run:
                       "undesirable": c.ratio_undesirable}
             self.sampler = BalancedSampler(groups, ratios, c.batch_size, seed)
             self.pool_size = int(sum(len(v) for v in groups.values()))
+
+    # ---- validation ---------------------------------------------------------------------------
+    def _choose_validation_rows(self) -> None:
+        """Fixed rows for the token NLL: held-out demos, held-out operator corrections, and as many
+        training rows (the method's desirable targets) for the train/held-out gap."""
+        c, s = self.config, self.samples
+        rng = np.random.default_rng([c.seed, 17])
+
+        def cap(rows: np.ndarray) -> np.ndarray:
+            if len(rows) > c.val_max_samples:
+                rows = np.sort(rng.choice(rows, size=c.val_max_samples, replace=False))
+            return rows
+
+        self.val_rows = {kind: cap(s.validation_rows(kind)) for kind in VALIDATION_SETS}
+        if self.method in ("bc", "dagger", "sirius"):
+            train = s.pool(self.method)
+        else:
+            train = np.nonzero(s.desirable & ~s.dropped & s.trainable_rows())[0]
+        self.train_rows = cap(train) if any(len(r) for r in self.val_rows.values()) else np.zeros(0, np.int64)
+        metric = c.val_metric
+        if metric == "auto":
+            metric = "data" if len(self.val_rows["data"]) else "demos"
+        self.val_metric = metric
+        if c.val_fraction > 0 and not len(self.val_rows[metric]):
+            raise DataError(f"val_fraction {c.val_fraction}: no held-out {metric} to validate on "
+                            f"({'give 2 or more --demos bags' if metric == 'demos' else 'give 2 or more --data bags with human corrections'})")
+
+    @torch.no_grad()
+    def token_nll(self, rows: np.ndarray) -> float:
+        """Mean negative log-likelihood per real target token (nats/token) of the policy on `rows`:
+        un-augmented inputs, eval mode (the policies have no dropout / BatchNorm, so this only
+        matters for others)."""
+        if len(rows) == 0:
+            return float("nan")
+        was_training = self.policy.training
+        self.policy.eval()
+        total, count = 0.0, 0.0
+        try:
+            bs = max(1, self.config.reference_batch_size)
+            for lo in range(0, len(rows), bs):
+                idx = rows[lo:lo + bs]
+                inputs = self.inputs(idx, None)
+                tok, mask = self.targets(idx)
+                with self._autocast():
+                    logps = self.policy.token_logps(inputs, tok, mask).float()
+                total -= float(logps.sum())
+                count += float(mask.sum())
+        finally:
+            self.policy.train(was_training)
+        return total / max(count, 1.0)
+
+    def validate(self) -> dict[str, float]:
+        """{"val_nll_demos", "val_nll_data", "train_nll"} for the sets that have rows."""
+        out = {f"val_nll_{kind}": self.token_nll(rows) for kind, rows in self.val_rows.items() if len(rows)}
+        if out:
+            out["train_nll"] = self.token_nll(self.train_rows)
+        return out
 
     def inputs(self, idx: np.ndarray, augment_step: int | None) -> dict:
         images = None
@@ -486,9 +590,15 @@ class _Run:
         inputs = self.inputs(idx, step)
         tok, mask = self.targets(idx)
         if self.method in ("bc", "dagger", "sirius"):
+            weights = self.sirius_w[idx].to(self.device) if self.sirius_w is not None else None
+            if self.config.label_smoothing > 0 or self.config.bin_sigma > 0:
+                with self._autocast():
+                    logits = self.policy.token_logits(inputs, tok, mask)
+                loss = O.smoothed_token_nll(logits, tok, mask, label_smoothing=self.config.label_smoothing,
+                                            bin_sigma=self.config.bin_sigma, weights=weights)
+                return loss, {"loss": float(loss.detach())}, len(idx)
             with self._autocast():
                 logps = self.policy.token_logps(inputs, tok, mask)
-            weights = self.sirius_w[idx].to(self.device) if self.sirius_w is not None else None
             loss = O.bc_loss(logps.float(), mask, weights)
             return loss, {"loss": float(loss.detach())}, len(idx)
         want_argmax = self.method == "apo" and self.config.reweight
@@ -512,7 +622,9 @@ class _Run:
                                       weights=torch.where(desirable, c.desirable_weight,
                                                           c.undesirable_weight),
                                       desirable=desirable)
-            return loss, terms.metrics(), len(idx)
+            metrics = terms.metrics()
+            metrics["z0_unclamped"] = float((kl_pol - kl_ref).mean())
+            return loss, metrics, len(idx)
         errors = ok = None
         if want_argmax:
             errors, ok = self._action_errors(idx, pred, pred_mask)
@@ -521,8 +633,10 @@ class _Run:
                            decode_ok=ok, beta=c.beta, z0_min=c.z0_min, z0_max=c.z0_max,
                            mask_gripper=c.mask_gripper, reweight=c.reweight,
                            desirable_weight=c.desirable_weight, undesirable_weight=c.undesirable_weight,
-                           reduction=c.apo_reduction)
-        return terms.loss, terms.metrics(), len(idx)
+                           reduction=c.apo_reduction, group_size=c.apo_weight_group)
+        metrics = terms.metrics()
+        metrics["z0_unclamped"] = float((kl_pol - kl_ref).mean())
+        return terms.loss, metrics, len(idx)
 
     def _reference_logps(self, idx, inputs, tok, mask) -> torch.Tensor:
         if self.ref_logps is not None:
@@ -585,6 +699,88 @@ class _NullContext:
 
     def __exit__(self, *exc):
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: best weights and early stopping
+# ---------------------------------------------------------------------------------------------
+class _BestTracker:
+    """The best validation pass so far (its trainable weights kept in memory and in
+    `<out>/best/`, so `--resume` keeps them) and the passes since it improved."""
+
+    def __init__(self, out: str, config: TrainConfig, metric: str, policy, *, enabled: bool, resume: bool,
+                 main: bool):
+        self.enabled, self.config, self.policy, self.main = enabled, config, policy, main
+        self.key = f"val_nll_{metric}"
+        self.folder = os.path.join(out, "best")
+        self.best_value = float("inf")
+        self.best_step: int | None = None
+        self.since_best = 0
+        self.history: list[dict] = []
+        self.weights: dict[str, torch.Tensor] | None = None
+        if enabled and resume and os.path.isfile(os.path.join(self.folder, "best.json")):
+            from safetensors.torch import load_file
+
+            with open(os.path.join(self.folder, "best.json")) as f:
+                saved = json.load(f)
+            self.best_value, self.best_step = float(saved["value"]), saved["step"]
+            self.since_best, self.history = int(saved["since_best"]), saved["history"]
+            self.weights = load_file(os.path.join(self.folder, "trainable.safetensors"))
+
+    def update(self, step: int, values: dict[str, float]) -> None:
+        value = values.get(self.key, float("nan"))
+        self.history.append({"step": step, **values})
+        if math.isfinite(value) and value < self.best_value - 1e-4:
+            self.best_value, self.best_step, self.since_best = value, step, 0
+            self.weights = {n: p.detach().cpu().clone() for n, p in self.policy.named_parameters()
+                            if p.requires_grad}
+            if self.main:
+                from safetensors.torch import save_file
+
+                os.makedirs(self.folder, exist_ok=True)
+                save_file({n: t.contiguous() for n, t in self.weights.items()},
+                          os.path.join(self.folder, "trainable.safetensors"))
+        else:
+            self.since_best += 1
+        if self.main:
+            os.makedirs(self.folder, exist_ok=True)
+            with open(os.path.join(self.folder, "best.json"), "w") as f:
+                json.dump({"metric": self.key, "value": self.best_value, "step": self.best_step,
+                           "since_best": self.since_best, "history": self.history}, f, indent=1)
+
+    def should_stop(self) -> bool:
+        return self.config.patience > 0 and self.since_best >= self.config.patience
+
+    def load_best(self, policy) -> None:
+        params = dict(policy.named_parameters())
+        with torch.no_grad():
+            for name, value in (self.weights or {}).items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+    def describe(self) -> str:
+        return (f"best {self.key} {self.best_value:.4f} nats/token at step {self.best_step}, "
+                f"{self.since_best} passes without improvement since")
+
+    def summary(self) -> dict:
+        first = self.history[0] if self.history else {}
+        best = next((h for h in self.history if h["step"] == self.best_step), {})
+        return {"metric": self.key, "best_step": self.best_step, "best": best, "first": first,
+                "passes": len(self.history)}
+
+
+def _broadcast_flag(flag: bool, dist_info: _Dist) -> bool:
+    """Rank 0's decision, so every process stops at the same step."""
+    if dist_info.world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], device=dist_info.device or "cpu")
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def _format_validation(values: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in values.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,6 +859,8 @@ def _format_info(m: dict) -> str:
         parts.append(f"z0 {m['z0']:.3f}")
     if "pair_accuracy" in m:
         parts.append(f"acc {m['pair_accuracy']:.2f}")
+    if "val_nll_data" in m or "val_nll_demos" in m:
+        parts.append(f"val {m.get('val_nll_data', m.get('val_nll_demos')):.3f}")
     parts.append(f"lr {m.get('lr', 0.0):.2e}")
     return " ".join(parts)
 
@@ -723,6 +921,8 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
     say(f"data: {samples.load_stats['bags_read']} bags read, {samples.load_stats['cache_hits']} from "
         f"cache, {len(samples)} steps in {samples.load_stats['seconds']:.1f} s")
 
+    samples.split_episodes(config.val_fraction, config.seed)
+    samples.select_demos(str(config.demo_mix), config.seed)
     policy, init_facts = _init_policy(init, config, samples, device)
     if policy.uses_object_state:
         problem = samples.object_state_problem(policy.object_dim)
@@ -801,6 +1001,18 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
         return os.path.join(out, "checkpoints", f"step-{step:08d}")
 
     metrics_log = _MetricsLog(out, start, config.tensorboard, dist_info.main, log=say)
+    tracker = _BestTracker(out, config, run.val_metric, policy, enabled=bool(run.val_rows[run.val_metric].size)
+                           and config.val_fraction > 0, resume=resume and bool(existing), main=dist_info.main)
+    if tracker.enabled:
+        say(f"validation: {', '.join(f'{len(r)} held-out {k} samples' for k, r in run.val_rows.items())}, "
+            f"watching {run.val_metric} every {config.val_every} steps"
+            + (f", early stopping after {config.patience} passes without improvement" if config.patience else ""))
+        if start == 0:
+            first = run.validate()
+            tracker.update(0, first)
+            metrics_log.write({"step": 0, "epoch": 0, **first})
+            say("validation at step 0: " + _format_validation(first))
+    stopped_early = False
     policy.train()
     t_start = time.perf_counter()
     window: dict[str, float] = {}
@@ -840,18 +1052,28 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
                 window_n += 1
                 window_samples += used
                 done = step + 1
-                if done % max(1, config.log_every) == 0 or done == end:
-                    avg = {k: v / window_n for k, v in window.items()}
-                    avg["lr"] = lr
-                    now = time.perf_counter()
-                    row = {"step": done, "epoch": run.sampler.epoch,
-                           "samples_per_s": window_samples * dist_info.world / max(now - window_t, 1e-9),
-                           "elapsed_s": now - t_start, **avg}
+                validation: dict[str, float] = {}
+                if tracker.enabled and (done % config.val_every == 0 or done == end):
+                    validation = run.validate()
+                    tracker.update(done, validation)
+                    stopped_early = _broadcast_flag(tracker.should_stop(), dist_info)
+                if done % max(1, config.log_every) == 0 or done == end or validation or stopped_early:
+                    row: dict = {"step": done, "epoch": run.sampler.epoch, **validation}
+                    if window_n:
+                        avg = {k: v / window_n for k, v in window.items()}
+                        avg["lr"] = lr
+                        now = time.perf_counter()
+                        row.update(samples_per_s=window_samples * dist_info.world / max(now - window_t, 1e-9),
+                                   elapsed_s=now - t_start, **avg)
+                        bar.update(task, completed=done, info=_format_info({**avg, **validation}))
+                        window, window_n, window_samples, window_t = {}, 0, 0, now
                     metrics_log.write(row)
-                    bar.update(task, completed=done, info=_format_info(avg))
-                    window, window_n, window_samples, window_t = {}, 0, 0, now
                 else:
                     bar.update(task, completed=done)
+                if stopped_early:
+                    say(f"early stop at step {done}: {tracker.describe()}")
+                    end = done
+                    break
                 if config.save_every > 0 and done % config.save_every == 0 and done < end:
                     checkpoint(done)
     finally:
@@ -860,12 +1082,19 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
     final_step = end
     if last_saved is None or not last_saved.endswith(f"step-{final_step:08d}"):
         checkpoint(final_step)
-    if final_step < config.steps:
+    if final_step < config.steps and not stopped_early:
         say(f"stopped at step {final_step} of {config.steps} (max_steps_this_run); continue with --resume")
         return os.path.join(out, "checkpoints", f"step-{final_step:08d}", "policy")
     final_dir = os.path.join(out, "policy")
+    extra = {**training_facts, "step": final_step, "stopped_early": stopped_early}
+    if tracker.enabled:
+        extra["validation"] = tracker.summary()
+        if config.select_best and tracker.best_step is not None:
+            tracker.load_best(policy)
+            extra["step"] = tracker.best_step
+            say(f"final policy = the weights of step {tracker.best_step} ({tracker.describe()})")
     if dist_info.main:
-        pid = save_policy(policy, final_dir, extra={**training_facts, "step": final_step})
+        pid = save_policy(policy, final_dir, extra=extra)
         say(f"saved {final_dir} (policy id {pid})")
     _barrier(dist_info)
     return final_dir
