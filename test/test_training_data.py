@@ -174,3 +174,82 @@ def test_chunk_continuations_are_not_training_samples():
     assert not s.undesirable.any()
     assert s.pool("sirius").tolist() == [0, 4, 8, 9]
     assert s.groups()["human"].tolist() == [8, 9]
+
+
+def _episode_with_proposals(sources, seed=0, path="mem"):
+    """Like _episode, with what the policy proposed at each step (the executed action + 0.5)."""
+    ep = _episode(sources, seed=seed, path=path)
+    for step in ep.steps:
+        step.proposed = step.action + 0.5
+    return ep
+
+
+def test_chunk_targets_never_cross_a_take_over_or_hand_back():
+    from apo_ros.policies import build_policy
+    from apo_ros.policies.testing import default_statistics
+    from apo_ros.training.data import encode_targets
+
+    #          0    1    2    3    4    5    6    7    8    9   10
+    src = ["policy"] * 4 + ["human"] * 3 + ["policy"] * 4
+    s = _samples(_episode_with_proposals(src))
+    # a take-over inside the chunk of step 2 (chunk 4 = steps 2, 3, 4, 5): only 2 and 3 are its own
+    assert s.chunk_index(np.array([2]), 4).tolist() == [[2, 3, 3, 3]]
+    assert s.chunk_valid(np.array([2, 4, 5, 8]), 4).tolist() == [
+        [True, True, False, False],  # policy steps before the take-over
+        [True, True, True, False],  # the operator's run 4..6, handed back at 7
+        [True, True, False, False],
+        [True, True, True, True]]  # the episode's end: padded with its last action (LeRobot)
+    assert s.chunk_index(np.array([8]), 4).tolist() == [[8, 9, 10, 10]]
+    # policy steps use what the policy proposed, the operator's steps what was executed
+    targets = s.action_targets(np.array([2, 4]), 4)
+    np.testing.assert_allclose(targets[0, :2], s.actions[[2, 3]] + 0.5)
+    np.testing.assert_allclose(targets[1, :3], s.actions[[4, 5, 6]])
+    # tokens of chunk steps outside the segment are masked, 7 per step (bin tokens)
+    policy = build_policy("small", default_statistics(), instructions=["lift the red cube"], device="cpu",
+                          chunk_size=4, image_size=8, channels=[4, 4], hidden=8)
+    tokens, mask = encode_targets(policy, s, np.array([2, 4, 8]))
+    assert tokens.shape == (3, 28)
+    assert mask.sum(1).tolist() == [14, 21, 28]
+    assert mask[0, :14].all() and not mask[0, 14:].any()
+
+
+def test_validation_split_and_demo_mix_are_by_episode():
+    demos = [_episode(["expert"] * 4, seed=i, path=f"demo{i}") for i in range(6)]
+    data = [_episode(["policy"] * 3 + ["human"] * 2, seed=10 + i, path=f"int{i}") for i in range(4)]
+    s = _samples(*demos, *data, demo=tuple(range(6)))
+    s.split_episodes(0.25, seed=0)
+    held = {s.bags[e] for e in np.unique(s.episode[s.held_out])}
+    # round(0.25 * 6) = 2 demo episodes, round(0.25 * 4) = 1 interaction episode, whole episodes
+    assert sum(b.startswith("demo") for b in held) == 2 and sum(b.startswith("int") for b in held) == 1
+    for e in range(len(s.bags)):
+        rows = s.episode == e
+        assert s.held_out[rows].all() or not s.held_out[rows].any()
+    assert not np.isin(s.pool("dagger"), np.nonzero(s.held_out)[0]).any()
+    assert all(not np.isin(g, np.nonzero(s.held_out)[0]).any() for g in s.groups().values())
+    val = s.validation_rows("data")
+    assert len(val) == 2 and (s.source[val] == 1).all() and s.held_out[val].all()
+    assert s.is_demo[s.validation_rows("demos")].all()
+    # the paper's fine-tuning mix: as many demo episodes as (training) interaction episodes
+    s.select_demos("equal", seed=0)
+    used_demos = {s.bags[e] for e in np.unique(s.episode[s.is_demo & s.trainable_rows()])}
+    assert len(used_demos) == 3 and not (held & used_demos)
+    assert len(np.unique(s.episode[s.pool("bc")])) == 3
+    s.select_demos("all", seed=0)
+    assert len(np.unique(s.episode[s.pool("bc")])) == 4
+    with pytest.raises(ValueError, match="demo_mix"):
+        s.select_demos("some", seed=0)
+
+
+def test_camera_less_bags_give_object_state_only():
+    rng = np.random.default_rng(0)
+    steps = []
+    for i in range(5):
+        obs = synthetic_observation(rng, 1000 + i, size=8, index=i, cameras=())
+        steps.append(Step(observation=obs, action=np.zeros(7), source="expert", stamp_ns=1000 + i))
+    s = _samples(Episode(path="nocam", steps=steps))
+    assert s.cameras == () and s.object_state.shape == (5, 14)
+    np.testing.assert_allclose(s.object_state[0], steps[0].observation.object_poses.reshape(-1))
+    with pytest.raises(DataError, match="cameras"):
+        s.images(np.arange(2), ("front",))
+    assert s.object_state_problem(14) is None
+    assert "object poses" in s.object_state_problem(21)

@@ -15,6 +15,7 @@ from apo_ros.training.objectives import (
     decoded_action_errors,
     kto_loss,
     sirius_weights,
+    smoothed_token_nll,
     tpo_loss,
     window_logps,
 )
@@ -199,3 +200,64 @@ def test_tpo_loss_hand_and_window_sums():
     margin = ((-3.0 + 4.0) - (-7.5 + 7.0)) * 0.1
     assert t.loss.item() == pytest.approx(-math.log(_sig(margin)), rel=1e-6)
     assert t.metrics()["pair_accuracy"] == 1.0
+
+
+def test_apo_weights_at_batch_64_equal_those_of_eight_batches_of_8():
+    """The reference grouping is the paper's per-device batch of 8: a batch of 64 must weigh each
+    sample exactly as eight separate batches of 8 would, and the "sum" loss must be their mean."""
+    gen = torch.Generator().manual_seed(0)
+    errors = torch.rand(64, generator=gen)
+    desirable = torch.rand(64, generator=gen) < 0.6
+    ok = torch.rand(64, generator=gen) < 0.95
+    lam = adaptive_weights(errors, desirable, ok)  # default group of 8
+    expected = torch.cat([adaptive_weights(errors[i:i + 8], desirable[i:i + 8], ok[i:i + 8], group_size=None)
+                          for i in range(0, 64, 8)])
+    assert torch.equal(lam, expected)
+    # the balance does not drift with the batch size (the whole-batch formula does)
+    whole = adaptive_weights(errors, desirable, ok, group_size=None)
+    assert lam[desirable & ok].mean() > 4 * whole[desirable & ok].mean()
+    assert 0.1 < float(lam[desirable & ok].mean()) < 0.4 and 0.5 < float(lam[~desirable & ok].mean()) < 0.9
+    # the summed loss of the 64 = the mean over the eight micro-batches of their sums
+    pol, ref = torch.randn(64, 7, generator=gen, dtype=torch.float64), torch.randn(64, 7, generator=gen,
+                                                                              dtype=torch.float64)
+    mask = torch.ones(64, 7, dtype=torch.bool)
+    kl = torch.randn(64, generator=gen, dtype=torch.float64)
+    big = apo_loss(pol, ref, mask, desirable, kl, kl * 0, action_errors=errors, decode_ok=ok, z0_min=None)
+    # z0 is a batch statistic: give each micro-batch the big batch's z0 to compare the rest
+    parts = [apo_loss(pol[i:i + 8], ref[i:i + 8], mask[i:i + 8], desirable[i:i + 8], kl * 0 + big.z0,
+                      kl * 0, action_errors=errors[i:i + 8], decode_ok=ok[i:i + 8], z0_min=None,
+                      group_size=None)
+             for i in range(0, 64, 8)]
+    for part in parts:
+        assert part.z0 == big.z0
+    assert big.loss.item() == pytest.approx(sum(p.loss.item() for p in parts) / 8, rel=1e-12)
+
+
+def test_smoothed_token_nll():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 7, 16, generator=gen)
+    tokens = torch.randint(0, 16, (3, 7), generator=gen)
+    mask = torch.rand(3, 7, generator=gen) < 0.8
+    logp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
+    # no smoothing = the plain token NLL
+    assert smoothed_token_nll(logits, tokens, mask).item() == pytest.approx(bc_loss(logp, mask).item(), rel=1e-6)
+    # uniform smoothing: (1 - e) NLL + e * mean over bins of -log p
+    e = 0.1
+    uniform = -torch.log_softmax(logits, -1).mean(-1)
+    nll = -logp
+    by_hand = ((1 - e) * nll + e * uniform) * mask
+    expected = (by_hand.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    assert smoothed_token_nll(logits, tokens, mask, label_smoothing=e).item() == pytest.approx(expected.item(),
+                                                                                               rel=1e-6)
+    # Gaussian over neighbouring bins: a prediction one bin off costs less than one far off
+    target = torch.full((1, 1), 8)
+    one = torch.ones(1, 1, dtype=torch.bool)
+    near = torch.full((1, 1, 16), -10.0)
+    near[0, 0, 9] = 10.0
+    far = torch.full((1, 1, 16), -10.0)
+    far[0, 0, 14] = 10.0
+    for sigma in (1.0, 2.0):
+        assert smoothed_token_nll(near, target, one, bin_sigma=sigma) < smoothed_token_nll(far, target, one,
+                                                                                           bin_sigma=sigma)
+    assert smoothed_token_nll(near, target, one).item() == pytest.approx(
+        smoothed_token_nll(far, target, one).item(), rel=1e-5)  # one-hot: all misses cost the same

@@ -78,13 +78,102 @@ def test_every_method_trains_end_to_end(bags, tmp_path, method):
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
 
-@pytest.mark.parametrize("options", [dict(reference="online", z0_mode="exact"),
-                                     dict(z0_mode="matched", z0_min=-5.0, z0_max=5.0, reweight=False,
-                                          mask_gripper=False, apo_reduction="mean")])
-def test_apo_variants_run(bags, tmp_path, options):
-    out = str(tmp_path / "apo")
-    train_policy(_config(bags, method="apo", steps=2, **options), bags["demos"], bags["data"], "small", out)
-    assert len(_rows(out)) == 1
+def test_apo_variants_run(bags, tmp_path):
+    """Each APO option changes what it should, against the same seeded run."""
+
+    def run(name, **options):
+        out = str(tmp_path / name)
+        cfg = _config(bags, method="apo", steps=3, log_every=1, augment=False, lr=3e-3, **options)
+        train_policy(cfg, bags["demos"], bags["data"], "small", out)
+        return [{k: float(v) for k, v in r.items() if v != ""} for r in _rows(out)]
+
+    base = run("base")
+    assert len(base) == 3
+    # the clamp is applied: z0 = clamp(z0_unclamped, z0_min, z0_max) at every step, and pinning
+    # it (min = max = 1) changes the loss
+    for row in base:
+        assert row["z0"] == pytest.approx(max(row["z0_unclamped"], 0.0), abs=1e-6)
+    pinned = run("pinned", z0_min=1.0, z0_max=1.0)
+    assert all(r["z0"] == pytest.approx(1.0) for r in pinned)
+    assert pinned[0]["loss"] != pytest.approx(base[0]["loss"], rel=1e-6)
+    # at step 1 the policy is its reference: every log-ratio (hence z0) is 0; after the first
+    # update the exact z0 (mismatched pairs) and the released code's matched estimate differ
+    matched = run("matched", z0_mode="matched", z0_min=None)
+    assert base[0]["z0_unclamped"] == pytest.approx(0.0, abs=1e-5)
+    assert matched[2]["z0_unclamped"] != pytest.approx(base[2]["z0_unclamped"], abs=1e-4)
+    # online exact z0 pairs batch neighbours instead of the cached fixed partners: another estimate
+    online = run("online", reference="online")
+    assert online[2]["z0_unclamped"] != pytest.approx(base[2]["z0_unclamped"], abs=1e-6)
+    # mean instead of sum over a micro-group of 8: the step-1 loss is divided by 8 exactly
+    mean = run("mean", apo_reduction="mean")
+    assert mean[0]["loss"] == pytest.approx(base[0]["loss"] / 8, rel=1e-5)
+    # without reweighting, the static weights (1) are used
+    flat = run("flat", reweight=False)
+    assert flat[0]["weight_desirable"] == 1.0 and base[0]["weight_desirable"] < 1.0
+    # gripper masking changes the undesirable rewards once the policy has moved
+    unmasked = run("unmasked", mask_gripper=False)
+    assert unmasked[2]["reward_undesirable"] != pytest.approx(base[2]["reward_undesirable"], abs=1e-7)
+
+
+def test_state_policy_trains_from_object_poses(bags, tmp_path):
+    out = str(tmp_path / "state")
+    path = train_policy(_config(bags, method="bc", policy={"hidden": 16, "layers": 2}), bags["demos"], [],
+                        "state", out)
+    policy = load_policy(path)
+    assert policy.kind == "state" and policy.cameras == ()
+    # standardization from the demos' object poses (two objects recorded by the synthetic bags)
+    assert policy.config.n_objects == 2 and len(policy.config.object_mean) == 14
+    # and it continues with a preference objective on the interaction bags
+    train_policy(_config(bags, method="apo"), bags["demos"], bags["data"], path, str(tmp_path / "apo"))
+
+
+def test_state_policy_refuses_bags_without_object_poses(tmp_path):
+    from apo_ros.recording.writer import EpisodeWriter
+
+    bag = str(tmp_path / "noposes")
+    rng = np.random.default_rng(0)
+    writer = EpisodeWriter(bag, metadata={"instruction": "lift the red cube"}, cameras=())
+    from apo_ros.recording.synthetic import STEP_NS, START_NS, synthetic_observation
+
+    for i in range(6):
+        obs = synthetic_observation(rng, START_NS + i * STEP_NS, cameras=(), index=i)
+        obs.object_poses = np.zeros((0, 7), np.float32)
+        writer.write_observation(obs)
+        writer.write_action(obs.stamp_ns + 1, np.zeros(7), "expert", obs.stamp_ns)
+    writer.close("success")
+    with pytest.raises(DataError, match="object poses"):
+        train_policy(TrainConfig(method="bc", steps=1, batch_size=2, progress=False, cache_dir=None),
+                     [bag], [], "state", str(tmp_path / "out"))
+
+
+def test_validation_early_stopping_and_best_weights(bags, tmp_path):
+    """A run that cannot improve (lr ~ 0) stops after `patience` validation passes and its final
+    policy is the best pass's weights: the initial ones."""
+    from apo_ros.training.data import load_samples
+
+    demos = bags["demos"] + [bags["policy_only"]]  # three demo episodes: one held out
+    cfg = _config(bags, method="bc", steps=20, lr=1e-12, val_fraction=0.34, val_every=2, patience=2,
+                  warmup_steps=0)
+    out = str(tmp_path / "early")
+    path = train_policy(cfg, demos, [], "small", out)
+    rows = _rows(out)
+    assert rows[0]["step"] == "0" and rows[0]["val_nll_demos"] and rows[0]["train_nll"]
+    policy = load_policy(path)
+    info = policy.training_info
+    assert info["stopped_early"] and info["validation"]["best_step"] == 0 and info["step"] == 0
+    assert int(rows[-1]["step"]) == 4  # passes at 2 and 4 did not improve on step 0
+    samples = load_samples(demos, [], cache_dir=bags["cache"])
+    samples.split_episodes(cfg.val_fraction, cfg.seed)
+    initial, _ = T._init_policy("small", cfg, samples, None)
+    before, after = _params(initial), _params(policy)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    # a learning run improves on held-out demos and keeps its best step
+    out2 = str(tmp_path / "learns")
+    path2 = train_policy(_config(bags, method="bc", steps=6, lr=3e-3, val_fraction=0.34, val_every=3),
+                         demos, [], "small", out2)
+    validation = load_policy(path2).training_info["validation"]
+    assert validation["best_step"] in (3, 6)
+    assert validation["best"]["val_nll_demos"] < validation["first"]["val_nll_demos"]
 
 
 def test_cached_reference_equals_online(bags, tmp_path):

@@ -160,6 +160,9 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     object_poses: dict[int, np.ndarray] = {}
     grippers: dict[int, float] = {}
     proposed: dict[int, np.ndarray] = {}
+    # A chunked policy executes several actions from one observation: the writer writes each
+    # proposal at its executed action's bag time, so (bag time, obs stamp) tells them apart.
+    proposed_at: dict[tuple[int, int], np.ndarray] = {}
     human: dict[int, np.ndarray] = {}
     executed: list[tuple[int, int, np.ndarray, str]] = []
     instructions: list[tuple[int, str]] = []
@@ -198,6 +201,7 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                     executed.append((bagtime, obs_stamp, action, source))
                 elif topic == schema.ACTION_PROPOSED:
                     proposed[obs_stamp] = action
+                    proposed_at[(bagtime, obs_stamp)] = action
                 else:
                     human[obs_stamp] = action
             elif topic in topic_camera:
@@ -286,7 +290,8 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
             dropped += 1
             continue
         steps.append(Step(observation=obs, action=action, source=source, stamp_ns=bagtime,
-                          proposed=proposed.get(obs_stamp), human=human.get(obs_stamp)))
+                          proposed=proposed_at.get((bagtime, obs_stamp), proposed.get(obs_stamp)),
+                          human=human.get(obs_stamp)))
     return Episode(path=str(bag), steps=steps, metadata=metadata, outcome=outcome, truncated=truncated,
                    events=events, dropped_steps=dropped)
 

@@ -310,8 +310,8 @@ class SampleSet:
         index = np.asarray(index, dtype=np.int64)
         missing = [c for c in cameras if c not in self.cameras]
         if missing:
-            raise DataError(f"the policy reads cameras {missing} that the bags do not have "
-                            f"(bags have {list(self.cameras)})")
+            raise DataError(f"the policy reads cameras {missing} that the bags do not all have "
+                            f"(cameras common to every bag: {list(self.cameras) or 'none'})")
         first = self.image_parts[0][cameras[0]]
         out = np.empty((len(index), len(cameras)) + first.shape[1:], dtype=np.uint8)
         part = np.searchsorted(self.offsets, index, side="right") - 1
@@ -546,9 +546,9 @@ def load_samples(demos: Sequence[str], data: Sequence[str], *, cache_dir: str | 
 def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) -> SampleSet:
     """Join decoded bags ((decoded columns, is_demo) per bag, see `episode_columns`)."""
     used = list(bags)
+    # cameras every bag has (none for bags recorded without images, e.g. for a state policy: an
+    # image policy is then refused by `images` naming the camera it misses)
     cameras = sorted(set.intersection(*[set(d["meta"]["cameras"]) for d, _ in parts]))
-    if not cameras:
-        raise DataError("the bags share no camera")
     shapes: dict = {}
     for (d, _), bag in zip(parts, used):
         for cam in cameras:
@@ -736,3 +736,39 @@ def augment_images(images: np.ndarray, rng: np.random.Generator, config: Augment
         scale = 1.0 + rng.uniform(-config.brightness, config.brightness, size=(b * k, 1, 1, 1))
         out = np.clip(out.astype(np.float32) * scale.astype(np.float32), 0, 255).astype(np.uint8)
     return out.reshape(b, k, h, w, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target tokens
+# ---------------------------------------------------------------------------------------------
+def encode_targets(policy, samples: SampleSet, rows: np.ndarray | None = None,
+                   block: int = 4096) -> tuple:
+    """(tokens long [R, L], mask bool [R, L]) on the CPU: each row's target chunk
+    (`SampleSet.action_targets`) tokenized by the policy, padded to one width. For policies
+    whose token p belongs to chunk step p // tokens_per_step (bin tokens), the tokens of chunk
+    steps outside the sample's own segment (past a take-over or hand-back, `chunk_valid`) are
+    masked: they are not this sample's targets and are left out of every later position's
+    context. rows None = every sample."""
+    import torch
+
+    rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
+    chunk = int(policy.chunk_size)
+    per_step = getattr(policy, "tokens_per_step", None)
+    toks, masks = [], []
+    for lo in range(0, len(rows), block):
+        part = rows[lo:lo + block]
+        t, m = policy.encode_actions(samples.action_targets(part, chunk))
+        t, m = t.cpu(), m.cpu()
+        if per_step and chunk > 1:
+            valid = torch.from_numpy(samples.chunk_valid(part, chunk))
+            step_of = torch.arange(m.shape[1]) // per_step
+            inside = step_of < chunk  # e.g. a VLA's stop token comes after the chunk
+            keep = torch.ones_like(m, dtype=torch.bool)
+            keep[:, inside] = valid[:, step_of[inside]]
+            m = m & keep
+        toks.append(t)
+        masks.append(m)
+    width = max(t.shape[1] for t in toks)
+    tokens = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in toks])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])
+    return tokens, mask

@@ -55,6 +55,7 @@ from apo_ros.training.data import (
     UniformSampler,
     augment_images,
     cache_key,
+    encode_targets,
     load_samples,
 )
 from apo_ros.training.state import load_state, read_state, save_state
@@ -390,25 +391,7 @@ class _Run:
     # ---- data --------------------------------------------------------------------------------
     def _encode_all(self) -> None:
         """Target tokens of every sample, once (they never change)."""
-        n = len(self.samples)
-        toks, masks = [], []
-        per_step = getattr(self.policy, "tokens_per_step", None)
-        for lo in range(0, n, 4096):
-            rows = np.arange(lo, min(n, lo + 4096))
-            t, m = self.policy.encode_actions(self.samples.action_targets(rows, self.chunk))
-            if per_step and self.chunk > 1:
-                # tokens of chunk steps past a take-over / hand-back are not targets of this sample
-                valid = torch.from_numpy(self.samples.chunk_valid(rows, self.chunk))
-                step_of = torch.arange(m.shape[1]) // per_step
-                inside = step_of < self.chunk  # e.g. a VLA's stop token after the chunk
-                keep = torch.ones_like(m, dtype=torch.bool).cpu()
-                keep[:, inside] = valid[:, step_of[inside]]
-                m = m.cpu() & keep
-            toks.append(t.cpu())
-            masks.append(m.cpu())
-        width = max(t.shape[1] for t in toks)
-        self.tokens = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in toks])
-        self.token_mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])
+        self.tokens, self.token_mask = encode_targets(self.policy, self.samples)
 
     def _build_sampler(self) -> None:
         c, s = self.config, self.samples
