@@ -240,15 +240,16 @@ def test_smoothed_token_nll():
     mask = torch.rand(3, 7, generator=gen) < 0.8
     logp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
     # no smoothing = the plain token NLL
-    assert smoothed_token_nll(logits, tokens, mask).item() == pytest.approx(bc_loss(logp, mask).item(), rel=1e-6)
+    plain = bc_loss(logp, mask).item()
+    assert smoothed_token_nll(logits, tokens, mask).item() == pytest.approx(plain, rel=1e-6)
     # uniform smoothing: (1 - e) NLL + e * mean over bins of -log p
     e = 0.1
     uniform = -torch.log_softmax(logits, -1).mean(-1)
     nll = -logp
     by_hand = ((1 - e) * nll + e * uniform) * mask
     expected = (by_hand.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    assert smoothed_token_nll(logits, tokens, mask, label_smoothing=e).item() == pytest.approx(expected.item(),
-                                                                                               rel=1e-6)
+    smoothed = smoothed_token_nll(logits, tokens, mask, label_smoothing=e).item()
+    assert smoothed == pytest.approx(expected.item(), rel=1e-6)
     # Gaussian over neighbouring bins: a prediction one bin off costs less than one far off
     target = torch.full((1, 1), 8)
     one = torch.ones(1, 1, dtype=torch.bool)

@@ -133,7 +133,7 @@ def test_state_policy_refuses_bags_without_object_poses(tmp_path):
     bag = str(tmp_path / "noposes")
     rng = np.random.default_rng(0)
     writer = EpisodeWriter(bag, metadata={"instruction": "lift the red cube"}, cameras=())
-    from apo_ros.recording.synthetic import STEP_NS, START_NS, synthetic_observation
+    from apo_ros.recording.synthetic import START_NS, STEP_NS, synthetic_observation
 
     for i in range(6):
         obs = synthetic_observation(rng, START_NS + i * STEP_NS, cameras=(), index=i)

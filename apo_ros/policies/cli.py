@@ -12,7 +12,8 @@ KINDS = ("small", "state", "vla_bins", "vla_fast")
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `apo-ros`."""
-    p = sub.add_parser("policy", help="create or inspect policy checkpoints (small, state, vla_bins, vla_fast)",
+    p = sub.add_parser("policy",
+                       help="create or inspect policy checkpoints (small, state, vla_bins, vla_fast)",
                        description="Create an untrained policy checkpoint or inspect one.")
     psub = p.add_subparsers(dest="policy_command", metavar="ACTION")
 

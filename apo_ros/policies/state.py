@@ -184,7 +184,8 @@ class StatePolicy(BinTokenHead, TokenPolicy):
         if len(instructions) != b:
             raise ValueError(f"{len(instructions)} instructions for a batch of {b}")
         device = self.device
-        return {"proprio": torch.from_numpy(proprio).to(device), "objects": torch.from_numpy(objects).to(device),
+        return {"proprio": torch.from_numpy(proprio).to(device),
+                "objects": torch.from_numpy(objects).to(device),
                 "instruction": self.instruction_ids(instructions).to(device)}
 
     # ---- model -------------------------------------------------------------------------------

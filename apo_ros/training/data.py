@@ -407,7 +407,8 @@ class SampleSet:
             try:
                 want = int(mix)
             except ValueError:
-                raise ValueError(f"demo_mix must be 'all', 'equal' or a number of episodes, got {mix!r}") from None
+                raise ValueError(f"demo_mix must be 'all', 'equal' or a number of episodes, "
+                                 f"got {mix!r}") from None
         want = max(0, min(want, len(demos)))
         rng = np.random.default_rng([int(seed), 43])
         keep = rng.choice(demos, size=want, replace=False) if want < len(demos) else demos
@@ -557,8 +558,8 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
                 raise DataError(f"{bag}: camera {cam!r} images are {shape}, other bags have "
                                 f"{shapes[cam]}; record all bags at one resolution")
     instructions = sorted({t for d, _ in parts for t in d["meta"]["instructions"]})
-    object_dims = [int(np.asarray(d["columns"]["object_state"]).shape[1]) if "object_state" in d["columns"] else 0
-                   for d, _ in parts]
+    object_dims = [int(np.asarray(d["columns"]["object_state"]).shape[1]) if "object_state" in d["columns"]
+                   else 0 for d, _ in parts]
     names = ("proprio", "object_state", "actions", "proposed", "source", "is_demo", "episode", "step",
              "instruction", "continues_chunk", "segment_end")
     cols: dict[str, list] = {k: [] for k in names}

@@ -289,7 +289,8 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
     if reweight:
         if action_errors is None:
             raise ValueError("apo_loss(reweight=True) needs action_errors")
-        weights = adaptive_weights(action_errors, desirable, decode_ok, group_size=group_size).to(losses.dtype)
+        weights = adaptive_weights(action_errors, desirable, decode_ok, group_size=group_size)
+        weights = weights.to(losses.dtype)
     else:
         weights = torch.where(desirable, torch.full_like(losses, desirable_weight),
                               torch.full_like(losses, undesirable_weight))

@@ -377,7 +377,8 @@ class _Run:
         smoothing = config.label_smoothing > 0 or config.bin_sigma > 0
         if smoothing and config.method in ("bc", "dagger", "sirius"):
             if not hasattr(policy, "token_logits"):
-                raise TrainingError(f"label_smoothing / bin_sigma need a policy with token_logits ({policy.kind} has none)")
+                raise TrainingError(f"label_smoothing / bin_sigma need a policy with token_logits "
+                                    f"({policy.kind} has none)")
             if config.bin_sigma > 0 and policy.valid_target_ids.numel() != getattr(policy, "n_bins", -1):
                 raise TrainingError(f"bin_sigma smooths over neighbouring bins of a policy whose tokens are "
                                     f"the bins (small, state); {policy.kind} tokens are not")
@@ -442,8 +443,10 @@ class _Run:
             metric = "data" if len(self.val_rows["data"]) else "demos"
         self.val_metric = metric
         if c.val_fraction > 0 and not len(self.val_rows[metric]):
+            need = ("2 or more --demos bags" if metric == "demos"
+                    else "2 or more --data bags with human corrections")
             raise DataError(f"val_fraction {c.val_fraction}: no held-out {metric} to validate on "
-                            f"({'give 2 or more --demos bags' if metric == 'demos' else 'give 2 or more --data bags with human corrections'})")
+                            f"(give {need})")
 
     @torch.no_grad()
     def token_nll(self, rows: np.ndarray) -> float:
@@ -984,12 +987,14 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
         return os.path.join(out, "checkpoints", f"step-{step:08d}")
 
     metrics_log = _MetricsLog(out, start, config.tensorboard, dist_info.main, log=say)
-    tracker = _BestTracker(out, config, run.val_metric, policy, enabled=bool(run.val_rows[run.val_metric].size)
-                           and config.val_fraction > 0, resume=resume and bool(existing), main=dist_info.main)
+    validating = bool(run.val_rows[run.val_metric].size) and config.val_fraction > 0
+    tracker = _BestTracker(out, config, run.val_metric, policy, enabled=validating,
+                           resume=resume and bool(existing), main=dist_info.main)
     if tracker.enabled:
         say(f"validation: {', '.join(f'{len(r)} held-out {k} samples' for k, r in run.val_rows.items())}, "
             f"watching {run.val_metric} every {config.val_every} steps"
-            + (f", early stopping after {config.patience} passes without improvement" if config.patience else ""))
+            + (f", early stopping after {config.patience} passes without improvement"
+               if config.patience else ""))
         if start == 0:
             first = run.validate()
             tracker.update(0, first)
