@@ -131,7 +131,7 @@ def test_openvla_file_with_several_datasets(tmp_path):
     assert fractal.q99[5] == 0.49 and fractal.mean is None
     with pytest.raises(ValueError, match="choose one by name"):
         load_statistics(str(tmp_path))
-    with pytest.raises(KeyError, match="no dataset 'nope'"):
+    with pytest.raises(ValueError, match="no dataset 'nope'"):
         load_statistics(str(tmp_path), "nope")
     # Saving several datasets keeps every one of them, extra keys included.
     save_statistics(str(tmp_path / "out.json"), {"bridge_orig": bridge, "fractal": fractal})

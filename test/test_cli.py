@@ -102,3 +102,16 @@ def test_user_message_leaves_bugs_alone():
     with pytest.raises(ZeroDivisionError):  # not an input error: the traceback stays
         with reading("cfg.yaml"):
             raise ZeroDivisionError
+
+
+def test_arguments_are_checked_before_any_work(tmp_path, capsys):
+    assert main(["policy", "new", "--kind", "small", "--chunk-size", "0", "-o", str(tmp_path / "p")]) == 2
+    assert "--chunk-size must be >= 1" in _one_error_line(capsys)
+    base = ["session", "--task", "hang_cup", "--policy", "expert", "--bags", str(tmp_path / "b")]
+    assert main([*base, "--max-steps", "0"]) == 2
+    assert "--max-steps must be >= 1" in _one_error_line(capsys)
+    bad = tmp_path / "safety.yaml"
+    bad.write_text("safety_filter:\n  ros__parameters:\n    gripper_max: high\n")
+    assert main([*base, "--safety-config", str(bad)]) == 2
+    assert f"{bad} [safety_filter]: gripper_max: expected float, got 'high'" in _one_error_line(capsys)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "p").exists()  # nothing was started

@@ -162,7 +162,7 @@ def test_bad_inputs_give_named_errors(tmp_path):
     mcap = tmp_path / "cut" / "cut.mcap"
     with open(mcap, "r+b") as f:
         f.truncate(mcap.stat().st_size // 2)
-    with pytest.raises(BagError, match=r"cut: truncated or unfinished MCAP.*apo-ros bags repair"):
+    with pytest.raises(BagError, match=r"cut: cut.mcap is a truncated or unfinished MCAP.*bags repair"):
         read_episode(str(tmp_path / "cut"))
     # ... which repair salvages (metadata.yaml present, footer gone)
     report = repair_bag(str(tmp_path / "cut"))
@@ -206,3 +206,32 @@ def test_custom_data_is_in_metadata_yaml(tmp_path):
     for key in ("task", "instruction", "policy_id", "operator", "outcome", "apo_ros_version", "stats_id"):
         assert key in custom
     assert custom["seed"] == "5" and custom["truncated"] == "false"
+
+
+def test_find_bags_reports_what_it_skipped_and_why(tmp_path):
+    """One search for `bags info` and `train`: nothing is dropped silently, and random bytes named
+    .mcap are called what they are, not a killed recording."""
+    from apo_ros.recording import find_bags
+
+    write_synthetic_episode(str(tmp_path / "good"), ["policy"] * 3, size=8)
+    noise = np.random.default_rng(0).bytes(4096)
+    (tmp_path / "noise").mkdir()
+    (tmp_path / "noise" / "noise.mcap").write_bytes(noise)  # no metadata.yaml
+    shutil.copytree(tmp_path / "good", tmp_path / "noise_bag")  # metadata.yaml, MCAP replaced
+    (tmp_path / "noise_bag" / "good.mcap").write_bytes(noise)
+    shutil.copytree(tmp_path / "good", tmp_path / "killed")
+    (tmp_path / "killed" / "metadata.yaml").unlink()
+    (tmp_path / "empty").mkdir()
+
+    found = find_bags([str(tmp_path), str(tmp_path / "good" / "good.mcap"), str(tmp_path / "empty")])
+    assert found.bags == [str(tmp_path / "good"), str(tmp_path / "noise_bag")]  # good.mcap: same bag
+    skipped = {os.path.basename(path): why for path, why in found.skipped}
+    assert set(skipped) == {"noise", "killed", "empty"}
+    assert "not an MCAP file" in skipped["noise"] and "killed" not in skipped["noise"]
+    assert "killed" in skipped["killed"] and "bags repair" in skipped["killed"]
+    assert skipped["empty"].startswith("no bags found")
+    with pytest.raises(BagError, match=r"noise_bag: good.mcap is not an MCAP file") as info:
+        read_episode(str(tmp_path / "noise_bag"))
+    assert "repair" not in str(info.value) and "killed" not in str(info.value)
+    with pytest.raises(BagError, match=r"noise.mcap: not an MCAP file"):
+        read_episode(str(tmp_path / "noise" / "noise.mcap"))

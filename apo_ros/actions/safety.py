@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES, GRIPPER_INDEX
+from apo_ros.errors import ConfigError
 
 AXES = ("x", "y", "z")
 # The node-name key of config/safety.yaml; the same file is a ROS 2 parameter file.
@@ -95,18 +96,18 @@ class SafetyConfig:
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no safety configuration file") from None
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected '{node_name}: ros__parameters: ...' at the top level")
+            raise ConfigError(f"{path}: expected '{node_name}: ros__parameters: ...' at the top level")
         key = node_name if node_name in data else "/**" if "/**" in data else None
         if key is None:
-            raise ValueError(f"{path}: no '{node_name}' entry (top-level keys: {sorted(map(str, data))})")
+            raise ConfigError(f"{path}: no '{node_name}' entry (top-level keys: {sorted(map(str, data))})")
         node = data[key]
         if not isinstance(node, dict) or "ros__parameters" not in node:
-            raise ValueError(f"{path}: '{key}' must hold a 'ros__parameters' mapping")
+            raise ConfigError(f"{path}: '{key}' must hold a 'ros__parameters' mapping")
         extra = sorted(set(node) - {"ros__parameters"})
         if extra:
-            raise ValueError(f"{path}: unexpected key(s) {extra} next to 'ros__parameters' under '{key}'")
+            raise ConfigError(f"{path}: unexpected key(s) {extra} next to 'ros__parameters' under '{key}'")
         return cls.from_dict(node["ros__parameters"] or {}, source=f"{path} [{key}]")
 
 

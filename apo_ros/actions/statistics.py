@@ -17,6 +17,7 @@ import numpy as np
 
 from apo_ros.actions.space import NORMALIZE_MASK
 from apo_ros.config import parse_config
+from apo_ros.errors import ConfigError
 
 STATISTICS_FILENAME = "dataset_statistics.json"
 
@@ -122,15 +123,15 @@ class ActionStatistics:
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "statistics") -> ActionStatistics:
         if not isinstance(d, dict):
-            raise ValueError(f"{source}: expected an object with an 'action' entry, got {type(d).__name__}")
+            raise ConfigError(f"{source}: expected an object with an 'action' entry, got {type(d).__name__}")
         if "action" not in d:
-            raise ValueError(f"{source}: no 'action' entry (keys: {sorted(d)})")
+            raise ConfigError(f"{source}: no 'action' entry (keys: {sorted(d)})")
         action = d["action"]
         if not isinstance(action, dict):
-            raise ValueError(f"{source}: 'action' must be an object with q01/q99/mask lists")
+            raise ConfigError(f"{source}: 'action' must be an object with q01/q99/mask lists")
         missing = [k for k in ("q01", "q99") if k not in action]
         if missing:
-            raise ValueError(f"{source}: action statistics lack {missing}")
+            raise ConfigError(f"{source}: action statistics lack {missing}")
         extra = {k: v for k, v in d.items() if k not in ("action", "num_transitions", "num_trajectories")}
         counts = {k: d[k] for k in ("num_transitions", "num_trajectories") if d.get(k) is not None}
         known = {f.name for f in fields(_ActionEntry)}
@@ -145,9 +146,9 @@ class ActionStatistics:
                         extra=extra)
         except (TypeError, ValueError) as err:
             detail = str(err).removeprefix(f"{source}: ")
-            raise ValueError(f"{source}: malformed action statistics ({detail})") from None
+            raise ConfigError(f"{source}: malformed action statistics ({detail})") from None
         if not (np.isfinite(stats.q01).all() and np.isfinite(stats.q99).all()):
-            raise ValueError(f"{source}: q01/q99 contain NaN or Inf")
+            raise ConfigError(f"{source}: q01/q99 contain NaN or Inf")
         return stats
 
     def statistics_id(self) -> str:
@@ -182,16 +183,16 @@ def load_statistics(path: str, name: str | None = None) -> ActionStatistics:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no action statistics file") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: expected an object keyed by dataset name")
+        raise ConfigError(f"{path}: expected an object keyed by dataset name")
     if "action" in data:  # a bare (unkeyed) entry
         return ActionStatistics.from_dict(data, source=path)
     if name is None:
         if len(data) != 1:
-            raise ValueError(f"{path}: holds datasets {sorted(data)}; choose one by name")
+            raise ConfigError(f"{path}: holds datasets {sorted(data)}; choose one by name")
         name = next(iter(data))
     if name not in data:
-        raise KeyError(f"{path}: no dataset {name!r} (has {sorted(data)})")
+        raise ConfigError(f"{path}: no dataset {name!r} (has {sorted(data)})")
     return ActionStatistics.from_dict(data[name], source=f"{path}[{name}]")
 

@@ -185,7 +185,7 @@ class Stages:
 def _bags_count(path: str) -> int:
     from apo_ros.recording import find_bags
 
-    return len(find_bags(path)) if os.path.exists(path) else 0
+    return len(find_bags(path).bags)
 
 
 def run_demo(config: DemoConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:

@@ -91,6 +91,12 @@ def run_new(args: argparse.Namespace) -> int:
         raise UserError("policy new: give the kind (small, state, vla_bins or vla_fast), e.g. `--kind small`")
     if args.kind and args.kind_pos and args.kind != args.kind_pos:
         raise UserError(f"policy new: two different kinds given ({args.kind_pos}, {args.kind})")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise UserError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.lora_rank < 1:
+        raise UserError(f"--lora-rank must be >= 1, got {args.lora_rank}")
+    if args.pretrained and not os.path.isdir(args.pretrained):
+        raise UserError(f"--pretrained {args.pretrained}: not a directory (a local transformers checkpoint)")
     check_writable(args.out, "--out")
     stats = _statistics(args)
     import torch

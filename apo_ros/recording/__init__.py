@@ -16,6 +16,7 @@ _EXPORTS = {
     "read_episode": "apo_ros.recording.reader",
     "read_episodes": "apo_ros.recording.reader",
     "find_bags": "apo_ros.recording.reader",
+    "FoundBags": "apo_ros.recording.reader",
     "BagError": "apo_ros.recording.reader",
     "label_episode": "apo_ros.recording.labels",
     "label_sources": "apo_ros.recording.labels",

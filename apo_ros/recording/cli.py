@@ -132,6 +132,8 @@ def run_repair(args: argparse.Namespace) -> int:
     from apo_ros.recording.reader import BagError
     from apo_ros.recording.repair import repair_bag
 
+    if args.output:
+        check_writable(args.output, "-o")
     try:
         report = repair_bag(args.path, args.output, force=args.force)
     except BagError as err:

@@ -12,6 +12,8 @@ import bisect
 import json
 import os
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,45 +36,111 @@ class BagError(UserError):
         self.problem = problem
 
 
+# Every MCAP file starts and ends with these bytes; a writer that was killed never wrote the end.
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+def mcap_problem(file: str | os.PathLike) -> str | None:
+    """Why the file at `file` is not a complete MCAP file, or None when both magics are there."""
+    size = os.path.getsize(file)
+    with open(file, "rb") as f:
+        head = f.read(len(MCAP_MAGIC))
+        f.seek(max(size - len(MCAP_MAGIC), 0))
+        tail = f.read(len(MCAP_MAGIC))
+    if size == 0:
+        return "an empty .mcap file (its writer stopped before writing anything: killed?)"
+    if head != MCAP_MAGIC:
+        return "not an MCAP file (it does not start with the MCAP magic bytes)"
+    if size < 2 * len(MCAP_MAGIC) or tail != MCAP_MAGIC:
+        return "a truncated or unfinished MCAP file (no footer)"
+    return None
+
+
 def resolve_bag(path: str | os.PathLike) -> Path:
     """The bag directory for `path` (a bag directory or the .mcap file inside one), or BagError."""
     p = Path(path)
     if not p.exists():
         raise BagError(str(path), "does not exist")
     if p.is_file():
-        if p.suffix == ".mcap" and (p.parent / "metadata.yaml").is_file():
+        if p.suffix != ".mcap":
+            raise BagError(str(path), "not a bag (a file; expected a rosbag2 directory with metadata.yaml)")
+        if (p.parent / "metadata.yaml").is_file():
             return p.parent
-        if p.suffix == ".mcap":
-            raise BagError(str(path), "an MCAP file with no metadata.yaml beside it: its writer did not "
-                           "finish (killed?); " + REPAIR_HINT.format(path=path))
-        raise BagError(str(path), "not a bag (a file; expected a rosbag2 directory with metadata.yaml)")
+        problem = mcap_problem(p)
+        if problem and problem.startswith("not an MCAP"):
+            raise BagError(str(path), problem)
+        raise BagError(str(path), f"{problem or 'an MCAP file'} with no metadata.yaml beside it: its "
+                       "writer did not close it (killed?); " + REPAIR_HINT.format(path=path))
     if not (p / "metadata.yaml").is_file():
-        if any(p.glob("*.mcap")):
-            raise BagError(str(path), "truncated bag: no metadata.yaml, its writer did not close it "
-                           "(killed or crashed?); " + REPAIR_HINT.format(path=path))
-        raise BagError(str(path), "not a bag (no metadata.yaml)")
+        mcaps = sorted(p.glob("*.mcap"))
+        if not mcaps:
+            raise BagError(str(path), "not a bag (no metadata.yaml)")
+        problems = [mcap_problem(f) for f in mcaps]
+        if all(pr and pr.startswith("not an MCAP") for pr in problems):
+            raise BagError(str(path), f"not a bag: {mcaps[0].name} is {problems[0]}")
+        raise BagError(str(path), "truncated bag: no metadata.yaml, its writer did not close it "
+                       "(killed or crashed?); " + REPAIR_HINT.format(path=path))
     return p
 
 
-def find_bags(path: str | os.PathLike) -> list[Path]:
-    """Bag directories under `path` (itself if it is one): directories holding metadata.yaml, plus
-    directories holding .mcap files without metadata.yaml (killed writers, reported as bad)."""
-    p = Path(path)
-    if p.is_file() or (p / "metadata.yaml").is_file():
-        return [p]
-    found: list[Path] = []
-    for root, dirs, files in os.walk(p):
-        if "metadata.yaml" in files or any(f.endswith(".mcap") for f in files):
-            found.append(Path(root))
-            dirs[:] = []  # a bag's subfolders are not separate bags
+@dataclass
+class FoundBags:
+    """What `find_bags` found: bag directories to read, and what it skipped with why."""
+
+    bags: list[str] = field(default_factory=list)  # directories holding metadata.yaml, deduplicated
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why it is not a bag)
+
+
+def find_bags(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> FoundBags:
+    """Expand PATH arguments into bag directories. A PATH is a bag directory, the .mcap file inside
+    one, or a folder searched recursively. Every directory holding metadata.yaml or .mcap files
+    counts as one bag (its subfolders are not searched); the ones that cannot be read as a bag
+    (a killed writer's folder with no metadata.yaml, a file that is not MCAP, a PATH that does not
+    exist or holds no bag) are returned in `skipped` with the reason, never dropped silently.
+    Bags under one PATH come in sorted order; a bag reached twice is listed once."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found = FoundBags()
+    seen: set[str] = set()
+
+    def add(candidate: str | os.PathLike) -> None:
+        try:
+            bag = str(resolve_bag(candidate))
+        except BagError as err:
+            found.skipped.append((err.path, err.problem))
+            return
+        key = os.path.realpath(bag)
+        if key not in seen:
+            seen.add(key)
+            found.bags.append(bag)
+
+    for path in paths:
+        p = Path(path)
+        if not p.exists():
+            found.skipped.append((str(path), "does not exist"))
+        elif p.is_file() or (p / "metadata.yaml").is_file():
+            add(p)
         else:
-            dirs.sort()
-    return sorted(found)
+            candidates = []
+            for root, dirs, files in os.walk(p):
+                if "metadata.yaml" in files or any(f.endswith(".mcap") for f in files):
+                    candidates.append(root)
+                    dirs[:] = []  # a bag's subfolders are not separate bags
+            if not candidates:
+                found.skipped.append((str(path), "no bags found (no directory with metadata.yaml)"))
+            for root in sorted(candidates):
+                add(root)
+    return found
 
 
 def _open_reader(bag: Path):
     from rosbags.rosbag2 import Reader
 
+    for mcap in sorted(bag.glob("*.mcap")):
+        problem = mcap_problem(mcap)
+        if problem is not None:
+            hint = "" if problem.startswith("not an MCAP") else "; " + REPAIR_HINT.format(path=bag)
+            raise BagError(str(bag), f"{mcap.name} is {problem}{hint}")
     try:
         reader = Reader(bag)
         reader.open()
@@ -323,22 +391,14 @@ def _observation(stamp, images, joints, poses, grippers, object_poses, instructi
 
 def read_episodes(paths, **kwargs) -> tuple[list[Episode], list[tuple[str, str]]]:
     """Read every bag in `paths` (bag directories, or directories searched recursively for bags).
-    Good episodes are returned in path order; bad ones as (path, problem), never raised."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    Good episodes are returned in path order; bad ones (and what find_bags skipped) as
+    (path, problem), never raised."""
+    found = find_bags(paths)
     episodes: list[Episode] = []
-    bad: list[tuple[str, str]] = []
-    for path in paths:
-        if not Path(path).exists():
-            bad.append((str(path), "does not exist"))
-            continue
-        bags = find_bags(path)
-        if not bags:
-            bad.append((str(path), "no bags found (no directory with metadata.yaml)"))
-            continue
-        for bag in bags:
-            try:
-                episodes.append(read_episode(bag, **kwargs))
-            except BagError as err:
-                bad.append((err.path, err.problem))
+    bad: list[tuple[str, str]] = list(found.skipped)
+    for bag in found.bags:
+        try:
+            episodes.append(read_episode(bag, **kwargs))
+        except BagError as err:
+            bad.append((err.path, err.problem))
     return episodes, bad

@@ -42,14 +42,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_session_cli(args: argparse.Namespace) -> int:
     import os
 
-    from apo_ros.errors import UserError
+    from apo_ros.errors import UserError, check_writable
+    from apo_ros.sim.cli import TASK_NAMES
 
-    if args.episodes < 1:
-        raise UserError(f"--episodes must be >= 1, got {args.episodes}")
+    # every argument is checked before the simulator or a model is built
+    if args.task not in TASK_NAMES:
+        raise UserError(f"--task {args.task}: unknown task; choose from {', '.join(TASK_NAMES)}")
+    for flag, value, low in (("--episodes", args.episodes, 1), ("--max-steps", args.max_steps, 1),
+                             ("--image-size", args.image_size, 8), ("--replan-every", args.replan_every, 0),
+                             ("--expert-noise", args.expert_noise, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
     if os.path.exists(args.bags) and not os.path.isdir(args.bags):
         raise UserError(f"--bags {args.bags}: exists and is not a directory")
+    check_writable(args.bags, "--bags")
     if args.policy != "expert" and not os.path.isdir(args.policy):
         raise UserError(f"--policy {args.policy}: not a checkpoint directory (or 'expert')")
+    if args.safety_config:
+        from apo_ros.actions.safety import SafetyConfig
+
+        SafetyConfig.from_yaml(args.safety_config)  # a ConfigError names the file and the key
     from apo_ros.runtime.session import run_session
 
     try:
