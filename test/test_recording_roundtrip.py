@@ -238,6 +238,25 @@ def test_actions_link_by_stamp_not_arrival(tmp_path):
     assert ep.dropped_steps == 1 and ep.outcome == "unknown"
 
 
+def test_chunk_steps_keep_their_own_proposals(tmp_path):
+    """A chunked policy executes several actions planned from one observation: each step reads
+    back its own proposal, not the chunk's last one."""
+    rng = np.random.default_rng(3)
+    chunk = rng.uniform(-0.05, 0.05, size=(3, 7))
+    with EpisodeWriter(str(tmp_path / "ep"), metadata={"task": "t"}) as w:
+        obs = synthetic_observation(rng, START_NS, size=16)
+        w.write_observation(obs)
+        for k in range(3):  # executed = proposal + a safety-filter-like change
+            w.write_action(START_NS + (k + 1) * STEP_NS, chunk[k] * 0.5, "policy", START_NS,
+                           proposed=chunk[k])
+        w.close("failure")
+    ep = read_episode(str(tmp_path / "ep"), load_images=False)
+    assert len(ep.steps) == 3
+    for k, step in enumerate(ep.steps):
+        np.testing.assert_array_equal(step.proposed, chunk[k])
+        np.testing.assert_array_equal(step.action, chunk[k] * 0.5)
+
+
 def test_messages_helpers_round_trip():
     t = M.rosbags_types("jazzy")
     ns = 1_700_000_123_456_789_012

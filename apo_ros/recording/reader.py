@@ -227,10 +227,10 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     poses: dict[int, np.ndarray] = {}
     object_poses: dict[int, np.ndarray] = {}
     grippers: dict[int, float] = {}
-    proposed: dict[int, np.ndarray] = {}
-    # A chunked policy executes several actions from one observation: the writer writes each
-    # proposal at its executed action's bag time, so (bag time, obs stamp) tells them apart.
-    proposed_at: dict[tuple[int, int], np.ndarray] = {}
+    # A chunked policy plans several actions from one observation, so one observation stamp can
+    # carry several proposals: the k-th executed action of an observation pairs with its k-th
+    # proposal (both are written in execution order).
+    proposed: dict[int, list[np.ndarray]] = {}
     human: dict[int, np.ndarray] = {}
     executed: list[tuple[int, int, np.ndarray, str]] = []
     instructions: list[tuple[int, str]] = []
@@ -268,8 +268,7 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                 if topic == schema.ACTION_EXECUTED:
                     executed.append((bagtime, obs_stamp, action, source))
                 elif topic == schema.ACTION_PROPOSED:
-                    proposed[obs_stamp] = action
-                    proposed_at[(bagtime, obs_stamp)] = action
+                    proposed.setdefault(obs_stamp, []).append(action)
                 else:
                     human[obs_stamp] = action
             elif topic in topic_camera:
@@ -354,14 +353,19 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                                object_poses, instructions, instr_times, default_instruction, keys,
                                tolerance_ns, empty)
             observations[obs_stamp] = obs
+        proposal = _next_proposal(proposed, obs_stamp)
         if obs is None:
             dropped += 1
             continue
         steps.append(Step(observation=obs, action=action, source=source, stamp_ns=bagtime,
-                          proposed=proposed_at.get((bagtime, obs_stamp), proposed.get(obs_stamp)),
-                          human=human.get(obs_stamp)))
+                          proposed=proposal, human=human.get(obs_stamp)))
     return Episode(path=str(bag), steps=steps, metadata=metadata, outcome=outcome, truncated=truncated,
                    events=events, dropped_steps=dropped)
+
+
+def _next_proposal(proposed: dict[int, list[np.ndarray]], obs_stamp: int) -> np.ndarray | None:
+    queue = proposed.get(obs_stamp)
+    return queue.pop(0) if queue else None
 
 
 def _observation(stamp, images, joints, poses, grippers, object_poses, instructions, instr_times,
