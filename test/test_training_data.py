@@ -9,18 +9,18 @@ import pytest
 
 from apo_ros.recording.episode import Episode, Step
 from apo_ros.recording.synthetic import synthetic_observation, write_synthetic_episode
-from apo_ros.training.data import (
-    AugmentConfig,
-    BalancedSampler,
-    DataError,
-    LabelConfig,
-    UniformSampler,
-    assemble_samples,
-    augment_images,
-    episode_columns,
-    group_counts,
-    load_samples,
-)
+from apo_ros.training.augmentation import AugmentConfig, augment_images
+from apo_ros.training.cache import DataError, episode_columns
+from apo_ros.training.config import TrainConfig
+from apo_ros.training.registry import METHODS
+from apo_ros.training.samplers import BalancedSampler, UniformSampler, group_counts
+from apo_ros.training.samples import LabelConfig, assemble_samples, load_samples
+
+
+def pool(samples, method: str) -> np.ndarray:
+    """The rows the method's sampler draws from (the registry's entry)."""
+    sampler = METHODS[method].sampler(samples, TrainConfig(method=method), 4, 0)
+    return sampler.target_rows()
 
 
 def _episode(sources, seed=0, path="mem"):
@@ -65,9 +65,9 @@ def test_labels_groups_and_pools():
     assert g["human"].tolist() == [9, 10, 11, 14]
     assert g["undesirable"].tolist() == [7, 8, 12, 13]
     assert set(g["desirable"].tolist()) == {0, 1, 2, 3, 4, 5, 6}
-    assert s.pool("bc").tolist() == [0, 1, 2, 3, 4]
-    assert s.pool("dagger").tolist() == [0, 1, 2, 3, 4, 9, 10, 11, 14]
-    assert len(s.pool("sirius")) == 15
+    assert pool(s, "bc").tolist() == [0, 1, 2, 3, 4]
+    assert pool(s, "dagger").tolist() == [0, 1, 2, 3, 4, 9, 10, 11, 14]
+    assert len(pool(s, "sirius")) == 15
     # sirius window 3 before each intervention, demos "demo"
     names = np.array(["demo", "rollout", "intervention", "pre_intervention"])[s.sirius]
     assert names[:5].tolist() == ["demo"] * 5
@@ -172,7 +172,7 @@ def test_chunk_continuations_are_not_training_samples():
     # K = 2 undesirable steps are still the two executed policy steps before the take-over ...
     # ... but both continue a chunk, so neither is a training sample
     assert not s.undesirable.any()
-    assert s.pool("sirius").tolist() == [0, 4, 8, 9]
+    assert pool(s, "sirius").tolist() == [0, 4, 8, 9]
     assert s.groups()["human"].tolist() == [8, 9]
 
 
@@ -187,7 +187,7 @@ def _episode_with_proposals(sources, seed=0, path="mem"):
 def test_chunk_targets_never_cross_a_take_over_or_hand_back():
     from apo_ros.policies import build_policy
     from apo_ros.policies.testing import default_statistics
-    from apo_ros.training.data import encode_targets
+    from apo_ros.training.samples import encode_targets
 
     #          0    1    2    3    4    5    6    7    8    9   10
     src = ["policy"] * 4 + ["human"] * 3 + ["policy"] * 4
@@ -224,7 +224,7 @@ def test_validation_split_and_demo_mix_are_by_episode():
     for e in range(len(s.bags)):
         rows = s.episode == e
         assert s.held_out[rows].all() or not s.held_out[rows].any()
-    assert not np.isin(s.pool("dagger"), np.nonzero(s.held_out)[0]).any()
+    assert not np.isin(pool(s, "dagger"), np.nonzero(s.held_out)[0]).any()
     assert all(not np.isin(g, np.nonzero(s.held_out)[0]).any() for g in s.groups().values())
     val = s.validation_rows("data")
     assert len(val) == 2 and (s.source[val] == 1).all() and s.held_out[val].all()
@@ -233,9 +233,9 @@ def test_validation_split_and_demo_mix_are_by_episode():
     s.select_demos("equal", seed=0)
     used_demos = {s.bags[e] for e in np.unique(s.episode[s.is_demo & s.trainable_rows()])}
     assert len(used_demos) == 3 and not (held & used_demos)
-    assert len(np.unique(s.episode[s.pool("bc")])) == 3
+    assert len(np.unique(s.episode[pool(s, "bc")])) == 3
     s.select_demos("all", seed=0)
-    assert len(np.unique(s.episode[s.pool("bc")])) == 4
+    assert len(np.unique(s.episode[pool(s, "bc")])) == 4
     with pytest.raises(ValueError, match="demo_mix"):
         s.select_demos("some", seed=0)
 

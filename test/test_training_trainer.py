@@ -13,8 +13,9 @@ import torch
 from apo_ros.cli import main
 from apo_ros.policies import load_policy
 from apo_ros.recording.synthetic import write_synthetic_episode
-from apo_ros.training import trainer as T
-from apo_ros.training.data import DataError
+from apo_ros.training import objectives
+from apo_ros.training.cache import DataError
+from apo_ros.training.policy_init import init_policy
 from apo_ros.training.trainer import TrainConfig, TrainingError, train_policy
 
 TINY = {"image_size": 16, "channels": [4, 4], "hidden": 16}
@@ -70,10 +71,10 @@ def test_every_method_trains_end_to_end(bags, tmp_path, method):
     last = load_policy(os.path.join(out, "checkpoints", "step-00000004", "policy"))
     assert last.policy_id == policy.policy_id
     # and the weights moved away from the (seeded) initial ones
-    from apo_ros.training.data import load_samples
+    from apo_ros.training.samples import load_samples
 
     samples = load_samples(bags["demos"], [bags["data_dir"]], cache_dir=bags["cache"])
-    initial, _ = T._init_policy("small", _config(bags, method=method), samples, None)
+    initial, _ = init_policy("small", _config(bags, method=method), samples, None)
     before, after = _params(initial), _params(policy)
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
@@ -149,7 +150,7 @@ def test_state_policy_refuses_bags_without_object_poses(tmp_path):
 def test_validation_early_stopping_and_best_weights(bags, tmp_path):
     """A run that cannot improve (lr ~ 0) stops after `patience` validation passes and its final
     policy is the best pass's weights: the initial ones."""
-    from apo_ros.training.data import load_samples
+    from apo_ros.training.samples import load_samples
 
     demos = bags["demos"] + [bags["policy_only"]]  # three demo episodes: one held out
     cfg = _config(bags, method="bc", steps=20, lr=1e-12, val_fraction=0.34, val_every=2, patience=2,
@@ -164,7 +165,7 @@ def test_validation_early_stopping_and_best_weights(bags, tmp_path):
     assert int(rows[-1]["step"]) == 4  # passes at 2 and 4 did not improve on step 0
     samples = load_samples(demos, [], cache_dir=bags["cache"])
     samples.split_episodes(cfg.val_fraction, cfg.seed)
-    initial, _ = T._init_policy("small", cfg, samples, None)
+    initial, _ = init_policy("small", cfg, samples, None)
     before, after = _params(initial), _params(policy)
     assert all(torch.equal(before[n], after[n]) for n in before)
     # a learning run improves on held-out demos and keeps its best step
@@ -215,7 +216,7 @@ def test_nan_loss_stops_with_clear_error(bags, tmp_path, monkeypatch):
     def nan_loss(*args, **kwargs):
         return torch.tensor(float("nan"), requires_grad=True)
 
-    monkeypatch.setattr(T.O, "bc_loss", nan_loss)
+    monkeypatch.setattr(objectives, "bc_loss", nan_loss)
     out = str(tmp_path / "nan")
     with pytest.raises(TrainingError, match=r"loss is nan at step 1.*nothing saved"):
         train_policy(_config(bags, method="bc"), bags["demos"], [], "small", out)
@@ -239,33 +240,31 @@ def test_apo_gradient_signs_on_real_policy(bags, tmp_path):
     """Through the real small policy and the trainer's batch pieces: d loss / d logp < 0 on
     desirable tokens, > 0 on undesirable ones, exactly 0 on an undesirable sample's (masked)
     gripper token."""
-    from apo_ros.policies import make_reference
-    from apo_ros.training.data import LabelConfig, load_samples
+    from apo_ros.training.batches import logps_and_argmax
     from apo_ros.training.objectives import apo_loss
+    from apo_ros.training.samples import load_samples
+    from apo_ros.training.trainer import prepare_run
 
     cfg = _config(bags, method="apo", augment=False)
     samples = load_samples(bags["demos"], bags["data"], cache_dir=bags["cache"])
-    policy, facts = T._init_policy("small", cfg, samples, None)
-    samples.label(LabelConfig(k=cfg.k))
-    run = T._Run(cfg, samples, policy, make_reference(policy), str(tmp_path), T._Dist(), facts,
-                 log=lambda m: None)
-    run.prepare_reference()
+    run = prepare_run(cfg, samples, "small", str(tmp_path))
+    policy, b = run.policy, run.batches
     with torch.no_grad():  # move the policy away from the reference so rewards are not all zero
         for p in policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
     idx = run.sampler.next_batch()
-    inputs = run.inputs(idx, None)
-    tok, mask = run.targets(idx)
+    inputs = b.inputs(idx, None)
+    tok, mask = b.targets(idx)
     # the one-pass log-probs + argmax path agrees with the policy's own token_logps
-    logps, argmax, _ = T._logps_and_argmax(policy, inputs, tok, mask, True)
+    logps, argmax, _ = logps_and_argmax(policy, inputs, tok, mask, True)
     assert torch.allclose(logps, policy.token_logps(inputs, tok, mask), atol=1e-6)
     assert argmax.shape == tok.shape
     logps = policy.token_logps(inputs, tok, mask)
     logps.retain_grad()
-    ref = run.ref_logps[idx][:, :tok.shape[1]]
-    kl_pol, kl_ref = run._kl_terms(idx, inputs, tok, mask, logps, ref)
-    errors, ok = run._action_errors(idx, argmax, mask)
-    desirable = torch.from_numpy(samples.desirable[idx])
+    ref = b.reference.logps(idx, inputs, tok, mask)
+    kl_pol, kl_ref = b.reference.mismatched(idx, inputs, tok, mask, logps, ref)
+    errors, ok = b.action_errors(idx, argmax, mask)
+    desirable = b.desirable(idx)
     assert desirable.any() and (~desirable).any()
     grip = policy.gripper_positions(tok, mask)
     terms = apo_loss(logps, ref, mask, desirable, kl_pol, kl_ref, gripper_mask=grip,
@@ -302,7 +301,60 @@ def test_cli_train_and_errors(bags, tmp_path, capsys):
     bad.write_text("stepz: 3\n")
     code = main(["train", "--config", str(bad), "--demos", *bags["demos"], "--init", "small",
                  "--out", str(tmp_path / "cli4")])
-    assert code == 2 and "unknown training options ['stepz']" in capsys.readouterr().err
+    assert code == 2 and "bad.yaml: unknown option(s) ['stepz']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("yaml_text, flags, message", [
+    ("steps: ten\n", [], "steps: expected int, got 'ten'"),
+    ("policy: {image_sise: 16}\n", [], "unknown option(s) ['image_sise']"),
+    ("policy: [1, 2]\n", [], "policy: expected a mapping"),
+    ("policy: {layers: 2}\n", [], "['layers'] are not options of the small policy"),
+    ("", ["--policy.image_size", "big"], "policy.image_size: "),
+    ("", ["--out", "/proc/apo_ros_cannot_write"], "--out"),
+    ("", ["--init", "/nonexistent/ckpt"], "neither a checkpoint directory nor a policy kind"),
+])
+def test_cli_refuses_bad_options_before_reading_bags(bags, tmp_path, capsys, monkeypatch, yaml_text, flags,
+                                                       message):
+    """Each mistake: one line, exit 2, and no bag read (load_samples is never reached)."""
+    import apo_ros.training.trainer as trainer_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("bags were loaded before the options were checked")
+
+    monkeypatch.setattr(trainer_module, "load_samples", no_loading)
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml_text)
+    args = {"--init": "small", "--out": str(tmp_path / "out")}
+    rest = []
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if flag in args:
+            args[flag] = value
+        else:
+            rest += [flag, value]
+    code = main(["train", "--config", str(cfg), "--demos", *bags["demos"], *rest,
+                 *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_yaml_numbers_and_nested_flags(tmp_path):
+    """`lr: 1e-4` (a string to YAML 1.1) is the number; every field is a flag, nested ones too."""
+    import argparse
+
+    from apo_ros.training.cli import build_config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("lr: 1e-4\nmethod: bc\npolicy: {chunk_size: 4}\n")
+    args = parser.parse_args(["train", "--init", "small", "--out", "x", "--config", str(cfg),
+                              "--policy.image_size", "32", "--val_fraction", "0.2", "--batch-size", "7"])
+    config = build_config(args)
+    assert config.lr == 1e-4 and config.method == "bc" and config.val_fraction == 0.2
+    assert config.batch_size == 7
+    assert config.policy.chunk_size == 4 and config.policy.image_size == 32
+    assert config.policy.build_options("small") == {"chunk_size": 4, "image_size": 32}
 
 
 def test_lora_vla_trains_and_resumes_exactly(bags, tmp_path):
@@ -325,14 +377,19 @@ def test_lora_vla_trains_and_resumes_exactly(bags, tmp_path):
     assert [r["loss"] for r in _rows(out)] == [r["loss"] for r in _rows(str(tmp_path / "full"))]
 
 
-def test_two_process_launch_with_torchrun(bags, tmp_path):
-    """torchrun (gloo on CPU): gradients are averaged across ranks, rank 0 alone writes."""
+def test_two_processes_match_one_process_on_the_same_global_batch(bags, tmp_path):
+    """torchrun, 2 gloo processes x 8 samples = one process x 16 samples: the same global
+    batches, the same loss (z0 averaged across processes before its clamp, APO's micro-groups
+    of 8), the same gradients (their norm, and the weights after two AdamW steps). Rank 0
+    alone writes."""
     import subprocess
     import sys
 
+    options = {"method": "apo", "steps": 2, "log_every": 1, "progress": False, "threads": 1,
+               "policy": TINY, "augment": False, "warmup_steps": 0, "lr": 1e-3, "z0_min": -5.0,
+               "tensorboard": False}
     cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(json.dumps({"method": "apo", "steps": 2, "batch_size": 4, "log_every": 1,
-                               "progress": False, "threads": 1, "policy": TINY}))
+    cfg.write_text(json.dumps({**options, "batch_size": 8}))
     out = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
@@ -341,6 +398,38 @@ def test_two_process_launch_with_torchrun(bags, tmp_path):
          "--data", *bags["data"], "--init", "small", "--out", out, "--cache-dir", bags["cache"]],
         capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == os.path.join(out, "policy")
-    assert [r["step"] for r in _rows(out)] == ["1", "2"]
-    assert load_policy(os.path.join(out, "policy")).training_info["step"] == 2
+    assert proc.stdout.strip() == os.path.join(out, "policy")  # one line: rank 0 only
+    single = str(tmp_path / "single")
+    train_policy(TrainConfig(**{**options, "batch_size": 16, "cache_dir": bags["cache"]}), bags["demos"],
+                 bags["data"], "small", single)
+    two, one = _rows(out), _rows(single)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == ["1", "2"]
+    for a, b in zip(two, one):
+        for key in ("loss", "grad_norm", "z0_unclamped"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), key
+    assert float(one[1]["z0_unclamped"]) != 0.0  # the policy moved: z0 is a real check at step 2
+    p2 = _params(load_policy(os.path.join(out, "policy")))
+    p1 = _params(load_policy(os.path.join(single, "policy")))
+    for name in p1:
+        torch.testing.assert_close(p2[name], p1[name], rtol=1e-4, atol=1e-5)
+
+
+def test_vla_fast_fits_its_tokenizer_on_the_training_actions(bags):
+    """`--init vla_fast` fits the FAST BPE on the training demos' chunks, not on synthetic ones."""
+    from apo_ros.policies.vla import fit_fast_tokenizer
+    from apo_ros.training.samples import load_samples
+
+    cfg = _config(bags, method="bc", policy={"chunk_size": 4})
+    samples = load_samples(bags["demos"], [], cache_dir=bags["cache"])
+    samples.split_episodes(0.0, 0)
+    samples.select_demos("all", 0)
+    policy, _ = init_policy("vla_fast", cfg, samples, "cpu")
+    rows = np.nonzero(samples.is_demo & ~samples.continues_chunk)[0]
+    chunks = samples.action_targets(rows, 4).astype(np.float64)
+    vocab, scale = policy.config.fast_vocab_size, policy.config.fast_scale
+    on_data = fit_fast_tokenizer(policy.stats, chunks, 4, vocab, scale)
+    synthetic = fit_fast_tokenizer(policy.stats, None, 4, vocab, scale)
+    normalized = policy.stats.normalize(chunks)
+    used = policy.fast.encode_batch(normalized)
+    assert used == on_data.encode_batch(normalized)
+    assert used != synthetic.encode_batch(normalized)

@@ -5,7 +5,7 @@
   PaliGemma (the code path of a real one; a real 3B backbone is a GPU matter).
 - training: samples/s of a full small-policy step (prepare from uint8 arrays, tokenize,
   teacher-forced log-probs, backward, AdamW) at batch 128, 64x64, 2 threads, next to the bare
-  baseline of REFERENCE section 7: a naive 4-conv encoder with 7 autoregressive 256-way heads.
+  baseline: a naive 4-conv encoder with 7 autoregressive 256-way heads.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _latency(kind: str, device: str, n: int) -> dict:
 
 
 class NaiveBaseline(nn.Module):
-    """REFERENCE 7's naive design: 4 convs (32-64-64-64, stride 2) + flatten + 7 AR heads."""
+    """A naive first CPU policy: 4 convs (32-64-64-64, stride 2) + flatten + 7 AR heads."""
 
     def __init__(self, hidden: int = 256):
         super().__init__()

@@ -35,6 +35,7 @@ import shutil
 import tempfile
 
 from apo_ros.actions.statistics import STATISTICS_FILENAME, load_statistics, save_statistics
+from apo_ros.errors import UserError
 
 CONFIG_FILENAME = "apo_policy.json"
 FORMAT = "apo_ros.policy"
@@ -42,7 +43,7 @@ FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A policy checkpoint that is missing pieces or is malformed; the message says which."""
 
 

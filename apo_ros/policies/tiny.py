@@ -9,8 +9,8 @@ The vocabulary mirrors PaliGemma's layout: special tokens, then the text alphabe
 the BPE has no merges), then the 1024 `<locNNNN>` and 128 `<segNNN>` tokens at the END. So, as on
 the real model, OpenVLA-style action bins (the last 256 ids of the base vocabulary) land on
 `<loc0896>`..`<seg127>`, and a FAST range of 1024 ids lands on the loc/seg tokens too.
-REFERENCE section 3: the image token id must be inside the vocabulary, projection_dim must equal
-the text hidden size, and input_ids must hold exactly (image_size / patch_size)^2 image tokens per
+Constraints PaliGemma's code imposes: the image token id must be inside the vocabulary,
+projection_dim must equal the text hidden size, and input_ids must hold exactly (image_size / patch_size)^2 image tokens per
 image (the processor inserts them).
 """
 

@@ -1,19 +1,40 @@
-"""apo_ros.training: bags -> labeled samples, objectives (bc, dagger, sirius, kto, tpo, apo), and
-the trainer. Names are imported lazily so `apo-ros --help` does not pay for torch."""
+"""apo_ros.training: bags -> labeled samples, objectives (bc, dagger, sirius, kto, tpo, apo), the
+method registry, and the trainer. Names are imported lazily so `apo-ros --help` does not pay for
+torch.
+
+    config.py        TrainConfig (+ PolicyOptions): every field a YAML key and a CLI flag
+    registry.py      one entry per method: data check, sampler, step loss, reference, default lr
+    objectives.py    the losses on plain tensors (TRL style)
+    cache.py         bags -> decoded columns, cached on disk
+    samples.py       SampleSet: labeled steps, segments, validation split, target tokens
+    samplers.py      uniform / balanced / TPO-window samplers (deterministic, resumable)
+    augmentation.py  image shift + brightness
+    batches.py       rows -> policy inputs and targets for one step
+    reference.py     the frozen reference's (cached) scores and z0's mismatched pairs
+    distributed.py   DDP under torchrun / accelerate
+    metrics.py       metrics.csv / TensorBoard, validation, best weights, early stopping
+    state.py         checkpoints and resume state without pickle
+    policy_init.py   --init: a checkpoint or a fresh policy of a kind
+    trainer.py       the loop: train_policy
+"""
 
 from __future__ import annotations
 
 from apo_ros.lazy import lazy_exports
 
 _EXPORTS = {
-    "TrainConfig": "apo_ros.training.trainer",
+    "TrainConfig": "apo_ros.training.config",
+    "PolicyOptions": "apo_ros.training.config",
     "TrainingError": "apo_ros.training.trainer",
     "train_policy": "apo_ros.training.trainer",
-    "METHODS": "apo_ros.training.trainer",
-    "DataError": "apo_ros.training.data",
-    "LabelConfig": "apo_ros.training.data",
-    "SampleSet": "apo_ros.training.data",
-    "load_samples": "apo_ros.training.data",
+    "prepare_run": "apo_ros.training.trainer",
+    "METHODS": "apo_ros.training.registry",
+    "Method": "apo_ros.training.registry",
+    "register": "apo_ros.training.registry",
+    "DataError": "apo_ros.training.cache",
+    "LabelConfig": "apo_ros.training.samples",
+    "SampleSet": "apo_ros.training.samples",
+    "load_samples": "apo_ros.training.samples",
     "kto_loss": "apo_ros.training.objectives",
     "apo_loss": "apo_ros.training.objectives",
     "bc_loss": "apo_ros.training.objectives",

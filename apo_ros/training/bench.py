@@ -39,39 +39,29 @@ def _write_bags(root: str, n_bags: int, steps: int, size: int) -> tuple[list[str
 
 def _make_step(samples, config):
     """(one-training-step function, facts) for `config` on a fresh small policy."""
-    from apo_ros.policies import make_reference
-    from apo_ros.training import trainer as T
-    from apo_ros.training.data import LabelConfig
+    from apo_ros.training.registry import get_method
+    from apo_ros.training.trainer import prepare_run
 
-    policy, facts = T._init_policy("small", config, samples, None)
-    samples.label(LabelConfig(config.k))
-    reference = make_reference(policy) if config.method in T.NEEDS_REFERENCE else None
     info: dict = {"batch": config.batch_size}
     with tempfile.TemporaryDirectory() as out:
-        run = T._Run(config, samples, policy, reference, out, T._Dist(), facts, log=lambda m: None)
         t0 = time.perf_counter()
-        run.prepare_reference()
-        if config.method in T.NEEDS_REFERENCE and config.reference == "cached":
+        run = prepare_run(config, samples, "small", out)
+        if get_method(config.method).needs_reference and config.reference == "cached":
             info["reference_pass_s"] = round(time.perf_counter() - t0, 3)
             info["reference_pass_samples"] = len(samples)
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-5)
-    policy.train()
+    run.policy.train()
     counter = [0]
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = run.loss(counter[0])
+        run.step(counter[0])
         counter[0] += 1
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 1.0)
-        optimizer.step()
 
     return step, info
 
 
 def run(quick: bool = False) -> dict:
-    from apo_ros.training.data import load_samples
-    from apo_ros.training.trainer import TrainConfig
+    from apo_ros.training.config import TrainConfig
+    from apo_ros.training.samples import load_samples
 
     n_bags, steps, iters, batch = (6, 40, 8, 64) if quick else (12, 80, 25, 64)
     root = tempfile.mkdtemp(prefix="apo_ros_bench_train_")

@@ -8,11 +8,11 @@ Shapes: B = samples in the batch, L = action-token positions (padded; `mask` mar
 P = trajectory pairs (TPO). "logps" are natural-log probabilities. Per-sample "summed" log-probs
 are sums over that sample's real token positions (no length normalization, as APO and KTO).
 
-Objectives (REFERENCE sections 1-2):
+Objectives (the APO paper, its released code, TRL's KTO, Sirius, GRAPE's TPO):
 - `bc_loss`: token negative log-likelihood (optionally per-sample weighted: Sirius).
 - `smoothed_token_nll`: the same against targets softened over neighbouring bins / uniformly.
 - `sirius_weights`: Sirius class weights from the class fractions.
-- `kto_loss`: TRL's KTO loss (exact signature and semantics of the issue).
+- `kto_loss`: TRL's KTO loss (its semantics, on summed log-probs).
 - `apo_loss`: KTO-style loss on summed per-token log-ratios with APO's gripper masking and
   adaptive reweighting; with both switched off and mean reduction it equals `kto_loss`.
 - `adaptive_weights`: APO's lambda_D / lambda_U from decoded-action errors.
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 SIRIUS_CLASSES: tuple[str, ...] = ("demo", "rollout", "intervention", "pre_intervention")
-# Sirius target shares (REFERENCE 2): interventions get 50% of the weight mass, the 15 steps
+# Sirius target shares (the Sirius paper): interventions get 50% of the weight mass, the 15 steps
 # before an intervention ~0, demos keep weight 1, rollouts take what is left.
 SIRIUS_INTERVENTION_SHARE = 0.5
 SIRIUS_PRE_INTERVENTION_SHARE = 0.002
@@ -104,7 +104,7 @@ def smoothed_token_nll(token_logits: torch.Tensor, tokens: torch.Tensor, mask: t
 
 
 def sirius_weights(classes: Sequence[str] | np.ndarray) -> np.ndarray:
-    """Sirius per-sample weights from the class of each sample (REFERENCE 2).
+    """Sirius per-sample weights from the class of each sample.
 
     classes: N entries among `SIRIUS_CLASSES` -> float64 [N].
     With rho_c the fraction of samples in class c:
@@ -140,7 +140,8 @@ def sirius_weights(classes: Sequence[str] | np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, kl_policy_logps: torch.Tensor,
              kl_ref_logps: torch.Tensor, desirable: torch.Tensor, *, beta: float = 0.1,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             kl_estimate: torch.Tensor | None = None) -> torch.Tensor:
     """TRL's KTO loss.
 
     policy_logps, ref_logps: float [B] summed log-probs of each sample's own action tokens under
@@ -149,9 +150,12 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, kl_policy_logp
 
     z0 = clamp(mean(kl_policy - kl_ref), min=0), detached; r = policy - ref;
     desirable: w_D * (1 - sigmoid(beta (r - z0))); undesirable: w_U * (1 - sigmoid(beta (z0 - r)));
-    loss = mean over all B samples -> scalar.
+    loss = mean over all B samples -> scalar. kl_estimate: the unclamped mean(kl_policy - kl_ref)
+    over a larger batch (TRL averages it over every process before clamping); None = this batch's.
     """
-    z0 = (kl_policy_logps - kl_ref_logps).mean().clamp(min=0).detach()
+    if kl_estimate is None:
+        kl_estimate = (kl_policy_logps - kl_ref_logps).mean()
+    z0 = kl_estimate.clamp(min=0).detach()
     rewards = policy_logps - ref_logps
     desirable = desirable.bool()
     losses = torch.where(
@@ -250,14 +254,17 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
              decode_ok: torch.Tensor | None = None, beta: float = 0.1, z0_min: float | None = 0.0,
              z0_max: float | None = None, mask_gripper: bool = True, reweight: bool = True,
              desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-             reduction: str = "sum", group_size: int | None = APO_WEIGHT_GROUP) -> PreferenceTerms:
-    """APO loss (REFERENCE 1).
+             reduction: str = "sum", group_size: int | None = APO_WEIGHT_GROUP,
+             kl_estimate: torch.Tensor | None = None) -> PreferenceTerms:
+    """APO loss (the paper's objective, with the released code's options).
 
     policy_token_logps, ref_token_logps: float [B, L] per-token log-probs of each sample's own
     action tokens (0 where ~mask); mask bool [B, L]; desirable bool [B];
     kl_policy_logps, kl_ref_logps: float [B] summed log-probs of the mismatched pairs (exact: i's
     observation with i+1's tokens; cheap approximation: pass the per-sample sums of the matched
     pass); gripper_mask bool [B, L] (positions holding the gripper token);
+    kl_estimate: the unclamped z0 estimate over a larger batch (averaged across processes, as
+    TRL does) or None for this batch's mean(kl_policy - kl_ref);
     action_errors float [B], decode_ok bool [B] (for reweighting).
 
     r_i = sum over real tokens of (policy - ref), leaving out gripper positions of undesirable
@@ -280,7 +287,7 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
     # the floating-point result is bit-identical to kto_loss on summed log-probs.
     rewards = (sequence_logps(policy_token_logps, mask, exclude)
                - sequence_logps(ref_token_logps, mask, exclude))
-    z0 = (kl_policy_logps - kl_ref_logps).mean()
+    z0 = (kl_policy_logps - kl_ref_logps).mean() if kl_estimate is None else kl_estimate
     if z0_min is not None or z0_max is not None:
         z0 = z0.clamp(min=z0_min, max=z0_max)
     z0 = z0.detach()

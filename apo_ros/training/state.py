@@ -114,3 +114,41 @@ def load_state(directory: str, *, policy: torch.nn.Module, optimizer: torch.opti
     optimizer_from_files(optimizer, os.path.join(folder, "optimizer.safetensors"), state["optimizer"])
     rng_from_file(os.path.join(folder, "rng.safetensors"))
     return state
+
+
+def list_checkpoints(out: str) -> list[tuple[int, str]]:
+    """(step, directory) of the complete periodic checkpoints under `<out>/checkpoints`, in order."""
+    folder = os.path.join(out, "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        if name.startswith("step-") and name[5:].isdigit():
+            path = os.path.join(folder, name)
+            if os.path.isfile(os.path.join(path, STATE_DIR, "state.json")):
+                found.append((int(name[5:]), path))
+    return sorted(found)
+
+
+def write_checkpoint(out: str, step: int, *, policy, optimizer: torch.optim.Optimizer, state: dict,
+                     policy_extra: dict, keep: int) -> str:
+    """`<out>/checkpoints/step-N/` = policy/ (loadable) + trainer_state/ (resume), written to a
+    temporary folder and renamed (atomic); only the newest `keep` are kept."""
+    import shutil
+
+    from apo_ros.policies import save_policy
+
+    folder = os.path.join(out, "checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, f"step-{step:08d}")
+    tmp = os.path.join(folder, f".tmp-step-{step:08d}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_policy(policy, os.path.join(tmp, "policy"), extra={**policy_extra, "step": step})
+    save_state(tmp, policy=policy, optimizer=optimizer, state=state)
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for _step, old in list_checkpoints(out)[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final

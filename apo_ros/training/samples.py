@@ -1,27 +1,17 @@
-"""Bags -> labeled training samples, cached decoded on disk; samplers; image augmentation.
+"""Labeled training samples: every executed step of the bags as columns, with its labels.
 
 One sample = one executed step: the observation it was computed from (camera images, 8-D
-proprio, instruction), the raw executed action (chunks are cut on the fly from the following
-steps of the same episode), who produced it, and its labels (APO desirable / undesirable, Sirius
-class). Demo bags (`--demos`) are desirable and Sirius class "demo" whatever their steps'
-sources; interaction bags (`--data`) are labeled by the recording area's labeler
-(`apo_ros.recording.labels.label_sources`, what `label_episode` runs) after loading, with the
-policy's action statistics (the no-op filter tests normalized actions) — labels are cheap and are
-not cached, so K or the statistics can change without re-reading bags.
-
-Cache: decoding a bag (MCAP + zstd + images) is the slow part, so each bag's decoded columns are
-written once to `<cache_dir>/<key>/` as plain `.npy` files (no pickle) plus `meta.json`, and
-loaded memory-mapped afterwards. The key hashes the bag's files (relative name, size, mtime) and
-the cache format version, so an edited / repaired bag gives a new entry. Entries are written to
-a temporary folder and renamed (atomic).
+proprio, object poses, instruction), the raw executed action and what the policy proposed (chunks
+are cut on the fly from the following steps of the same segment), who produced it, and its labels
+(APO desirable / undesirable, Sirius class). Demo bags (`--demos`) are desirable and Sirius class
+"demo" whatever their steps' sources; interaction bags (`--data`) are labeled by the recording
+area's labeler (`apo_ros.recording.labels.label_sources`, what `label_episode` runs) after
+loading, with the policy's action statistics (the no-op filter tests normalized actions) - labels
+are cheap and are not cached, so K or the statistics can change without re-reading bags.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,19 +19,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from apo_ros.actions.space import ACTION_DIM
-from apo_ros.observation import PROPRIO_DIM
+from apo_ros.training.cache import (
+    SOURCE_CODE,
+    SOURCE_NAMES,
+    DataError,
+    default_cache_dir,
+    find_bags,
+    load_bag,
+)
 from apo_ros.training.objectives import SIRIUS_CLASSES
 
-CACHE_VERSION = 3  # 2: obs_stamp_ns column; 3: object_state and proposed columns
-SOURCE_NAMES: tuple[str, ...] = ("policy", "human", "expert")
-SOURCE_CODE = {name: i for i, name in enumerate(SOURCE_NAMES)}
 SIRIUS_CODE = {name: i for i, name in enumerate(SIRIUS_CLASSES)}
-# Balanced-sampler groups (REFERENCE 1, "Batches").
+# Balanced-sampler groups: desirable robot / expert steps, the operator's corrections, the
+# undesirable steps before each intervention.
 GROUPS: tuple[str, ...] = ("desirable", "human", "undesirable")
 
-
-class DataError(ValueError):
-    """A problem with the training data (no usable bags, inconsistent cameras, ...)."""
+__all__ = ["DataError", "GROUPS", "LabelConfig", "SOURCE_CODE", "SOURCE_NAMES", "SampleSet",
+           "assemble_samples", "encode_targets", "load_samples"]
 
 
 @dataclass
@@ -49,95 +43,6 @@ class LabelConfig:
     k: int = 10  # policy steps before each intervention labeled undesirable (APO's K)
     noop_filter: bool = False  # drop no-op policy actions before counting K (released code)
     sirius_window: int = 15  # steps before an intervention that form Sirius' pre-intervention class
-
-
-def default_cache_dir() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "apo_ros", "samples")
-
-
-def find_bags(paths: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Expand PATH arguments: a bag directory (holds metadata.yaml), or a folder searched
-    recursively for bags. Returns (bag dirs in a stable order, errors)."""
-    bags: list[str] = []
-    errors: list[str] = []
-    for path in paths:
-        path = os.path.abspath(path)
-        if not os.path.exists(path):
-            errors.append(f"{path}: does not exist")
-        elif os.path.isfile(os.path.join(path, "metadata.yaml")):
-            bags.append(path)
-        elif os.path.isdir(path):
-            found = sorted(root for root, _dirs, files in os.walk(path) if "metadata.yaml" in files)
-            if not found:
-                errors.append(f"{path}: no rosbag2 bag (no metadata.yaml) in this folder")
-            bags.extend(found)
-        else:
-            errors.append(f"{path}: not a bag directory (rosbag2 bags are folders with metadata.yaml)")
-    seen: set[str] = set()
-    unique = [b for b in bags if not (b in seen or seen.add(b))]
-    return unique, errors
-
-
-def bag_fingerprint(bag: str) -> list:
-    """(relative name, size, mtime_ns) of every file in the bag: changes when the bag does."""
-    entries = []
-    for root, _dirs, files in os.walk(bag):
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            st = os.stat(full)
-            entries.append([os.path.relpath(full, bag), st.st_size, st.st_mtime_ns])
-    return sorted(entries)
-
-
-def cache_key(bag: str) -> str:
-    payload = json.dumps({"version": CACHE_VERSION, "files": bag_fingerprint(bag)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
-
-
-# ---------------------------------------------------------------------------------------------
-# One episode -> columns
-# ---------------------------------------------------------------------------------------------
-def episode_columns(episode) -> dict:
-    """Decode an Episode into numpy columns (N = its steps)."""
-    steps = episode.steps
-    n = len(steps)
-    if n == 0:
-        raise DataError(f"{episode.path}: episode has no executed steps")
-    cameras = sorted(steps[0].observation.images)
-    cols: dict = {}
-    for cam in cameras:
-        try:
-            cols[f"image_{cam}"] = np.stack([np.asarray(s.observation.images[cam], dtype=np.uint8)
-                                             for s in steps])
-        except (KeyError, ValueError) as err:
-            raise DataError(f"{episode.path}: camera {cam!r} missing or changing shape ({err})") from None
-    cols["proprio"] = np.stack([s.observation.proprio() for s in steps]).astype(np.float32)
-    cols["actions"] = np.stack([np.asarray(s.action, dtype=np.float64) for s in steps]).astype(np.float32)
-    nan = np.full(ACTION_DIM, np.nan)
-    cols["proposed"] = np.stack([nan if s.proposed is None else np.asarray(s.proposed, dtype=np.float64)
-                                 for s in steps]).astype(np.float32)
-    if cols["actions"].shape != (n, ACTION_DIM) or cols["proprio"].shape != (n, PROPRIO_DIM):
-        raise DataError(f"{episode.path}: actions {cols['actions'].shape} / proprio "
-                        f"{cols['proprio'].shape} do not have {ACTION_DIM} / {PROPRIO_DIM} values")
-    try:
-        cols["source"] = np.array([SOURCE_CODE[s.source] for s in steps], dtype=np.int8)
-    except KeyError as err:
-        raise DataError(f"{episode.path}: unknown action source {err}") from None
-    object_states = [s.observation.object_state() for s in steps]
-    sizes = sorted({o.shape[0] for o in object_states})
-    if len(sizes) > 1:
-        raise DataError(f"{episode.path}: object poses change count within the episode ({sizes} values)")
-    cols["object_state"] = np.stack(object_states).astype(np.float32).reshape(n, sizes[0])
-    cols["stamp_ns"] = np.array([s.stamp_ns for s in steps], dtype=np.int64)
-    cols["obs_stamp_ns"] = np.array([s.observation.stamp_ns for s in steps], dtype=np.int64)
-    instructions = sorted({s.observation.instruction for s in steps})
-    cols["instruction"] = np.array([instructions.index(s.observation.instruction) for s in steps],
-                                   dtype=np.int32)
-    meta = {"path": episode.path, "n": n, "cameras": cameras, "instructions": instructions,
-            "outcome": episode.outcome, "truncated": bool(episode.truncated),
-            "metadata": {k: str(v) for k, v in episode.metadata.items()}}
-    return {"columns": cols, "meta": meta}
 
 
 def _continues_chunk(obs_stamp_ns: np.ndarray) -> np.ndarray:
@@ -158,56 +63,6 @@ def _segment_ends(source: np.ndarray) -> np.ndarray:
             end = i + 1
         out[i] = end
     return out
-
-
-def _write_entry(root: str, key: str, decoded: dict) -> str:
-    final = os.path.join(root, key)
-    tmp = os.path.join(root, f".tmp-{key}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for name, arr in decoded["columns"].items():
-        np.save(os.path.join(tmp, name + ".npy"), arr, allow_pickle=False)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(decoded["meta"], f)
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another process wrote the same entry first: use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _read_entry(entry: str) -> dict:
-    with open(os.path.join(entry, "meta.json")) as f:
-        meta = json.load(f)
-    cols = {}
-    for name in os.listdir(entry):
-        if name.endswith(".npy"):
-            cols[name[:-4]] = np.load(os.path.join(entry, name), mmap_mode="r", allow_pickle=False)
-    return {"columns": cols, "meta": meta}
-
-
-def load_bag(bag: str, cache_dir: str | None) -> tuple[dict, bool]:
-    """Decoded columns of one bag, from the cache when present. Returns (decoded, from_cache).
-    Raises with a message naming the bag on any problem."""
-    from apo_ros.recording import read_episodes
-
-    key = cache_key(bag) if cache_dir else None
-    if cache_dir and key:
-        entry = os.path.join(cache_dir, key)
-        if os.path.isfile(os.path.join(entry, "meta.json")):
-            decoded = _read_entry(entry)
-            decoded["meta"]["path"] = bag
-            return decoded, True
-    episodes, errors = read_episodes([bag])
-    if errors or not episodes:
-        raise DataError("; ".join(f"{p}: {m}" for p, m in errors) or f"{bag}: no episode read")
-    decoded = episode_columns(episodes[0])
-    if cache_dir and key:
-        os.makedirs(cache_dir, exist_ok=True)
-        entry = _write_entry(cache_dir, key, decoded)
-        decoded = _read_entry(entry)  # memory-mapped from now on; frees the decoded copy
-        decoded["meta"]["path"] = bag
-    return decoded, False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +111,7 @@ class SampleSet:
 
     # ---- labels -------------------------------------------------------------------------------
     def label(self, config: LabelConfig, stats=None) -> SampleSet:
-        """Label every episode with the recording area's labeler (REFERENCE 1 and 2). `stats`:
+        """Label every episode with the recording area's labeler (APO's K steps, Sirius' classes). `stats`:
         the policy's ActionStatistics (the no-op filter tests normalized actions). Demo bags are
         all desirable, Sirius class "demo". With `noop_filter`, no-op steps are marked `dropped`
         (the released code removes them from the data set)."""
@@ -370,10 +225,6 @@ class SampleSet:
                 out &= ~column
         return out
 
-    def episode_rows(self, bags: np.ndarray) -> np.ndarray:
-        """bool [N]: rows of the given bag indices."""
-        return np.isin(self.episode, np.asarray(bags, dtype=np.int64))
-
     def split_episodes(self, fraction: float, seed: int) -> SampleSet:
         """Hold out `fraction` of the demo bags and of the interaction bags (each rounded, at least
         one of a kind when it has two or more bags and fraction > 0), chosen from the seed. One bag
@@ -434,19 +285,6 @@ class SampleSet:
 
     def has_interaction_data(self) -> bool:
         return bool((~self.is_demo).any())
-
-    def pool(self, method: str) -> np.ndarray:
-        """Rows a behaviour-cloning method trains on: bc = demos; dagger = demos + human steps
-        (HG-DAgger); sirius = everything."""
-        self._labels()
-        keep = ~self.dropped & self.trainable_rows()
-        if method == "bc":
-            return np.nonzero(self.is_demo & keep)[0]
-        if method == "dagger":
-            return np.nonzero((self.is_demo | self.human_mask()) & keep)[0]
-        if method == "sirius":
-            return np.nonzero(keep)[0]
-        raise ValueError(f"no behaviour-cloning pool for method {method!r}")
 
     def groups(self) -> dict[str, np.ndarray]:
         """Balanced-sampler groups: desirable robot/expert steps (demos included), human steps of
@@ -596,150 +434,6 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
         offsets=np.asarray(offsets, dtype=np.int64), instructions=instructions, bags=used, **merged)
 
 # ---------------------------------------------------------------------------------------------
-# Samplers: deterministic functions of (seed, step) plus a small JSON state
-# ---------------------------------------------------------------------------------------------
-class _Cycler:
-    """Cycles through a fixed index set in a fresh permutation per pass; the permutation of pass
-    e is a function of (seed, stream, e), so the state is just (pass, position)."""
-
-    def __init__(self, indices: np.ndarray, seed: int, stream: int):
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.seed, self.stream = int(seed), int(stream)
-        self.epoch, self.pos = 0, 0
-        self._perm = self._permutation()
-
-    def _permutation(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.stream, self.epoch])
-        return self.indices[rng.permutation(len(self.indices))]
-
-    def take(self, n: int) -> np.ndarray:
-        out = []
-        while n > 0:
-            if self.pos >= len(self._perm):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._perm = self._permutation()
-            got = self._perm[self.pos:self.pos + n]
-            out.append(got)
-            self.pos += len(got)
-            n -= len(got)
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load(self, state: dict) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        self._perm = self._permutation()
-
-
-class UniformSampler:
-    """Batches drawn without replacement from one index set, reshuffled every pass."""
-
-    def __init__(self, indices: np.ndarray, batch_size: int, seed: int = 0):
-        if len(indices) == 0:
-            raise DataError("no samples to train on")
-        self.batch_size = int(batch_size)
-        self.cycler = _Cycler(indices, seed, 0)
-
-    def next_batch(self) -> np.ndarray:
-        return self.cycler.take(self.batch_size)
-
-    @property
-    def epoch(self) -> int:
-        return self.cycler.epoch
-
-    def state_dict(self) -> dict:
-        return {"uniform": self.cycler.state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.cycler.load(state["uniform"])
-
-
-def group_counts(ratios: dict[str, float], sizes: dict[str, int], batch_size: int) -> dict[str, int]:
-    """Samples per group in one batch: ratios renormalized over non-empty groups, rounded by
-    largest remainder so the counts add up to batch_size."""
-    live = {g: float(r) for g, r in ratios.items() if sizes.get(g, 0) > 0 and r > 0}
-    if not live:
-        raise DataError(f"no samples in any sampled group (sizes {sizes}, ratios {ratios})")
-    total = sum(live.values())
-    exact = {g: batch_size * r / total for g, r in live.items()}
-    counts = {g: int(np.floor(v)) for g, v in exact.items()}
-    for g in sorted(exact, key=lambda g: (counts[g] - exact[g], g))[: batch_size - sum(counts.values())]:
-        counts[g] += 1
-    return {g: counts.get(g, 0) for g in ratios}
-
-
-class BalancedSampler:
-    """Per batch a fixed share of each group (default 50% desirable robot/expert, 25% human, 25%
-    undesirable; REFERENCE 1). Each group is cycled on its own, so small groups (the human
-    corrections) repeat more often than large ones; the released code instead ends an epoch when
-    the human samples run out — in a step-budgeted trainer we just keep cycling and report the
-    human-group pass count as the epoch. The batch is shuffled so batch neighbours (the
-    mismatched pairs of z0) come from mixed groups."""
-
-    def __init__(self, groups: dict[str, np.ndarray], ratios: dict[str, float], batch_size: int,
-                 seed: int = 0):
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.counts = group_counts(ratios, {g: len(v) for g, v in groups.items()}, batch_size)
-        self.cyclers = {g: _Cycler(groups[g], seed, i + 1) for i, g in enumerate(sorted(groups))
-                        if self.counts.get(g, 0) > 0}
-        self.step = 0
-
-    def next_batch(self) -> np.ndarray:
-        idx = np.concatenate([self.cyclers[g].take(self.counts[g]) for g in sorted(self.cyclers)])
-        rng = np.random.default_rng([self.seed, 99, self.step])
-        self.step += 1
-        return idx[rng.permutation(len(idx))]
-
-    @property
-    def epoch(self) -> int:
-        key = "human" if "human" in self.cyclers else sorted(self.cyclers)[0]
-        return self.cyclers[key].epoch
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "groups": {g: c.state() for g, c in self.cyclers.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-        for g, s in state["groups"].items():
-            self.cyclers[g].load(s)
-
-
-# ---------------------------------------------------------------------------------------------
-# Augmentation
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class AugmentConfig:
-    enabled: bool = True  # random shift + brightness on the policy's (not the cached reference's) inputs
-    shift: int = 4  # max pixels of random translation (edge-padded crop, as DrQ)
-    brightness: float = 0.1  # multiply each image by 1 + U(-b, b)
-
-
-def augment_images(images: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
-    """uint8 [B, K, H, W, 3] -> uint8 same shape: each image shifted by up to `shift` pixels
-    (edge padding, random crop) and scaled in brightness."""
-    if not config.enabled:
-        return images
-    b, k, h, w, c = images.shape
-    flat = images.reshape(b * k, h, w, c)
-    out = np.empty_like(flat)
-    s = int(config.shift)
-    if s > 0:
-        padded = np.pad(flat, ((0, 0), (s, s), (s, s), (0, 0)), mode="edge")
-        dy = rng.integers(0, 2 * s + 1, size=b * k)
-        dx = rng.integers(0, 2 * s + 1, size=b * k)
-        for i in range(b * k):
-            out[i] = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
-    else:
-        out[:] = flat
-    if config.brightness > 0:
-        scale = 1.0 + rng.uniform(-config.brightness, config.brightness, size=(b * k, 1, 1, 1))
-        out = np.clip(out.astype(np.float32) * scale.astype(np.float32), 0, 255).astype(np.uint8)
-    return out.reshape(b, k, h, w, c)
-
-
-# ---------------------------------------------------------------------------------------------
 # Target tokens
 # ---------------------------------------------------------------------------------------------
 def encode_targets(policy, samples: SampleSet, rows: np.ndarray | None = None,
@@ -773,3 +467,4 @@ def encode_targets(policy, samples: SampleSet, rows: np.ndarray | None = None,
     tokens = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in toks])
     mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])
     return tokens, mask
+

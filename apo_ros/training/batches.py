@@ -1,0 +1,117 @@
+"""What one training step reads: policy inputs, target tokens, reference log-probs, decoded errors.
+
+`Batches` turns sample rows into tensors for the policy it was built with: images gathered from
+the memory-mapped cache and augmented (image policies only), proprio and object poses, the target
+tokens of every sample (tokenized once), and - for the preference objectives - the frozen
+reference's scores (`apo_ros.training.reference`). The method registry's loss functions take a
+`Batches` and the rows of their step; nothing here knows which method runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from apo_ros.training import objectives as O
+from apo_ros.training.augmentation import AugmentConfig, augment_images
+from apo_ros.training.config import TrainConfig
+from apo_ros.training.distributed import Distributed
+from apo_ros.training.samples import SampleSet, encode_targets
+
+
+@dataclass
+class StepOutput:
+    """A step's differentiable loss, its metrics (floats) and how many samples it used."""
+
+    loss: torch.Tensor
+    metrics: dict
+    samples: int
+
+
+class Batches:
+    def __init__(self, config: TrainConfig, samples: SampleSet, policy, dist: Distributed):
+        self.config, self.samples, self.policy, self.dist = config, samples, policy, dist
+        self.device = policy.device
+        self.chunk = int(policy.chunk_size)
+        self.aug = AugmentConfig(config.augment, config.aug_shift, config.aug_brightness)
+        self.use_autocast = config.bf16 and self.device.type == "cuda"
+        self.tokens, self.token_mask = encode_targets(policy, samples)  # once: they never change
+        self.reference = None  # ReferenceScores, set by the trainer for methods that need one
+        self.memo: dict = {}  # per-run values a loss function computes once (e.g. Sirius weights)
+
+    def inputs(self, idx: np.ndarray, augment_step: int | None) -> dict:
+        """Policy inputs of rows `idx`; images augmented with draws that are a function of
+        (seed, rank, augment_step) when augment_step is given."""
+        images = None
+        if self.policy.cameras:  # a state policy reads no image: none is gathered or augmented
+            images = self.samples.images(idx, self.policy.cameras)
+            if augment_step is not None and self.aug.enabled:
+                rng = np.random.default_rng([self.config.seed, 7, self.dist.rank, augment_step])
+                images = augment_images(images, rng, self.aug)
+        object_state = self.samples.object_state[idx] if self.policy.uses_object_state else None
+        return self.policy.prepare(images, self.samples.proprio[idx], self.samples.instruction_texts(idx),
+                                   object_state=object_state)
+
+    def targets(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens long [B, L], mask bool [B, L]) on the policy's device, L trimmed to the
+        longest real target of these rows."""
+        tok, mask = self.tokens[idx], self.token_mask[idx]
+        width = int(mask.any(0).nonzero().max()) + 1 if mask.any() else mask.shape[1]
+        return tok[:, :width].to(self.device), mask[:, :width].to(self.device)
+
+    def autocast(self):
+        if self.use_autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def action_errors(self, idx, pred, pred_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """APO's l_i (normalized decoded-action error against the target) and decode-ok flags."""
+        decoded, ok = self.policy.decode_tokens(pred, pred_mask)
+        stats = self.policy.stats
+        target = self.samples.action_targets(idx, self.chunk).reshape(len(idx), self.chunk, -1)
+        errors = O.decoded_action_errors(stats.normalize(decoded.reshape(target.shape)),
+                                         stats.normalize(target))
+        errors = np.where(ok, errors, 0.0)
+        return (torch.as_tensor(errors, dtype=torch.float32, device=self.device),
+                torch.as_tensor(ok, dtype=torch.bool, device=self.device))
+
+    def desirable(self, idx) -> torch.Tensor:
+        return torch.from_numpy(self.samples.desirable[idx]).to(self.device)
+
+
+def logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor, want_argmax: bool,
+                     encoding=None):
+    """Teacher-forced per-token log-probs [B, L] and, when asked, the argmax token at each
+    position from the SAME pass (as the released code; no extra autoregressive decode) when the
+    policy exposes its logits, else from greedy decoding. `encoding`: the policy's
+    `encode_observation(inputs)`, when the caller scores other tokens on it too."""
+    if encoding is None:
+        encoding = inputs
+        logits_fn, logps_fn = getattr(policy, "token_logits", None), policy.token_logps
+    else:
+        logits_fn, logps_fn = policy.token_logits_encoded, policy.token_logps_encoded
+    if want_argmax and hasattr(policy, "token_logits"):
+        logits = logits_fn(encoding, tokens, mask).float()
+        if logits.shape[-1] > int(tokens.max()):
+            logp = torch.log_softmax(logits, -1)
+            picked = logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
+            picked = torch.where(mask, picked, torch.zeros_like(picked))
+            scores = logits.detach()
+            allowed = getattr(policy, "allowed_ids", None)  # VLAs: action ids only (+ stop), as
+            if isinstance(allowed, torch.Tensor):  # their constrained greedy decoding
+                allowed = allowed.clone()
+                stop = getattr(policy, "stop_id", None)
+                if stop is not None:
+                    allowed[stop] = True
+                width = min(scores.shape[-1], allowed.shape[0])
+                scores = scores[..., :width].masked_fill(~allowed[:width].to(scores.device), float("-inf"))
+            return picked, scores.argmax(-1), mask
+    logps = logps_fn(encoding, tokens, mask)
+    if not want_argmax:
+        return logps, None, None
+    with torch.no_grad():
+        pred, pred_mask = policy.predict_tokens(inputs)
+    return logps, pred, pred_mask

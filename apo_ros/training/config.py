@@ -1,0 +1,293 @@
+"""The training configuration: one dataclass, read from YAML, a dict and command-line flags.
+
+`apo-ros train` exposes every field as a flag (`--steps 2000`, `--policy.image_size 64`), a YAML
+file (`--config`) holds the same keys, and every mistake is one line naming the source and the
+field (`train.yaml: steps: expected int, got 'ten'`), through the shared `apo_ros.config` helper.
+Checks across fields live in `TrainConfig.__post_init__`; the method-specific defaults (the
+learning rate) come from the method registry (`apo_ros.training.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from apo_ros.errors import ConfigError
+
+# the options each policy kind takes (build_policy keyword names; lora_rank becomes lora)
+POLICY_OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "small": ("chunk_size", "n_bins", "cameras", "image_size", "channels", "camera_fusion",
+              "rotation_features", "hidden", "instruction_dim"),
+    "state": ("chunk_size", "n_bins", "hidden", "instruction_dim", "layers", "n_objects"),
+    "vla_bins": ("chunk_size", "n_bins", "cameras", "pretrained", "lora_rank", "prompt", "dtype",
+                 "gradient_checkpointing", "trust_remote_code"),
+    "vla_fast": ("chunk_size", "cameras", "pretrained", "lora_rank", "prompt", "dtype",
+                 "gradient_checkpointing", "trust_remote_code", "fast_vocab_size", "fast_scale",
+                 "fast_skip_tokens"),
+}
+
+
+@dataclass
+class PolicyOptions:
+    """How to build a fresh policy when --init is a kind (small, state, vla_bins, vla_fast).
+    Every option left empty (null) takes that kind's default; see docs/policies.md."""
+
+    # actions per prediction (T; each is 7 tokens for bin policies); all kinds
+    chunk_size: int | None = None
+    # action bins per dimension; small, state, vla_bins
+    n_bins: int | None = None
+    # cameras read, in order; small (front wrist) and the VLAs (front)
+    cameras: list[str] | None = None
+    # square image side the small policy resizes to
+    image_size: int | None = None
+    # conv widths of the small policy's encoder
+    channels: list[int] | None = None
+    # small: "stacked" (cameras as channels) or "separate" (one encoder pass per camera)
+    camera_fusion: str | None = None
+    # small: "matrix" or "quaternion" ee orientation features
+    rotation_features: str | None = None
+    # width of the trunk / MLP, token embeddings and head; small and state
+    hidden: int | None = None
+    # instruction embedding width; small and state
+    instruction_dim: int | None = None
+    # MLP layers of the state policy
+    layers: int | None = None
+    # object poses the state policy reads (default: as many as the bags record)
+    n_objects: int | None = None
+    # VLAs: local transformers checkpoint directory (null = the tiny PaliGemma built from config)
+    pretrained: str | None = None
+    # VLAs: LoRA rank (alpha 16, all linear layers); 0 = train all weights
+    lora_rank: int | None = None
+    # VLAs: prompt with {instruction}
+    prompt: str | None = None
+    # VLAs: auto, float32, bfloat16
+    dtype: str | None = None
+    # VLAs: trade compute for memory
+    gradient_checkpointing: bool | None = None
+    # VLAs: allow the checkpoint's own Python code (only code you trust)
+    trust_remote_code: bool | None = None
+    # vla_fast: size of the reserved FAST id range
+    fast_vocab_size: int | None = None
+    # vla_fast: DCT coefficient scale
+    fast_scale: float | None = None
+    # vla_fast: ids left free at the end of the vocabulary
+    fast_skip_tokens: int | None = None
+
+    def given(self) -> dict:
+        """The options that were set (not null)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+    def build_options(self, kind: str) -> dict:
+        """`build_policy(kind, ...)` keyword arguments; ConfigError for an option the kind lacks."""
+        if kind not in POLICY_OPTIONS_BY_KIND:
+            raise ConfigError(f"unknown policy kind {kind!r} (known: {sorted(POLICY_OPTIONS_BY_KIND)})")
+        given = self.given()
+        wrong = sorted(set(given) - set(POLICY_OPTIONS_BY_KIND[kind]))
+        if wrong:
+            raise ConfigError(f"policy: {wrong} are not options of the {kind} policy "
+                              f"(it takes {list(POLICY_OPTIONS_BY_KIND[kind])})")
+        options = dict(given)
+        if "lora_rank" in options:
+            rank = int(options.pop("lora_rank"))
+            options["lora"] = None if rank == 0 else {"r": rank, "alpha": 16, "dropout": 0.0,
+                                                      "target_modules": "all-linear"}
+        for name in ("cameras", "channels"):
+            if name in options:
+                options[name] = tuple(options[name])
+        return options
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. YAML files (`--config`) hold these keys; every key
+    is also a flag of `apo-ros train`."""
+
+    # objective: bc | dagger | sirius | kto | tpo | apo
+    method: str = "apo"
+    # optimizer steps in total (a resumed run continues up to this)
+    steps: int = 1000
+    # samples per step and process (tpo: step samples, see tpo_pairs)
+    batch_size: int = 32
+    # peak learning rate; null = the method's default (bc 5e-4, tpo 2e-5, others 5e-5)
+    lr: float | None = None
+    # AdamW decoupled weight decay (the paper uses plain Adam: 0)
+    weight_decay: float = 0.0
+    # linear warmup from 0 to lr over this many steps (paper: 10)
+    warmup_steps: int = 10
+    # after warmup: cosine (to min_lr_ratio * lr) or constant
+    schedule: str = "cosine"
+    # floor of the cosine schedule, as a fraction of lr
+    min_lr_ratio: float = 0.0
+    # max global gradient L2 norm (0 = no clipping, the norm is still logged)
+    grad_clip: float = 1.0
+    # preference objectives (kto, apo, tpo): reward scale (paper, TRL and GRAPE: 0.1)
+    beta: float = 0.1
+    # static lambda_D (kto; apo with reweight off)
+    desirable_weight: float = 1.0
+    # static lambda_U
+    undesirable_weight: float = 1.0
+    # z0 estimate: exact (mismatched pairs) or matched (the released code's approximation)
+    z0_mode: str = "exact"
+    # z0 clamp, lower (KTO/TRL: 0; released APO code: -5; null = none)
+    z0_min: float | None = 0.0
+    # z0 clamp, upper (released APO code: 5); kto always clamps >= 0 only
+    z0_max: float | None = None
+    # apo: leave the gripper token out of undesirable samples' reward
+    mask_gripper: bool = True
+    # apo: adaptive lambda from the decoded-action error
+    reweight: bool = True
+    # apo: sum (the paper's total, within micro-groups, averaged over them) or mean
+    apo_reduction: str = "sum"
+    # apo: rows per micro-group of the adaptive weights and the sum (the paper's per-device
+    # batch; 0 = the whole batch)
+    apo_weight_group: int = 8
+    # cached (reference log-probs once per data set) or online (every step)
+    reference: str = "cached"
+    # batch size of the one-off reference pass and of validation passes
+    reference_batch_size: int = 64
+    # balanced sampler (kto, apo): share of desirable robot/expert steps (demos included)
+    ratio_desirable: float = 0.5
+    # balanced sampler: share of human correction steps
+    ratio_human: float = 0.25
+    # balanced sampler: share of undesirable (pre-intervention) steps
+    ratio_undesirable: float = 0.25
+    # policy steps before an intervention labeled undesirable
+    k: int = 10
+    # drop no-op policy steps (sum |a[:6]| < 0.05 normalized) as the released code
+    noop_filter: bool = False
+    # Sirius pre-intervention window
+    sirius_window: int = 15
+    # tpo: max steps per window (GRAPE public code: 8)
+    tpo_window: int = 8
+    # tpo: window pairs per step; 0 = max(1, batch_size // (2 * tpo_window))
+    tpo_pairs: int = 0
+    # bc family: share of the uniform distribution mixed into each token target
+    label_smoothing: float = 0.0
+    # bc family: Gaussian target over neighbouring bins, std in bins (small / state policies)
+    bin_sigma: float = 0.0
+    # demo episodes used: all, equal (as many as interaction episodes: the paper's fine-tuning
+    # mix) or a number
+    demo_mix: str = "all"
+    # share of demo bags and of interaction bags held out for validation (0 = none)
+    val_fraction: float = 0.0
+    # steps between validation passes (token NLL on held-out episodes)
+    val_every: int = 50
+    # validation rows per set (a fixed random subset when there are more)
+    val_max_samples: int = 2048
+    # what early stopping and best selection watch: demos, data (held-out corrections) or auto
+    val_metric: str = "auto"
+    # stop after this many validation passes without improvement (0 = never)
+    patience: int = 0
+    # with validation: the final policy is the best validation pass's weights
+    select_best: bool = True
+    # random shift + brightness of the policy's images
+    augment: bool = True
+    # max shift in pixels
+    aug_shift: int = 4
+    # brightness factor range 1 +- this
+    aug_brightness: float = 0.1
+    # seeds model init, sampling, augmentation
+    seed: int = 0
+    # cpu, cuda, cuda:1 ... (null = cuda when available, else cpu)
+    device: str | None = None
+    # bfloat16 autocast on CUDA (ignored on CPU)
+    bf16: bool = True
+    # torch CPU threads (0 = torch default)
+    threads: int = 0
+    # steps between metric rows (CSV / TensorBoard / progress bar)
+    log_every: int = 10
+    # steps between checkpoints (0 = only at the end)
+    save_every: int = 500
+    # periodic checkpoints kept (oldest deleted)
+    keep_checkpoints: int = 2
+    # stop with a checkpoint after this many steps of this invocation (0 = run to steps)
+    max_steps_this_run: int = 0
+    # decoded-bag cache ("" = ~/.cache/apo_ros/samples, null = off)
+    cache_dir: str | None = ""
+    # rich progress bar
+    progress: bool = True
+    # TensorBoard events when tensorboard is installed
+    tensorboard: bool = True
+    # build options when --init is a policy kind
+    policy: PolicyOptions = field(default_factory=PolicyOptions)
+
+    def __post_init__(self) -> None:
+        from apo_ros.training.registry import METHODS
+
+        if isinstance(self.policy, Mapping):  # TrainConfig(policy={"image_size": 16}) from code
+            from apo_ros.config import parse_config
+
+            self.policy = parse_config(PolicyOptions, overrides=self.policy, source="policy")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        self.demo_mix = str(self.demo_mix)
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 2 or not METHODS[self.method].needs_reference,
+             "batch_size must be >= 2 for preference objectives"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.schedule in ("cosine", "constant"), "schedule must be 'cosine' or 'constant'"),
+            (self.z0_mode in ("exact", "matched"), "z0_mode must be 'exact' or 'matched'"),
+            (self.reference in ("cached", "online"), "reference must be 'cached' or 'online'"),
+            (self.apo_reduction in ("sum", "mean"), "apo_reduction must be 'sum' or 'mean'"),
+            (self.tpo_window >= 1, "tpo_window must be >= 1"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0"),
+            (self.lr is None or self.lr > 0, "lr must be > 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.bin_sigma >= 0, "bin_sigma must be >= 0"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.val_every >= 1, "val_every must be >= 1"),
+            (self.val_max_samples >= 1, "val_max_samples must be >= 1"),
+            (self.val_metric in ("auto", "demos", "data"), "val_metric must be 'auto', 'demos' or 'data'"),
+            (self.patience >= 0, "patience must be >= 0"),
+            (self.patience == 0 or self.val_fraction > 0,
+             "patience (early stopping) needs validation episodes: set val_fraction > 0"),
+            (self.apo_weight_group >= 0, "apo_weight_group must be >= 0"),
+            (self.demo_mix in ("all", "equal") or self.demo_mix.isdigit(),
+             "demo_mix must be 'all', 'equal' or a number of demo episodes"),
+            (self.reference_batch_size >= 1, "reference_batch_size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def peak_lr(self) -> float:
+        from apo_ros.training.registry import METHODS
+
+        return float(self.lr) if self.lr is not None else METHODS[self.method].default_lr
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, *, source: str = "config") -> TrainConfig:
+        """From a mapping of options (ConfigError naming `source` and the field on a mistake)."""
+        from apo_ros.config import parse_config
+
+        return parse_config(cls, overrides=dict(d), source=source)
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides) -> TrainConfig:
+        """From a YAML file, `overrides` (not None) winning."""
+        from apo_ros.config import parse_config
+
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return parse_config(cls, yaml_path=path, overrides=given or None, source="overrides")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """lr at (0-based) step: linear warmup over warmup_steps, then cosine / constant."""
+    peak = config.peak_lr
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return peak
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.min_lr_ratio
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -1,0 +1,165 @@
+"""One entry per training method: its data check, its sampler, its step loss, whether it needs the
+frozen reference, and its default learning rate.
+
+Adding a method = an objective in `objectives.py` (pure tensors) + a step loss in `losses.py`
+that feeds it from a `Batches` + one `register(Method(...))` here. The trainer, the CLI's
+choices, the config's checks and the docs' table read this registry; nothing else tests method
+names.
+
+A step loss (in `losses.py`) is `loss(b: Batches, rows, step) -> StepOutput`, where `rows` is
+what the method's sampler drew for this process (sample rows, or TPO window pairs). Samplers are built for the
+GLOBAL batch (`batch_size x processes`); the trainer hands each process its slice.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from apo_ros.training.cache import DataError
+from apo_ros.training.samplers import BalancedSampler, UniformSampler, WindowSampler
+
+if TYPE_CHECKING:
+    from apo_ros.training.samples import SampleSet
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str  # one line for --help and the docs
+    loss_path: str  # "module:function" of the step loss (b: Batches, rows, step) -> StepOutput,
+    #                 imported on first use so `apo-ros --help` does not import torch
+    sampler: Callable[[SampleSet, object, int, int], object]  # (samples, config, global batch, seed)
+    needs_reference: bool
+    default_lr: float
+    check: Callable[[SampleSet, object], None]  # raises DataError when the data cannot train it
+
+    def loss(self, b, rows, step: int):
+        module, name = self.loss_path.split(":")
+        return getattr(importlib.import_module(module), name)(b, rows, step)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} (known: {list(METHODS)})")
+    return METHODS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data checks (composable)
+# ---------------------------------------------------------------------------------------------
+def _needs_demos(name: str):
+    def check(samples: SampleSet, config) -> None:
+        if not samples.is_demo.any():
+            raise DataError(f"{name} trains on expert demos: give demo bags with --demos")
+    return check
+
+
+def _needs_interaction(name: str):
+    def check(samples: SampleSet, config) -> None:
+        if not samples.has_interaction_data():
+            raise DataError(f"{name} needs interaction data (bags recorded while the policy ran, with "
+                            "human corrections): give them with --data")
+    return check
+
+
+def _needs_interventions(name: str):
+    def check(samples: SampleSet, config) -> None:
+        _needs_interaction(name)(samples, config)
+        if samples.intervention_starts().size == 0:
+            raise DataError(f"{name} learns from interventions, but the --data bags have none "
+                            "(no human-controlled steps)")
+    return check
+
+
+def _all(*checks):
+    def check(samples: SampleSet, config) -> None:
+        for c in checks:
+            c(samples, config)
+    return check
+
+
+def _check_dagger(samples: SampleSet, config) -> None:
+    _needs_interaction("dagger")(samples, config)
+    if not samples.human_mask().any():
+        raise DataError("dagger adds the operator's corrections to the demos, but the --data bags "
+                        "have no human-controlled steps")
+
+
+def _needs_undesirable(name: str):
+    def check(samples: SampleSet, config) -> None:
+        if not samples.undesirable.any():
+            raise DataError(f"{name}: no undesirable samples (no policy steps before any intervention)")
+    return check
+
+
+def _check_tpo_windows(samples: SampleSet, config) -> None:
+    if len(samples.tpo_windows(config.tpo_window)) == 0:
+        raise DataError("tpo: no intervention has policy steps right before it to pair with")
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers
+# ---------------------------------------------------------------------------------------------
+def _uniform(rows: Callable[[SampleSet], np.ndarray]):
+    """Batches drawn uniformly (without replacement per pass) from `rows(samples)`, minus
+    held-out / unused episodes and dropped steps."""
+    def build(samples: SampleSet, config, batch: int, seed: int):
+        keep = ~samples.dropped & samples.trainable_rows()
+        return UniformSampler(np.nonzero(rows(samples) & keep)[0], batch, seed)
+    return build
+
+
+def _balanced(samples: SampleSet, config, batch: int, seed: int):
+    ratios = {"desirable": config.ratio_desirable, "human": config.ratio_human,
+              "undesirable": config.ratio_undesirable}
+    return BalancedSampler(samples.groups(), ratios, batch, seed)
+
+
+def _tpo_pairs(samples: SampleSet, config, batch: int, seed: int):
+    """Draws window pairs: `tpo_pairs` per process (0 = batch_size // (2 tpo_window))."""
+    windows = samples.tpo_windows(config.tpo_window)
+    per_process = config.tpo_pairs or max(1, config.batch_size // (2 * config.tpo_window))
+    processes = batch // config.batch_size  # `batch` is the global batch
+    return WindowSampler(windows, per_process * processes, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods. Learning rates: the paper / public code use SFT 5e-4, APO 5e-5, TPO 2e-5; DAgger
+# and Sirius fine-tune the deployed policy like APO does, so they share its rate by default.
+# ---------------------------------------------------------------------------------------------
+LOSSES = "apo_ros.training.losses"
+register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", _uniform(lambda s: s.is_demo),
+                needs_reference=False, default_lr=5e-4, check=_needs_demos("bc")))
+register(Method("dagger", "HG-DAgger: demos + the operator's corrections", f"{LOSSES}:bc_step",
+                _uniform(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
+                check=_check_dagger))
+register(Method("sirius", "every step, weighted by its Sirius class", f"{LOSSES}:sirius_step",
+                _uniform(lambda s: np.ones(len(s), bool)), needs_reference=False, default_lr=5e-5,
+                check=_needs_interaction("sirius")))
+register(Method("kto", "KTO (TRL semantics) on balanced desirable / human / undesirable batches",
+                f"{LOSSES}:kto_step", _balanced, needs_reference=True, default_lr=5e-5,
+                check=_all(_needs_interventions("kto"), _needs_undesirable("kto"))))
+register(Method("tpo", "trajectory DPO on the windows around each intervention (GRAPE)", f"{LOSSES}:tpo_step",
+                _tpo_pairs, needs_reference=True, default_lr=2e-5,
+                check=_all(_needs_interventions("tpo"), _check_tpo_windows)))
+register(Method("apo", "Action Preference Optimization: gripper masking + adaptive reweighting",
+                f"{LOSSES}:apo_step", _balanced, needs_reference=True, default_lr=5e-5,
+                check=_all(_needs_interventions("apo"), _needs_undesirable("apo"))))
+
+
+def check_method_data(method: str, samples: SampleSet, config) -> None:
+    """Raise DataError with a clear message when the data cannot train `method`."""
+    get_method(method).check(samples, config)
