@@ -10,8 +10,8 @@ the BPE has no merges), then the 1024 `<locNNNN>` and 128 `<segNNN>` tokens at t
 the real model, OpenVLA-style action bins (the last 256 ids of the base vocabulary) land on
 `<loc0896>`..`<seg127>`, and a FAST range of 1024 ids lands on the loc/seg tokens too.
 Constraints PaliGemma's code imposes: the image token id must be inside the vocabulary,
-projection_dim must equal the text hidden size, and input_ids must hold exactly (image_size / patch_size)^2 image tokens per
-image (the processor inserts them).
+projection_dim must equal the text hidden size, and input_ids must hold exactly
+(image_size / patch_size)^2 image tokens per image (the processor inserts them).
 """
 
 from __future__ import annotations
