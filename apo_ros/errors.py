@@ -40,6 +40,9 @@ def _yaml_message(err: BaseException) -> str:
     problem = getattr(err, "problem", None) or _one_line(err)
     if mark is None:
         return f"invalid YAML: {_one_line(problem)}"
+    context, where = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and where is not None and where.line != mark.line:  # e.g. where an unclosed [ opened
+        problem = f"{_one_line(problem)} ({_one_line(context)} at line {where.line + 1})"
     return f"{mark.name}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {_one_line(problem)}"
 
 
