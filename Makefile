@@ -4,6 +4,11 @@ VENV       := .venv
 BIN        := $(VENV)/bin
 # torch==2.13.0 is the CPU build; GPU users: make TORCH_SPEC="torch==2.13.0 --index-url ..." test
 TORCH_SPEC ?= torch==2.13.0
+# Real ROS 2 Jazzy rclpy (Fast DDS) and the standard messages from the package index: no ROS
+# install needed. On a ROS machine whose rclpy comes from apt: make ROS_SPEC= test
+ROS_SPEC   ?= "ros-jazzy-rclpy[fastrtps]==7.1.6" ros-jazzy-std-msgs==5.3.6 \
+              ros-jazzy-sensor-msgs==5.3.6 ros-jazzy-geometry-msgs==5.3.6 \
+              ros-jazzy-std-srvs==5.3.6 ros-jazzy-trajectory-msgs==5.3.6
 STAMP      := $(VENV)/.apo_ros-installed
 DEMO_ARGS  ?=
 PYTEST_ARGS ?=
@@ -17,10 +22,16 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" $(ROS_SPEC)
+	@# rclpy-intellisense (once in the dev extra) overwrites the real rclpy's files: remove it and
+	@# reinstall the real one over what the removal deleted.
+	@if $(BIN)/python -m pip show -q rclpy-intellisense 2>/dev/null; then \
+	  $(BIN)/python -m pip uninstall -q -y rclpy-intellisense && \
+	  $(BIN)/python -m pip install -q --force-reinstall --no-deps \
+	    "ros-rclpy==$$($(BIN)/python -m pip show ros-rclpy | sed -n 's/^Version: //p')"; fi
 	@touch $@
 
 demo: $(STAMP)
@@ -29,18 +40,12 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check apo_ros test launch setup.py
 
-# rclpy cannot be installed from PyPI: rclpy-intellisense ships its Python sources, which become
-# a typed stub package so mypy checks every call the nodes make into rclpy.
-.stubs/rclpy/py.typed: $(STAMP)
-	@rm -rf .stubs && mkdir -p .stubs
-	@cp -r "$$($(BIN)/python -c 'import importlib.util as u; print(u.find_spec("rclpy").submodule_search_locations[0])')" .stubs/rclpy
-	@touch $@
-
-typecheck-nodes: .stubs/rclpy/py.typed
-	MYPYPATH=.stubs $(BIN)/mypy --config-file mypy-nodes.ini apo_ros/nodes
+# mypy checks the nodes against the real rclpy (it ships py.typed) and the message packages.
+typecheck-nodes: $(STAMP)
+	$(BIN)/mypy --config-file mypy-nodes.ini apo_ros/nodes
 
 test: lint typecheck-nodes
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS) test
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS) test
 
 clean:
-	rm -rf $(VENV) .stubs .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -55,7 +55,6 @@ setup(
             "hypothesis>=6",
             "ruff>=0.5",
             "mypy>=1.8",
-            "rclpy-intellisense==1.2.0",
             "pyspacemouse>=2.1",
             "tensorboard>=2.14",
             "accelerate>=0.30",

@@ -2,10 +2,13 @@
 
 Core: apo_ros.runtime.EpisodeRecorder over the recording core's EpisodeWriter. Stream topics are
 subscribed raw: the serialized bytes rclpy receives go to the bag as they are, written at the
-message's header stamp (read from the CDR bytes: no image is deserialized).
+message's header stamp (read from the CDR bytes: no image is deserialized). A message stamped
+before the episode began or more than stamp_tolerance_s in the future is not written (counted
+and logged). Ctrl-C / SIGTERM close an open episode as "abort" (the bag is finalized).
 Records     camera/<name>/image_raw, joint_states, ee_pose, gripper/state, action/executed,
             action/proposed, action/human (raw); instruction (String); episode/events
-            (intervention_start | intervention_end from the arbiter)
+            (intervention_start | intervention_end | hold | resume from the arbiter)
+Provenance  policy/active (String JSON from policy_node): policy_id and stats_id of the next bags
 Lifecycle   services episode/start, episode/success, episode/failure, episode/abort
             (std_srvs/Trigger); device buttons on spacenav/joy (parameters *_button);
             task/success (std_msgs/Bool) ends the episode as a success when end_on_task_success
@@ -15,32 +18,34 @@ Parameters  config/recorder_node.yaml
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 from geometry_msgs.msg import PoseStamped
-from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState, Joy
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from apo_ros.nodes.common import EVENTS_QOS, LATCHED_QOS, STREAM_QOS, declare, now_ns, run, trigger_reply
+from apo_ros.nodes.common import EVENTS_QOS, LATCHED_QOS, STREAM_QOS, ApoNode, run, trigger_reply
 from apo_ros.recording import schema
-from apo_ros.runtime.recorder import INTERVENTION_EVENTS, EpisodeRecorder, RecorderConfig
+from apo_ros.runtime.recorder import EpisodeRecorder, RecorderConfig
 from apo_ros.runtime.ros_io import cdr_header_stamp_ns
 from apo_ros.teleop.joy import joy_to_state
 
 MSG_CLASSES = {schema.IMAGE: Image, schema.COMPRESSED_IMAGE: CompressedImage,
                schema.JOINT_STATE: JointState, schema.POSE_STAMPED: PoseStamped}
 RAW_SKIP = (schema.INSTRUCTION, schema.EPISODE_INFO, schema.EPISODE_EVENTS)  # handled by the core
+RECORDED_EVENTS = ("intervention_start", "intervention_end", "hold", "resume")
 
 
-class RecorderNode(Node):
+class RecorderNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("recorder_node")
-        p = declare(self, {"bags_dir": "bags", "task": "task", "cameras": ["front", "wrist"],
-                           "image_format": "raw", "operator": "", "policy_id": "",
-                           "start_button": -1, "success_button": -1, "failure_button": -1,
-                           "abort_button": -1, "end_on_task_success": True, "auto_start": False})
+        p = self.declare({"bags_dir": "bags", "task": "task", "cameras": ["front", "wrist"],
+                          "image_format": "raw", "operator": "", "start_button": -1,
+                          "success_button": -1, "failure_button": -1, "abort_button": -1,
+                          "end_on_task_success": True, "auto_start": False,
+                          "stamp_tolerance_s": 1.0})
         cfg = RecorderConfig(bags_dir=str(p["bags_dir"]), task=str(p["task"]),
                              cameras=tuple(p["cameras"]), image_format=str(p["image_format"]),
                              operator=str(p["operator"]), start_button=int(p["start_button"]),
@@ -48,71 +53,85 @@ class RecorderNode(Node):
                              failure_button=int(p["failure_button"]),
                              abort_button=int(p["abort_button"]))
         self.recorder = EpisodeRecorder(cfg)
-        self.policy_id = str(p["policy_id"])
+        self.tolerance_ns = int(float(p["stamp_tolerance_s"]) * 1e9)
+        self.provenance = {"policy_id": "", "stats_id": ""}  # from policy/active
         self.end_on_success = bool(p["end_on_task_success"])
         self.instruction = ""
         for spec in schema.topics(cfg.cameras, cfg.image_format):
             if spec.topic in RAW_SKIP:
                 continue
-            self.create_subscription(MSG_CLASSES[spec.msgtype], spec.topic,
-                                     functools.partial(self.on_raw, spec.topic, spec.msgtype),
-                                     STREAM_QOS, raw=True)
-        self.create_subscription(String, "instruction", self.on_instruction, LATCHED_QOS)
-        self.create_subscription(String, "episode/events", self.on_event, EVENTS_QOS)
-        self.create_subscription(String, "policy/checkpoint", self.on_checkpoint, LATCHED_QOS)
-        self.create_subscription(Joy, "spacenav/joy", self.on_joy, STREAM_QOS)
-        self.create_subscription(Bool, "task/success", self.on_task_success, STREAM_QOS)
+            self.subscribe(MSG_CLASSES[spec.msgtype], spec.topic,
+                           functools.partial(self.on_raw, spec.topic, spec.msgtype), STREAM_QOS,
+                           raw=True)
+        self.subscribe(String, "instruction", self.on_instruction, LATCHED_QOS)
+        self.subscribe(String, "episode/events", self.on_event, EVENTS_QOS)
+        self.subscribe(String, "policy/active", self.on_policy_active, LATCHED_QOS)
+        self.subscribe(Joy, "spacenav/joy", self.on_joy, STREAM_QOS)
+        self.subscribe(Bool, "task/success", self.on_task_success, STREAM_QOS)
         for name in ("start", "success", "failure", "abort"):
             self.create_service(Trigger, f"episode/{name}", functools.partial(self.on_service, name))
         if p["auto_start"]:
             self.start_episode()
 
     def start_episode(self) -> str:
-        path = self.recorder.start(now_ns(self), instruction=self.instruction, policy_id=self.policy_id)
-        self.get_logger().info(f"recording {path}")
+        path = self.recorder.start(self.now_ns(), instruction=self.instruction,
+                                   policy_id=self.provenance["policy_id"],
+                                   metadata={"stats_id": self.provenance["stats_id"]})
+        self.get_logger().info(f"recording {path} (policy {self.provenance['policy_id'] or '?'})")
         return path
 
     def on_raw(self, topic: str, msgtype: str, cdr: bytes) -> None:
         if self.recorder.active:
-            self.recorder.record_serialized(topic, msgtype, cdr_header_stamp_ns(cdr), cdr)
+            stamp = cdr_header_stamp_ns(cdr)
+            if stamp > self.now_ns() + self.tolerance_ns:
+                raise ValueError(f"stamp {stamp / 1e9:.3f} s is in the future; not written")
+            self.recorder.record_serialized(topic, msgtype, stamp, cdr)
 
     def on_instruction(self, msg: Any) -> None:
         self.instruction = str(msg.data)
 
-    def on_checkpoint(self, msg: Any) -> None:
-        self.policy_id = str(msg.data)  # the next episode names the checkpoint that ran it
+    def on_policy_active(self, msg: Any) -> None:
+        info = json.loads(msg.data)
+        if not isinstance(info, dict) or not isinstance(info.get("policy_id"), str):
+            raise ValueError("policy/active must be a JSON object with a policy_id")
+        self.provenance = {"policy_id": info["policy_id"], "stats_id": str(info.get("stats_id", ""))}
 
     def on_event(self, msg: Any) -> None:
-        if self.recorder.active and msg.data in INTERVENTION_EVENTS:
-            self.recorder.record_event(now_ns(self), str(msg.data))
+        if msg.data not in RECORDED_EVENTS:
+            raise ValueError(f"unknown event {msg.data!r} (expected one of {RECORDED_EVENTS})")
+        if self.recorder.active:
+            self.recorder.record_event(self.now_ns(), str(msg.data))
 
     def on_joy(self, msg: Any) -> None:
-        now = now_ns(self)
+        now = self.now_ns()
         happened = self.recorder.on_device(joy_to_state(msg, now / 1e9), now)
         if happened:
             self.get_logger().info(f"episode {happened} (device button)")
 
     def on_task_success(self, msg: Any) -> None:
         if msg.data and self.end_on_success and self.recorder.active:
-            record = self.recorder.success(now_ns(self))
+            record = self.recorder.success(self.now_ns())
             self.get_logger().info(f"success: {record.path} ({record.interventions} interventions)")
 
     def on_service(self, name: str, request: Any, response: Any) -> Any:
         try:
             if name == "start":
                 return trigger_reply(response, True, self.start_episode())
-            record = self.recorder.finish(name, now_ns(self))
+            record = self.recorder.finish(name, self.now_ns())
         except RuntimeError as err:  # no episode open / one already open
             return trigger_reply(response, False, str(err))
         return trigger_reply(response, True, f"{record.path}: {name}, "
                                              f"{record.interventions} interventions")
 
     def close(self) -> None:
+        path = self.recorder.path
         self.recorder.close()
+        if path:
+            self.get_logger().info(f"{path}: closed as abort (shutdown)")
 
 
 def main(args: list[str] | None = None) -> int:
-    return run(RecorderNode, args)
+    return run(RecorderNode, "recorder_node", args)
 
 
 if __name__ == "__main__":

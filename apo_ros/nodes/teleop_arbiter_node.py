@@ -1,15 +1,19 @@
-"""teleop_arbiter_node: decides, every control step, whether the policy or the operator drives.
+"""teleop_arbiter_node: decides, once per control step, whether the policy or the operator drives.
 
-Core: apo_ros.teleop.TeleopArbiter (modes, take-over / hand-back, timeouts, device loss) and a
-final SafetyFilter on whatever is executed. The SpaceMouse is read directly (pyspacemouse,
+Core: apo_ros.teleop.TeleopArbiter (modes, take-over / hand-back, device loss) and a final
+SafetyFilter on whatever is executed. The SpaceMouse is read directly (pyspacemouse,
 device:=spacemouse) or through the `spacenav` driver's Joy messages (device:=joy).
+Timing: a new ee_pose (the arm's observation) opens a control step. The step is decided once: on
+the policy's command for that observation, or at once when the operator drives or the arm holds,
+or after decision_deadline_s without a command (then no policy action: zero twist). Each policy
+command is executed at most once; a late or repeated one is dropped. One twist per step.
 Subscribes  policy/command (JointState action), ee_pose (PoseStamped), gripper/state (JointState),
             spacenav/joy (sensor_msgs/Joy, device:=joy)
 Publishes   arm/delta_twist_cmds (TwistStamped, current stamp: MoveIt Servo's input),
             gripper/command (std_msgs/Float64, 0 closed .. 1 open),
             action/executed (JointState action: frame_id = source, header.stamp = observation),
-            action/human (the operator's command), episode/events (String: intervention_start|end),
-            teleop/mode (String: autonomous | intervention | hold)
+            action/human (the operator's command), episode/events (String: intervention_start |
+            intervention_end | hold | resume), teleop/mode (String: autonomous | intervention | hold)
 Services    teleop/hold, teleop/resume (std_srvs/Trigger)
 Parameters  config/teleop_arbiter_node.yaml
 """
@@ -18,111 +22,152 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rclpy.node import Node
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
 
 from apo_ros.actions.space import SOURCES
-from apo_ros.nodes.common import EVENTS_QOS, STREAM_QOS, declare, now_ns, run, trigger_reply
+from apo_ros.nodes.common import EVENTS_QOS, STREAM_QOS, ApoNode, StartupError, run, trigger_reply
 from apo_ros.recording import messages as M
 from apo_ros.runtime.config import load_safety_filter
 from apo_ros.runtime.ros_io import action_to_twist
-from apo_ros.teleop.arbiter import ArbiterConfig, PolicyCommand, TeleopArbiter
+from apo_ros.teleop.arbiter import ArbiterConfig, ArbiterEvent, Mode, PolicyCommand, TeleopArbiter
 from apo_ros.teleop.device import TeleopDevice
 from apo_ros.teleop.joy import JoyConfig, JoyDevice
-from apo_ros.teleop.spacemouse import SpaceMouse, SpaceMouseConfig
 
 ARBITER_PARAMS = {"max_delta": [0.01, 0.01, 0.01, 0.05, 0.05, 0.05], "takeover_on_motion": True,
                   "takeover_deadzone": 0.15, "takeover_button": -1, "handback_button": -1,
                   "idle_handback_s": 1.0, "gripper_close_button": 0, "gripper_open_button": 1,
                   "gripper_takes_over": True, "policy_timeout_s": 0.25, "device_timeout_s": 0.25,
                   "hold_on_device_loss": True}
+RECORDED_EVENTS = ("intervention_start", "intervention_end", "hold", "resume")
+NS = 1_000_000_000
 
 
-class TeleopArbiterNode(Node):
+class TeleopArbiterNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("teleop_arbiter_node")
-        p = declare(self, {"control_hz": 10.0, "device": "spacemouse", "deadzone": 0.05,
-                           "axis_scale": [1.0] * 6, "axis_sign": [1.0] * 6, "safety_config": "",
-                           "frame_id": "base_link", **ARBITER_PARAMS})
+        p = self.declare({"control_hz": 10.0, "device": "spacemouse", "deadzone": 0.05,
+                          "axis_scale": [1.0] * 6, "axis_sign": [1.0] * 6, "safety_config": "",
+                          "frame_id": "base_link", "decision_deadline_s": 0.06, **ARBITER_PARAMS})
         self.control_hz = float(p["control_hz"])
         self.frame_id = str(p["frame_id"])
+        self.deadline_ns = int(float(p["decision_deadline_s"]) * NS)
         self.types = M.rclpy_types()
         self.arbiter = TeleopArbiter(ArbiterConfig(**{k: p[k] for k in ARBITER_PARAMS}))
         self.safety = load_safety_filter(p["safety_config"])
         self.ee: Any = None
-        self.obs_stamp = 0  # stamp of the latest ee pose: what the operator's command reacts to
         self.gripper = 1.0
-        self.joy: JoyDevice | None = None
+        # the control step: the observation (ee_pose) that opened it, when it arrived, and
+        # whether it is still waiting for its decision
+        self.step_stamp = self.prev_step_stamp = self.step_rx = 0
+        self.step_open = False
+        self.last_command_stamp = 0  # observation of the last policy command executed
         self.device: TeleopDevice
+        self.joy: JoyDevice | None = None
         if p["device"] == "joy":
             self.joy = self.device = JoyDevice(JoyConfig(scale=tuple(p["axis_scale"]),
                                                          deadzone=float(p["deadzone"]),
                                                          sign=tuple(p["axis_sign"])))
-            self.create_subscription(Joy, "spacenav/joy", self.on_joy, STREAM_QOS)
+            self.subscribe(Joy, "spacenav/joy", self.on_joy, STREAM_QOS)
         elif p["device"] == "spacemouse":
+            from apo_ros.teleop.spacemouse import SpaceMouse, SpaceMouseConfig
+
             self.device = SpaceMouse(SpaceMouseConfig(scale=tuple(p["axis_scale"]),
                                                       deadzone=float(p["deadzone"]),
                                                       sign=tuple(p["axis_sign"])))
         else:
-            raise ValueError(f"device must be 'spacemouse' or 'joy', got {p['device']!r}")
+            raise StartupError(f"device must be 'spacemouse' or 'joy', got {p['device']!r}")
         self.twist_pub = self.create_publisher(TwistStamped, "arm/delta_twist_cmds", STREAM_QOS)
         self.gripper_pub = self.create_publisher(Float64, "gripper/command", STREAM_QOS)
         self.executed_pub = self.create_publisher(JointState, "action/executed", STREAM_QOS)
         self.human_pub = self.create_publisher(JointState, "action/human", STREAM_QOS)
         self.events_pub = self.create_publisher(String, "episode/events", EVENTS_QOS)
         self.mode_pub = self.create_publisher(String, "teleop/mode", STREAM_QOS)
-        self.create_subscription(JointState, "policy/command", self.on_policy, STREAM_QOS)
-        self.create_subscription(PoseStamped, "ee_pose", self.on_ee_pose, STREAM_QOS)
-        self.create_subscription(JointState, "gripper/state", self.on_gripper, STREAM_QOS)
+        self.subscribe(JointState, "policy/command", self.on_policy, STREAM_QOS)
+        self.subscribe(PoseStamped, "ee_pose", self.on_ee_pose, STREAM_QOS)
+        self.subscribe(JointState, "gripper/state", self.on_gripper, STREAM_QOS)
         self.create_service(Trigger, "teleop/hold", self.on_hold)
         self.create_service(Trigger, "teleop/resume", self.on_resume)
-        self.create_timer(1.0 / self.control_hz, self.tick)
+        self.create_timer(0.01, self.on_deadline)
 
-    # callbacks run on the single-threaded executor, like tick(): the arbiter needs no lock
+    # callbacks run on the single-threaded executor: the arbiter needs no lock
+    def on_ee_pose(self, msg: Any) -> None:
+        pose = M.pose_stamped_to_array(msg)
+        stamp = M.stamp_to_ns(msg.header)
+        if not np.all(np.isfinite(pose)):
+            raise ValueError("pose has non-finite values")
+        if stamp <= self.step_stamp:
+            raise ValueError(f"stamp {stamp} is not newer than the last observation's")
+        if self.step_open:  # its deadline did not pass in time: no twist for it any more
+            self.count("ee_pose", "a control step ended undecided")
+        self.ee = pose[:3]
+        self.prev_step_stamp, self.step_stamp, self.step_rx = self.step_stamp, stamp, self.now_ns()
+        self.step_open = True
+        if self.arbiter.mode is not Mode.AUTONOMOUS:
+            self.decide(None)  # the operator drives (or the arm holds): no policy to wait for
+
     def on_policy(self, msg: Any) -> None:
         action, _source, obs_stamp = M.joint_state_to_action(msg)
-        self.arbiter.on_policy(PolicyCommand(action, obs_stamp), now_ns(self))
+        late = self.now_ns() - self.step_rx > self.deadline_ns
+        if not self.step_open or late or obs_stamp <= max(self.prev_step_stamp, self.last_command_stamp):
+            self.count("policy/command", "a command arrived after its control step was decided "
+                                         "(late or repeated): dropped")
+            return
+        self.last_command_stamp = obs_stamp
+        self.decide(PolicyCommand(action, obs_stamp))
+
+    def on_deadline(self) -> None:
+        if self.step_open and self.now_ns() - self.step_rx > self.deadline_ns:
+            if self.arbiter.mode is Mode.AUTONOMOUS:
+                self.count("policy/command", "no command for the observation in time: no motion")
+            self.decide(None)
 
     def on_joy(self, msg: Any) -> None:
         if self.joy is not None:
-            self.joy.on_joy(msg, now_ns(self) / 1e9)
-
-    def on_ee_pose(self, msg: Any) -> None:
-        self.ee = M.pose_stamped_to_array(msg)[:3]
-        self.obs_stamp = M.stamp_to_ns(msg.header)
+            self.joy.on_joy(msg, self.now_ns() / 1e9)
 
     def on_gripper(self, msg: Any) -> None:
         _names, pos = M.joint_state_arrays(msg)
-        if len(pos):
-            self.gripper = float(pos[0])
+        if pos.size < 1 or not np.isfinite(pos[0]):
+            raise ValueError("gripper state has no finite position")
+        self.gripper = float(pos[0])
 
-    def tick(self) -> None:
-        now = now_ns(self)
-        out = self.arbiter.update(now, device=self.device.read(), obs_stamp_ns=self.obs_stamp)
+    def decide(self, command: PolicyCommand | None) -> None:
+        """The control step's one decision: one twist, and the executed action if anyone acts."""
+        self.step_open = False
+        now = self.now_ns()
+        out = self.arbiter.update(now, policy=command, device=self.device.read(),
+                                  obs_stamp_ns=self.step_stamp)
+        self.arbiter.expire_policy()
         # The last check before the arm: an unknown ee pose means no motion at all.
         safe = self.safety.filter(out.action, self.ee, self.gripper).action
         linear, angular, gripper = action_to_twist(safe, self.control_hz)
         self.twist_pub.publish(M.make_twist_stamped(self.types, now, linear, angular, self.frame_id))
         self.gripper_pub.publish(Float64(data=gripper))
-        for event in out.events:
-            self.events_pub.publish(String(data=event.kind))
-            if event.kind in ("device_lost", "hold", "human_stale", "policy_stale"):
-                self.get_logger().warn(f"{event.kind}: {event.detail}")
+        self.publish_events(out.events)
         if out.source in SOURCES:
             self.executed_pub.publish(M.make_action(self.types, out.obs_stamp_ns, safe, out.source))
         if out.source == "human":
             self.human_pub.publish(M.make_action(self.types, out.obs_stamp_ns, out.action, "human"))
         self.mode_pub.publish(String(data=out.mode.value))
 
+    def publish_events(self, events: list[ArbiterEvent]) -> None:
+        for event in events:
+            if event.kind in RECORDED_EVENTS:
+                self.events_pub.publish(String(data=event.kind))
+            if event.kind in ("device_lost", "hold", "human_stale"):
+                self.get_logger().warning(f"{event.kind}: {event.detail}")
+
     def on_hold(self, request: Any, response: Any) -> Any:
-        self.arbiter.hold(now_ns(self), "service")
+        self.publish_events(self.arbiter.hold(self.now_ns(), "teleop/hold service"))
         return trigger_reply(response, True, "holding: no motion until teleop/resume")
 
     def on_resume(self, request: Any, response: Any) -> Any:
-        events = self.arbiter.resume(now_ns(self))
+        events = self.arbiter.resume(self.now_ns())
+        self.publish_events(events)
         return trigger_reply(response, bool(events), "resumed" if events else "was not holding")
 
     def close(self) -> None:
@@ -130,7 +175,7 @@ class TeleopArbiterNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run(TeleopArbiterNode, args)
+    return run(TeleopArbiterNode, "teleop_arbiter_node", args)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from apo_ros.nodes.common import LATCHED_QOS, STREAM_QOS, declare, run, trigger_reply
+from apo_ros.nodes.common import (
+    LATCHED_QOS,
+    STREAM_QOS,
+    ApoNode,
+    StartupError,
+    run,
+    safe_publish,
+    trigger_reply,
+)
 from apo_ros.runtime.rounds import RoundResult, TrainingRounds, make_train_fn
 
 
-class TrainerNode(Node):
+class TrainerNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("trainer_node")
-        p = declare(self, {"init_checkpoint": "", "demos_dir": "demos", "bags_dir": "bags",
+        p = self.declare({"init_checkpoint": "", "demos_dir": "demos", "bags_dir": "bags",
                            "out_dir": "checkpoints", "train_config": "", "method": "apo",
                            "steps": 500, "device": ""})
         if not p["init_checkpoint"]:
-            raise ValueError("trainer_node: set 'init_checkpoint' (the deployed checkpoint)")
+            raise StartupError("set 'init_checkpoint' (the deployed checkpoint)")
         train_fn = make_train_fn(demos=[str(p["demos_dir"])], data=[str(p["bags_dir"])],
                                  config_path=str(p["train_config"]), method=str(p["method"]),
                                  steps=int(p["steps"]), device=str(p["device"]) or None)
@@ -44,16 +51,16 @@ class TrainerNode(Node):
 
     def on_done(self, result: RoundResult) -> None:  # training thread; publish is thread-safe
         if result.checkpoint:
-            self.checkpoint_pub.publish(String(data=result.checkpoint))
-            self.status_pub.publish(String(data=f"round {result.index} done: {result.checkpoint}"))
+            safe_publish(self.checkpoint_pub, String(data=result.checkpoint))
+            safe_publish(self.status_pub, String(data=f"round {result.index} done: {result.checkpoint}"))
             self.get_logger().info(f"round {result.index}: new checkpoint {result.checkpoint}")
         else:
-            self.status_pub.publish(String(data=f"round {result.index} failed: {result.error}"))
+            safe_publish(self.status_pub, String(data=f"round {result.index} failed: {result.error}"))
             self.get_logger().error(f"round {result.index} failed: {result.error}")
 
 
 def main(args: list[str] | None = None) -> int:
-    return run(TrainerNode, args)
+    return run(TrainerNode, "trainer_node", args)
 
 
 if __name__ == "__main__":

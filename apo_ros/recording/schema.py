@@ -53,6 +53,7 @@ GRIPPER_JOINT = "gripper"  # the single name in gripper/state
 
 EVENT_KINDS: tuple[str, ...] = (
     "start", "success", "failure", "abort", "intervention_start", "intervention_end",
+    "hold", "resume",  # the operator stopped the arm (teleop/hold, device lost) / released it
 )
 TERMINAL_EVENTS: tuple[str, ...] = ("success", "failure", "abort")
 

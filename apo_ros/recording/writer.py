@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 METADATA_KEYS = ("task", "instruction", "policy_id", "operator", "stats_id")
 
 
+class StampOutsideEpisode(ValueError):
+    """A message stamped before the episode began (a zero or uninitialised stamp, a clock from
+    another machine): it is not written, or the bag would start decades early."""
+
+
 def _to_custom_str(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
@@ -65,6 +70,7 @@ class EpisodeWriter:
         jpeg_quality: int = 90,  # OpenCV JPEG quality when image_format == "jpeg"
         flush_interval_s: float = 1.0,  # wall seconds between forced chunk flushes (0 = only at 1 MiB)
         close_on_signals: bool = False,  # install SIGINT/SIGTERM handlers that close with "abort"
+        stamp_tolerance_s: float = 1.0,  # stamps this much before the first one are still written
     ) -> None:
         from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
@@ -100,7 +106,10 @@ class EpisodeWriter:
         self._pending_signal: int | None = None
         self._restore_signals: Callable[[], None] | None = None
         self._started = False
+        self._first_stamp = 0
         self._last_stamp = 0
+        self.stamp_tolerance_ns = int(stamp_tolerance_s * 1e9)
+        self.rejected: dict[str, int] = {}  # messages not written per topic: stamp outside the episode
         self._last_instruction: str | None = None
         self._last_flush = time.monotonic()
         if close_on_signals:
@@ -135,14 +144,27 @@ class EpisodeWriter:
             elif self._msgtypes[topic] != msgtype:
                 raise ValueError(f"{topic}: expected {self._msgtypes[topic]}, got {msgtype}")
             stamp_ns = int(stamp_ns)
-            if stamp_ns < 0:
-                raise ValueError(f"{topic}: negative stamp {stamp_ns}")
+            self._check_stamp(topic, stamp_ns)
             self._ensure_started(stamp_ns)
             self._writer.write(conn, stamp_ns, cdr)
             self.counts[topic] += 1
             self._last_stamp = max(self._last_stamp, stamp_ns)
             if self.flush_interval_s > 0 and time.monotonic() - self._last_flush > self.flush_interval_s:
                 self._flush_locked()
+
+    def _check_stamp(self, topic: str, stamp_ns: int) -> None:
+        """The episode begins at the first stamp written (the recorder's start event); a message
+        stamped more than stamp_tolerance_s before it (or negative) is rejected, counted in
+        `rejected` and in custom_data, and reported once per topic."""
+        earliest = self._first_stamp - self.stamp_tolerance_ns if self._started else 0
+        if stamp_ns >= max(earliest, 0):
+            return
+        n = self.rejected[topic] = self.rejected.get(topic, 0) + 1
+        problem = (f"{topic}: stamp {stamp_ns / 1e9:.3f} s is before the episode began "
+                   f"({self._first_stamp / 1e9:.3f} s); not written")
+        if n == 1:
+            log.warning("%s: %s", self.path, problem)
+        raise StampOutsideEpisode(problem)
 
     @contextlib.contextmanager
     def _guard(self):
@@ -172,6 +194,7 @@ class EpisodeWriter:
         if self._started:
             return
         self._started = True
+        self._first_stamp = stamp_ns
         info = {k: _to_custom_str(v) for k, v in self._custom_data("unknown").items()}
         self._write_msg_nolock(schema.EPISODE_INFO, M.make_string(self.types, json.dumps(info)), stamp_ns)
         instruction = self.metadata.get("instruction")
@@ -319,6 +342,8 @@ class EpisodeWriter:
             "action_names": ",".join(ACTION_NAMES),
             "distro": self.distro,
         })
+        if self.rejected:
+            data["rejected_stamps"] = json.dumps(self.rejected, sort_keys=True)
         return data
 
     def close(self, outcome: str = "unknown") -> None:

@@ -77,6 +77,7 @@ class PolicyRunner:
         self._chunk_ok = True
         self._chunk_pos = 0
         self._chunk_obs_stamp = 0
+        self._chunk_error = ""  # why the current chunk failed ("" when it did not)
         self._latencies_ns: deque[int] = deque(maxlen=self.config.latency_window)
         self.steps = 0
         self.plans = 0
@@ -126,10 +127,14 @@ class PolicyRunner:
             if chunk.ndim == 1:
                 chunk = chunk[None, :]
             if chunk.ndim != 2 or chunk.shape[1] != ACTION_DIM or len(chunk) == 0:
-                chunk, ok = np.full((1, ACTION_DIM), np.nan), False
-        except (ValueError, RuntimeError, FloatingPointError):
-            # A policy that crashes on one observation stops the arm for this step, not the loop.
+                raise ValueError(f"the policy returned actions of shape {chunk.shape}, "
+                                 f"expected (n, {ACTION_DIM})")
+            self._chunk_error = ""
+        except Exception as err:  # noqa: BLE001 - any policy code: stop the arm, not the loop
+            # A policy that crashes on one observation stops the arm for this step, not the loop;
+            # the cause travels with the step so the caller can log it.
             chunk, ok = np.full((1, ACTION_DIM), np.nan), False
+            self._chunk_error = f"{type(err).__name__}: {err}"
         elapsed = time.perf_counter_ns() - t0
         self._latencies_ns.append(elapsed)
         self._chunk, self._chunk_ok, self._chunk_pos = chunk, bool(ok), 0
@@ -156,7 +161,9 @@ class PolicyRunner:
             result = self.safety.filter(proposed, ee, observation.gripper, age_s=age_s)
         else:
             self.decode_failures += 1
-            result = FilterResult(zero_action(_hold(observation.gripper)), False, ["decode_failed"])
+            reasons = ["decode_failed"] + ([f"policy_error: {self._chunk_error}"]
+                                           if self._chunk_error else [])
+            result = FilterResult(zero_action(_hold(observation.gripper)), False, reasons)
         if not result.ok:
             self._chunk = None  # never continue a chunk that produced a rejected action
         self.steps += 1
@@ -171,10 +178,22 @@ class PolicyRunner:
         return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
                 "n": int(arr.size)}
 
+    def provenance(self) -> dict[str, str]:
+        return provenance(self.policy, self.policy_id)
+
     def stats(self) -> dict[str, Any]:
         return {"steps": self.steps, "plans": self.plans, "swaps": self.swaps,
                 "decode_failures": self.decode_failures, "latency_ms": self.latency_ms(),
                 "filter": self.safety.summary(), "policy_id": self.policy_id}
+
+
+def provenance(policy: Any, policy_id: str) -> dict[str, str]:
+    """What a bag records about the policy that acted: its content-hash id and the id of its
+    action statistics ("" for a policy without statistics, e.g. the scripted expert). The
+    in-process session and the ROS graph both write exactly this."""
+    stats = getattr(policy, "stats", None)
+    stats_id = stats.statistics_id() if hasattr(stats, "statistics_id") else ""
+    return {"policy_id": str(policy_id), "stats_id": str(stats_id)}
 
 
 def _hold(gripper: float) -> float:

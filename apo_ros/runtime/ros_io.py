@@ -149,3 +149,33 @@ class CommandTimeout:
             if self._value is None or now_ns - self._rx_ns > self.timeout_ns:
                 return None
             return self._value
+
+
+class CommandOnce:
+    """Each command is executed once, then expires (the sim arm's input): `put` stores the latest
+    command, `take` returns it once. Nothing new since the last take, or a command older than
+    `timeout_s` (from receive time), reads as None: no motion, never a repeated command. Counts
+    commands replaced before they were taken (`superseded`: they arrived faster than the arm
+    executes them) and commands that expired untaken (`expired`)."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_ns = int(timeout_s * NS)
+        self._value: Any = None
+        self._rx_ns = 0
+        self._lock = threading.Lock()
+        self.superseded = 0
+        self.expired = 0
+
+    def put(self, value: Any, now_ns: int) -> None:
+        with self._lock:
+            if self._value is not None:
+                self.superseded += 1
+            self._value, self._rx_ns = value, now_ns
+
+    def take(self, now_ns: int) -> Any:
+        with self._lock:
+            value, self._value = self._value, None
+            if value is not None and now_ns - self._rx_ns > self.timeout_ns:
+                self.expired += 1
+                return None
+            return value

@@ -249,7 +249,8 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                 device_adapter.reset()
                 arbiter = TeleopArbiter(session_arbiter_config(max_delta), initial_gripper=obs.gripper)
                 recorder.start(obs.stamp_ns, instruction=env.instruction, policy_id=pid,
-                               metadata={"seed": str(ep_seed), "control_hz": str(control_hz)})
+                               metadata={"seed": str(ep_seed), "control_hz": str(control_hz),
+                                         "stats_id": runner.provenance()["stats_id"]})
                 outcome, step = "failure", 0
                 while True:
                     t0 = time.perf_counter()

@@ -132,6 +132,12 @@ class TeleopArbiter:
         self._policy_rx_ns = now_ns
         self._policy_stale_reported = False
 
+    def expire_policy(self) -> None:
+        """Forget the policy's command. An event-driven caller (the arbiter node) hands each
+        command to exactly one update() and expires it after, so it is never executed twice."""
+        self._policy = None
+        self._policy_rx_ns = None
+
     def on_device(self, state: DeviceState, now_ns: int) -> None:
         if state.connected and state.t != self._device.t:
             self._device_rx_ns = now_ns
