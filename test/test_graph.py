@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
 from sensor_msgs.msg import Image, JointState, Joy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
@@ -293,7 +292,7 @@ def test_kill_9_of_the_recorder_is_repaired(stack):
     proc = subprocess.run([sys.executable, "-m", "apo_ros.cli", "bags", "repair", path],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    repaired = [p for p in stack.bags.iterdir() if p.name.startswith(Path(path).name) and p.name != Path(path).name]
+    repaired = [p for p in stack.bags.iterdir() if p.name == Path(path).name + "_repaired"]
     assert len(repaired) == 1, (proc.stdout, list(stack.bags.iterdir()))
     info = bags_info(str(repaired[0]))
     assert info["truncated"] and info["steps"] >= 5

@@ -1,25 +1,25 @@
-"""The ROS layer without ROS: mypy checks the nodes against rclpy's own Python sources (the
-`make typecheck-nodes` check, proven to have teeth on a broken node), and every node file, config
-file and launch file is cross-checked with ast / yaml."""
+"""The ROS layer checked statically: mypy checks the nodes against the real rclpy and message
+packages (the `make typecheck-nodes` check, proven to have teeth on a broken node), and the node
+files, config files, the wiring table and the launch files are cross-checked."""
 
 import ast
-import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
+
+from apo_ros.nodes.wiring import GRAPHS, Arg, resolve
+from apo_ros.recording import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = ["policy_node", "teleop_arbiter_node", "recorder_node", "trainer_node", "sim_arm_node"]
 
 BROKEN_NODE = '''
 from rclpy.node import Node
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 
@@ -32,33 +32,16 @@ class Broken(Node):
 
     def tick(self) -> None:
         self.get_clock().now().nanosecondz
+        JointState().positions.append(1.0)
 '''
-
-
-def ensure_stubs() -> Path:
-    """.stubs/rclpy with py.typed, built as the Makefile builds it (rclpy-intellisense's sources)."""
-    stubs = ROOT / ".stubs"
-    if (stubs / "rclpy" / "py.typed").exists():
-        return stubs
-    src = importlib.util.find_spec("rclpy").submodule_search_locations[0]
-    tmp = Path(tempfile.mkdtemp(dir=ROOT, prefix=".stubs-"))
-    shutil.copytree(src, tmp / "rclpy")
-    (tmp / "rclpy" / "py.typed").touch()
-    try:
-        os.rename(tmp, stubs)  # atomic: a parallel worker may have built it meanwhile
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return stubs
 
 
 @pytest.fixture(scope="module")
 def mypy_output(tmp_path_factory):
-    stubs = ensure_stubs()
     broken = tmp_path_factory.mktemp("broken") / "broken_node.py"
     broken.write_text(BROKEN_NODE)
-    env = dict(os.environ, MYPYPATH=str(stubs))
     proc = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "mypy-nodes.ini"),
-                           "apo_ros/nodes", str(broken)], cwd=ROOT, env=env, capture_output=True,
+                           "apo_ros/nodes", str(broken)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     return proc.stdout + proc.stderr
 
@@ -75,6 +58,23 @@ def test_static_check_has_teeth(mypy_output):
     assert re.search(r'Missing positional argument "qos_profile".*create_subscription', text), mypy_output
     assert 'Unexpected keyword argument "latched"' in text, mypy_output
     assert "nanosecondz" in text, mypy_output
+    # the message packages are checked too (JointState has `position`, not `positions`)
+    assert '"JointState" has no attribute "positions"' in text, mypy_output
+
+
+def test_the_real_rclpy_is_installed():
+    """rclpy-intellisense (a copy of old rclpy sources) overwrote the real rclpy's files and
+    broke create_node; the real one ships py.typed and its C extension."""
+    import importlib.metadata as md
+
+    import rclpy
+
+    with pytest.raises(md.PackageNotFoundError):
+        md.distribution("rclpy-intellisense")
+    package = Path(rclpy.__file__).parent
+    assert (package / "py.typed").is_file() and list(package.glob("_rclpy_pybind11*.so"))
+    setup = (ROOT / "setup.py").read_text()
+    assert "rclpy-intellisense" not in setup
 
 
 def _tree(path: Path) -> ast.Module:
@@ -98,27 +98,20 @@ def test_node_files_are_thin_glue_with_main_and_config(name):
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert "main" in functions
     assert _console_scripts()[name] == f"apo_ros.nodes.{name}:main"
-    # a node's parameters live in config/<node>.yaml under `<node>: ros__parameters:`, and every
-    # key there is a parameter the node declares (a typo would be silently ignored by ROS)
-    declared = set()
-    for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "declare":
-            for d in call.args[1:]:
-                if isinstance(d, ast.Dict):
-                    declared |= {k.value for k in d.keys if isinstance(k, ast.Constant)}
-    for assign in tree.body:  # module-level parameter dicts merged in with **
-        if isinstance(assign, ast.Assign) and isinstance(assign.value, ast.Dict):
-            declared |= {k.value for k in assign.value.keys if isinstance(k, ast.Constant)}
+    # a node's parameters live in config/<node>.yaml under `<node>: ros__parameters:` (the node
+    # reads it as its defaults, so `ros2 run apo_ros <node>` runs with it); every key there is a
+    # parameter the node declares, with the declared type (ROS refuses a double for an integer)
+    declared = _declared_parameters(name)
     config = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
     params = config[name]["ros__parameters"]
-    unknown = set(params) - declared
+    unknown = set(params) - set(declared)
     assert not unknown, f"config/{name}.yaml sets undeclared parameters {unknown}"
+    for key, value in params.items():
+        if declared[key] is not None:
+            assert type(value) is type(declared[key]), f"config/{name}.yaml: {key} {value!r}"
     # glue stays glue: no node file grows an algorithm
     assert len(path.read_text().splitlines()) < 180
-    # only the node layer imports rclpy
-    imports = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imports |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert "rclpy" in imports
+    assert "ApoNode" in path.read_text()  # malformed messages dropped, clean shutdown
 
 
 def test_only_the_node_layer_imports_rclpy():
@@ -132,53 +125,85 @@ def test_only_the_node_layer_imports_rclpy():
     assert offenders == []
 
 
-LAUNCH_FILES = ["sim.launch.py", "robot.launch.py", "train.launch.py", "replay.launch.py"]
+LAUNCH_FILES = {"sim.launch.py": "SIM", "robot.launch.py": "ROBOT", "train.launch.py": "TRAIN"}
 
 
-def _calls(tree, name):
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == name]
+@pytest.mark.parametrize("name", sorted(LAUNCH_FILES))
+def test_launch_files_are_thin_readers_of_the_wiring_table(name):
+    tree = ast.parse((ROOT / "launch" / name).read_text())
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert [f.name for f in functions] == ["generate_launch_description"]
+    (ret,) = [n for n in ast.walk(functions[0]) if isinstance(n, ast.Return)]
+    call = ret.value
+    assert isinstance(call, ast.Call) and call.func.id == "launch_description"
+    assert call.args[0].id == LAUNCH_FILES[name]
 
 
-def _kw(call, key):
-    for k in call.keywords:
-        if k.arg == key and isinstance(k.value, ast.Constant):
-            return k.value.value
-    return None
+def _declared_parameters(executable: str) -> dict:
+    """The node's declared parameters and defaults, read from its source."""
+    tree = _tree(ROOT / "apo_ros" / "nodes" / f"{executable}.py")
+    declared = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                    try:
+                        declared[k.value] = ast.literal_eval(v)
+                    except ValueError:
+                        declared[k.value] = None
+    return declared
 
 
-@pytest.mark.parametrize("name", LAUNCH_FILES)
-def test_launch_files_reference_existing_executables_and_files(name):
-    path = ROOT / "launch" / name
-    source = path.read_text()
-    compile(source, str(path), "exec")
-    tree = ast.parse(source)
-    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
+@pytest.mark.parametrize("key", sorted(GRAPHS))
+def test_wiring_table(key):
+    graph = GRAPHS[key]
     scripts = _console_scripts()
-    for call in _calls(tree, "Node"):
-        package, executable = _kw(call, "package"), _kw(call, "executable")
-        if package == "apo_ros":
-            assert executable in scripts, f"{name}: no console script {executable!r}"
-            assert _kw(call, "name") in (None, executable)
-        else:
-            assert (package, executable) == ("robot_state_publisher", "robot_state_publisher")
-    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-    for s in strings:
-        if s.endswith(".yaml"):
-            assert (ROOT / "config" / s).is_file(), f"{name}: config/{s} missing"
-        if s.endswith(".urdf"):
-            assert (ROOT / "urdf" / s).is_file(), f"{name}: urdf/{s} missing"
-    declared = {a.args[0].value for a in _calls(tree, "DeclareLaunchArgument")}
-    used = {c.args[0].value for c in _calls(tree, "arg") + _calls(tree, "LaunchConfiguration")
-            if c.args and isinstance(c.args[0], ast.Constant)}
-    assert used <= declared, f"{name}: launch arguments used but not declared: {used - declared}"
+    names = [a.name for a in graph.arguments]
+    assert len(names) == len(set(names))
+    used = set()
+    for spec in graph.nodes:
+        values = list(spec.parameters.values()) + [dst for _, dst in spec.remappings] + [spec.urdf]
+        used |= {v.name for v in values if isinstance(v, Arg)}
+        if not spec.runs_here:
+            assert (spec.package, spec.executable) == ("robot_state_publisher", "robot_state_publisher")
+            assert (ROOT / "urdf" / graph.argument(spec.urdf.name).default).is_file()
+            continue
+        assert scripts[spec.executable] == f"apo_ros.nodes.{spec.executable}:main"
+        assert (ROOT / "config" / spec.config).is_file()
+        declared = _declared_parameters(spec.executable)
+        undeclared = set(spec.parameters) - set(declared)
+        assert not undeclared, f"{spec.executable}: undeclared parameters {undeclared}"
+        source = (ROOT / "apo_ros" / "nodes" / f"{spec.executable}.py").read_text()
+        recorded = {t.topic for t in schema.topics()} if spec.executable == "recorder_node" else set()
+        for topic, _dst in spec.remappings:  # remapped topics are topics the node uses
+            assert (f'"{topic}"' in source or topic in recorded
+                    or (topic.startswith("camera/") and "camera/{" in source)), f"{spec.executable}: {topic}"
+    assert used | {"namespace"} >= set(names) - {"namespace"}, f"unused arguments {set(names) - used}"
+    if graph.namespace is not None:
+        assert graph.namespace.name in names
+    # resolving gives concrete values for every Arg
+    values = {a.name: f"/x/{a.name}" for a in graph.arguments if a.default is None}
+    for node in resolve(graph, values):
+        assert not any(isinstance(v, Arg) for v in node.parameters.values())
+        assert Path(node.config).is_file()
+        args = node.ros_args("o.yaml")
+        assert args[:3] == ["--ros-args", "-r", f"__node:={node.name}"] and "--params-file" in args
+    with pytest.raises(KeyError, match="unknown launch arguments"):
+        resolve(graph, {**values, "nope": 1})
 
 
-def test_robot_launch_remaps_to_moveit_servo():
-    tree = ast.parse((ROOT / "launch" / "robot.launch.py").read_text())
-    defaults = {_kw(c, "default_value") for c in _calls(tree, "DeclareLaunchArgument")}
-    assert "/servo_node/delta_twist_cmds" in defaults
-    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
-    assert {"arm/delta_twist_cmds", "gripper/command", "camera/front/image_raw"} <= strings
-    # the topics the launch files remap are the ones the nodes use
-    nodes_src = (ROOT / "apo_ros" / "nodes" / "teleop_arbiter_node.py").read_text()
-    assert '"arm/delta_twist_cmds"' in nodes_src and '"gripper/command"' in nodes_src
+def test_robot_graph_remaps_to_moveit_servo():
+    from apo_ros.nodes.wiring import ROBOT
+
+    arbiter = {s.executable: s for s in ROBOT.nodes}["teleop_arbiter_node"]
+    remaps = {src: dst for src, dst in arbiter.remappings}
+    assert remaps["arm/delta_twist_cmds"].default == "/servo_node/delta_twist_cmds"
+    assert {"gripper/command", "gripper/state", "ee_pose"} <= set(remaps)
+    (node,) = [n for n in resolve(ROBOT, {"checkpoint": "/c"}) if n.name == "teleop_arbiter_node"]
+    assert ("arm/delta_twist_cmds", "/servo_node/delta_twist_cmds") in node.remappings
+
+
+def test_replay_launch_file_compiles():
+    source = (ROOT / "launch" / "replay.launch.py").read_text()
+    compile(source, "replay.launch.py", "exec")
+    assert (ROOT / "urdf" / "apo_arm.urdf").is_file()

@@ -32,7 +32,7 @@ from apo_ros.actions.space import SOURCES
 from apo_ros.nodes.common import EVENTS_QOS, STREAM_QOS, ApoNode, StartupError, run, trigger_reply
 from apo_ros.recording import messages as M
 from apo_ros.runtime.config import load_safety_filter
-from apo_ros.runtime.ros_io import action_to_twist
+from apo_ros.runtime.ros_io import ControlSteps, action_to_twist
 from apo_ros.teleop.arbiter import ArbiterConfig, ArbiterEvent, Mode, PolicyCommand, TeleopArbiter
 from apo_ros.teleop.device import TeleopDevice
 from apo_ros.teleop.joy import JoyConfig, JoyDevice
@@ -43,7 +43,6 @@ ARBITER_PARAMS = {"max_delta": [0.01, 0.01, 0.01, 0.05, 0.05, 0.05], "takeover_o
                   "gripper_takes_over": True, "policy_timeout_s": 0.25, "device_timeout_s": 0.25,
                   "hold_on_device_loss": True}
 RECORDED_EVENTS = ("intervention_start", "intervention_end", "hold", "resume")
-NS = 1_000_000_000
 
 
 class TeleopArbiterNode(ApoNode):
@@ -54,17 +53,12 @@ class TeleopArbiterNode(ApoNode):
                           "frame_id": "base_link", "decision_deadline_s": 0.06, **ARBITER_PARAMS})
         self.control_hz = float(p["control_hz"])
         self.frame_id = str(p["frame_id"])
-        self.deadline_ns = int(float(p["decision_deadline_s"]) * NS)
+        self.steps = ControlSteps(float(p["decision_deadline_s"]))
         self.types = M.rclpy_types()
         self.arbiter = TeleopArbiter(ArbiterConfig(**{k: p[k] for k in ARBITER_PARAMS}))
         self.safety = load_safety_filter(p["safety_config"])
         self.ee: Any = None
         self.gripper = 1.0
-        # the control step: the observation (ee_pose) that opened it, when it arrived, and
-        # whether it is still waiting for its decision
-        self.step_stamp = self.prev_step_stamp = self.step_rx = 0
-        self.step_open = False
-        self.last_command_stamp = 0  # observation of the last policy command executed
         self.device: TeleopDevice
         self.joy: JoyDevice | None = None
         if p["device"] == "joy":
@@ -96,31 +90,23 @@ class TeleopArbiterNode(ApoNode):
     # callbacks run on the single-threaded executor: the arbiter needs no lock
     def on_ee_pose(self, msg: Any) -> None:
         pose = M.pose_stamped_to_array(msg)
-        stamp = M.stamp_to_ns(msg.header)
         if not np.all(np.isfinite(pose)):
             raise ValueError("pose has non-finite values")
-        if stamp <= self.step_stamp:
-            raise ValueError(f"stamp {stamp} is not newer than the last observation's")
-        if self.step_open:  # its deadline did not pass in time: no twist for it any more
+        if not self.steps.observe(M.stamp_to_ns(msg.header), self.now_ns()):
             self.count("ee_pose", "a control step ended undecided")
         self.ee = pose[:3]
-        self.prev_step_stamp, self.step_stamp, self.step_rx = self.step_stamp, stamp, self.now_ns()
-        self.step_open = True
         if self.arbiter.mode is not Mode.AUTONOMOUS:
             self.decide(None)  # the operator drives (or the arm holds): no policy to wait for
 
     def on_policy(self, msg: Any) -> None:
         action, _source, obs_stamp = M.joint_state_to_action(msg)
-        late = self.now_ns() - self.step_rx > self.deadline_ns
-        if not self.step_open or late or obs_stamp <= max(self.prev_step_stamp, self.last_command_stamp):
-            self.count("policy/command", "a command arrived after its control step was decided "
-                                         "(late or repeated): dropped")
+        if not self.steps.accept(obs_stamp, self.now_ns()):
+            self.count("policy/command", "late or repeated command dropped")
             return
-        self.last_command_stamp = obs_stamp
         self.decide(PolicyCommand(action, obs_stamp))
 
     def on_deadline(self) -> None:
-        if self.step_open and self.now_ns() - self.step_rx > self.deadline_ns:
+        if self.steps.expired(self.now_ns()):
             if self.arbiter.mode is Mode.AUTONOMOUS:
                 self.count("policy/command", "no command for the observation in time: no motion")
             self.decide(None)
@@ -137,10 +123,10 @@ class TeleopArbiterNode(ApoNode):
 
     def decide(self, command: PolicyCommand | None) -> None:
         """The control step's one decision: one twist, and the executed action if anyone acts."""
-        self.step_open = False
+        self.steps.close()
         now = self.now_ns()
         out = self.arbiter.update(now, policy=command, device=self.device.read(),
-                                  obs_stamp_ns=self.step_stamp)
+                                  obs_stamp_ns=self.steps.stamp)
         self.arbiter.expire_policy()
         # The last check before the arm: an unknown ee pose means no motion at all.
         safe = self.safety.filter(out.action, self.ee, self.gripper).action

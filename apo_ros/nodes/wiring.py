@@ -128,7 +128,8 @@ ROBOT = Graph(
         _node("policy_node", {"checkpoint": Arg("checkpoint"), "device": Arg("policy_device")},
               _SENSORS),
         _node("teleop_arbiter_node", {"device": Arg("teleop_device"), "frame_id": Arg("frame_id")},
-              _SENSORS + (("arm/delta_twist_cmds", Arg("servo_twist_topic")),
+              tuple(r for r in _SENSORS if r[0] in ("ee_pose", "gripper/state"))
+              + (("arm/delta_twist_cmds", Arg("servo_twist_topic")),
                           ("gripper/command", Arg("gripper_command_topic")))),
         _node("recorder_node", {"bags_dir": Arg("bags_dir"), "task": Arg("task"),
                                 "operator": "human", "end_on_task_success": False}, _SENSORS),

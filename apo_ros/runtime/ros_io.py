@@ -179,3 +179,46 @@ class CommandOnce:
                 self.expired += 1
                 return None
             return value
+
+
+class ControlSteps:
+    """The arbiter node's clock: the arm's observations open control steps, and each step is
+    decided exactly once.
+
+    - `observe(stamp, now)`: a new observation (its stamp must be newer than the last) opens a
+      step; returns False when the previous step was still open (it ends undecided).
+    - `accept(obs_stamp, now)`: a policy command decides the open step when it is for this step's
+      observation window (newer than the previous step's observation and than the last command
+      accepted: never the same command twice) and arrives within `deadline_s` of the step opening.
+      Otherwise it is late or repeated and must be dropped.
+    - `expired(now)`: the open step's deadline passed without a command.
+    - `close()`: the step was decided.
+    """
+
+    def __init__(self, deadline_s: float):
+        self.deadline_ns = int(deadline_s * NS)
+        self.stamp = 0  # observation of the current step
+        self._previous = 0  # observation of the step before
+        self._opened_ns = 0
+        self._last_command = 0
+        self.open = False
+
+    def observe(self, stamp_ns: int, now_ns: int) -> bool:
+        if stamp_ns <= self.stamp:
+            raise ValueError(f"stamp {stamp_ns} is not newer than the last observation's ({self.stamp})")
+        was_closed = not self.open
+        self._previous, self.stamp, self._opened_ns, self.open = self.stamp, int(stamp_ns), now_ns, True
+        return was_closed
+
+    def accept(self, obs_stamp_ns: int, now_ns: int) -> bool:
+        if (not self.open or now_ns - self._opened_ns > self.deadline_ns
+                or obs_stamp_ns <= max(self._previous, self._last_command)):
+            return False
+        self._last_command = int(obs_stamp_ns)
+        return True
+
+    def expired(self, now_ns: int) -> bool:
+        return self.open and now_ns - self._opened_ns > self.deadline_ns
+
+    def close(self) -> None:
+        self.open = False
