@@ -197,7 +197,7 @@ def test_robot_graph_remaps_to_moveit_servo():
 
     arbiter = {s.executable: s for s in ROBOT.nodes}["teleop_arbiter_node"]
     remaps = {src: dst for src, dst in arbiter.remappings}
-    assert remaps["arm/delta_twist_cmds"].default == "/servo_node/delta_twist_cmds"
+    assert ROBOT.argument(remaps["arm/delta_twist_cmds"].name).default == "/servo_node/delta_twist_cmds"
     assert {"gripper/command", "gripper/state", "ee_pose"} <= set(remaps)
     (node,) = [n for n in resolve(ROBOT, {"checkpoint": "/c"}) if n.name == "teleop_arbiter_node"]
     assert ("arm/delta_twist_cmds", "/servo_node/delta_twist_cmds") in node.remappings
