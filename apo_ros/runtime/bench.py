@@ -10,10 +10,16 @@
    step, i.e. 0 steps after the input is read) and time the read -> executed-command path. The
    SpaceMouse path is measured too, over a fake HID backend with a backlog of stale reports, with
    and without the drain-to-latest read.
+3. The ROS 2 graph (real rclpy over Fast DDS, one process per node, a small untrained CNN policy,
+   64x64 images): observation-to-command latency (observation stamp -> the executed action
+   reaching a probe node, and -> the policy's command), the achieved control rate (observations
+   and executed actions per second against the arm's 10 Hz), the share of control steps that got
+   a policy action, and CPU (share of one core) and resident memory per node.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -180,18 +186,95 @@ def spacemouse_drain(backlog: int) -> dict:
             "drain_read_us": round(drain_us, 1), "steps_lag_without_drain": backlog}
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (and its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def graph_figures(seconds: float) -> dict:
+    """Start the sim graph (sim_arm_node, policy_node, teleop_arbiter_node with device:=joy,
+    recorder_node) from the wiring table and watch it for `seconds` of steady state."""
+    try:
+        from apo_ros.nodes.local_launch import LocalGraph
+        from apo_ros.nodes.probe import GraphProbe
+    except ImportError as err:
+        return {"error": f"rclpy is not installed ({err})"}
+    from apo_ros.nodes.wiring import SIM, resolve
+    from apo_ros.policies import build_policy, save_policy
+    from apo_ros.policies.testing import default_statistics
+    from apo_ros.recording import messages as M
+
+    tmp = tempfile.mkdtemp(prefix="apo-bench-graph-")
+    try:
+        policy = build_policy("small", default_statistics(0.03), device="cpu",
+                              instructions=["put the lemon on the plate"])
+        save_policy(policy, f"{tmp}/ckpt")
+        nodes = resolve(SIM, {"checkpoint": f"{tmp}/ckpt", "bags_dir": f"{tmp}/bags",
+                              "teleop_device": "joy"})
+        with LocalGraph(nodes, f"{tmp}/run") as graph:
+            graph.start()
+            probe = GraphProbe(graph.domain_id, name="bench_probe")
+            try:
+                probe.wait_for("action/executed", timeout=120)
+                time.sleep(1.0)  # past start-up
+                pids = {name: p.pid for name, p in graph.procs.items()}
+                cpu0, t0, wall0 = {n: _cpu_s(p) for n, p in pids.items()}, time.time_ns(), time.monotonic()
+                time.sleep(seconds)
+                wall = time.monotonic() - wall0
+                cpu = {n: round((_cpu_s(p) - cpu0[n]) / wall, 3) for n, p in pids.items()}
+                rss = {n: round(_rss_mb(p), 1) for n, p in pids.items()}
+                dead = graph.dead()
+            finally:
+                probe.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def window(topic: str) -> list:
+        return [r for r in probe.messages(topic, t0) if r.rx_ns < t0 + int(seconds * 1e9)]
+
+    def latency_ms(topic: str) -> dict:
+        return _pct([(r.rx_ns - M.stamp_to_ns(r.msg.header)) / 1e6 for r in window(topic)] or [float("nan")])
+
+    observations, executed = len(window("ee_pose")), len(window("action/executed"))
+    return {
+        "seconds": seconds,
+        "obs_to_policy_command_ms": latency_ms("policy/command"),
+        "obs_to_executed_action_ms": latency_ms("action/executed"),
+        "observations_per_s": round(observations / seconds, 2),
+        "executed_actions_per_s": round(executed / seconds, 2),
+        "steps_with_policy_action": round(executed / observations, 3) if observations else 0.0,
+        "cpu_share_of_one_core": cpu,
+        "rss_mb": rss,
+        "nodes_died": dead,
+    }
+
+
 def run(quick: bool = False) -> dict:
     steps = 300 if quick else 2000
     overhead = per_step_overhead(steps)
     takeover = takeover_latency(50 if quick else 500)
     drain = spacemouse_drain(60)
+    graph = graph_figures(5.0 if quick else 20.0)
     return {
         "per_step_overhead": overhead,
         "takeover": takeover,
         "spacemouse_drain": drain,
+        "ros_graph": graph,
         "summary": {
             "control_overhead_ms_mean": overhead["control_ms"]["mean"],
             "control_plus_record_ms_mean": overhead["total_ms"]["mean"],
             "takeover_max_steps_after_input": takeover["steps_after_next_tick"]["max"],
+            "graph_obs_to_command_ms_p50": graph.get("obs_to_executed_action_ms", {}).get("p50"),
+            "graph_executed_actions_per_s": graph.get("executed_actions_per_s"),
         },
     }
