@@ -182,6 +182,7 @@ def test_joy_takeover_episode_is_one_bag_equal_to_what_the_arm_executed(stack):
     stamps = [s for s, _, _ in executed]
     assert len(stamps) == len(set(stamps)), "an observation's action was executed twice"
     observed = {M.stamp_to_ns(m.header) for _, m in bag["topics"]["joint_states"]}
+    assert {M.stamp_to_ns(m.header) for _, m in bag["topics"]["object_poses"]} == observed
     assert sum(s not in observed for s in stamps) <= 1  # only the step that straddles the start
     # ... and the bag equals what the arm executed: every recorded action is a twist the arm
     # applied exactly once, and every motion the arm applied is recorded

@@ -26,16 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_each_command_is_executed_once_then_expires():
-    once = CommandOnce(0.2)
+    once = CommandOnce(0.2, capacity=4)
     assert once.take(0) is None
     once.put("a", 1 * S)
     assert once.take(1 * S + 50 * MS) == "a"
     assert once.take(1 * S + 60 * MS) is None  # never repeated
-    once.put("b", 2 * S)
-    once.put("c", 2 * S + 10 * MS)  # replaced before the arm took it
-    assert once.superseded == 1 and once.take(2 * S + 20 * MS) == "c"
-    once.put("d", 3 * S)
-    assert once.take(3 * S + 300 * MS) is None and once.expired == 1  # too old to apply
+    once.put("b", 2 * S)  # arrived just after a tick ...
+    once.put("c", 2 * S + 10 * MS)  # ... and the next one before the following tick
+    assert once.late == 1
+    assert once.take(2 * S + 20 * MS) == "b" and once.take(2 * S + 120 * MS) == "c"  # both, in order
+    for k in range(5):
+        once.put(k, 3 * S)
+    assert once.dropped == 1 and once.take(3 * S) == 1  # at most 4 wait
+    once.clear()
+    once.put("d", 4 * S)
+    assert once.take(4 * S + 300 * MS) is None and once.expired == 1  # too old to apply
 
 
 def test_control_steps_decide_each_observation_once():

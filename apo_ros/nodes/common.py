@@ -68,19 +68,21 @@ class ApoNode(Node):
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def count(self, what: str, text: str) -> int:
-        """Count an incident and log it: the first at once, then at most every LOG_EVERY_S with
-        the running count (a topic that keeps misbehaving does not flood the log)."""
-        n = self.dropped[what] = self.dropped.get(what, 0) + 1
+    def count(self, what: str, text: str, kind: str = "") -> int:
+        """Count an incident (per `what` and `kind`) and log "what: text": the first at once,
+        then at most every LOG_EVERY_S with the running count (a topic that keeps misbehaving
+        does not flood the log, nor hide another kind of incident)."""
+        key = f"{what}|{kind or text}"
+        n = self.dropped[key] = self.dropped.get(key, 0) + 1
         now = time.monotonic()
-        if n == 1 or now - self._last_report.get(what, 0.0) >= LOG_EVERY_S:
-            self._last_report[what] = now
+        if n == 1 or now - self._last_report.get(key, 0.0) >= LOG_EVERY_S:
+            self._last_report[key] = now
             self.get_logger().warning(f"{what}: {text} ({n} so far)")
         return n
 
     def drop(self, topic: str, err: BaseException) -> None:
         """A malformed message on `topic` was dropped."""
-        self.count(topic, f"dropped a malformed message: {type(err).__name__}: {err}")
+        self.count(topic, f"dropped a malformed message: {type(err).__name__}: {err}", "malformed")
 
     def guarded(self, topic: str, callback: Callable[[Any], None]) -> Callable[[Any], None]:
         """`callback` that drops (see `drop`) what a malformed message makes it raise."""

@@ -109,7 +109,7 @@ class PolicyNode(ApoNode):
         if step.policy_id != self.announced:
             self.announce(self.pending_checkpoint)
         if not step.ok:
-            self.count("policy", f"action rejected: {', '.join(step.reasons)}")
+            self.count("policy", f"action rejected: {', '.join(step.reasons)}", "rejected")
         safe_publish(self.command_pub,
                      M.make_action(self.types, step.obs_stamp_ns, step.action, "policy"))
         if bool(np.all(np.isfinite(step.proposed))):

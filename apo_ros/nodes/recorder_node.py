@@ -5,7 +5,7 @@ subscribed raw: the serialized bytes rclpy receives go to the bag as they are, w
 message's header stamp (read from the CDR bytes: no image is deserialized). A message stamped
 before the episode began or more than stamp_tolerance_s in the future is not written (counted
 and logged). Ctrl-C / SIGTERM close an open episode as "abort" (the bag is finalized).
-Records     camera/<name>/image_raw, joint_states, ee_pose, gripper/state, action/executed,
+Records     camera/<name>/image_raw, joint_states, ee_pose, gripper/state, object_poses, action/executed,
             action/proposed, action/human (raw); instruction (String); episode/events
             (intervention_start | intervention_end | hold | resume from the arbiter)
 Provenance  policy/active (String JSON from policy_node): policy_id and stats_id of the next bags
@@ -21,7 +21,7 @@ import functools
 import json
 from typing import Any
 
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseArray, PoseStamped
 from sensor_msgs.msg import CompressedImage, Image, JointState, Joy
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -33,7 +33,8 @@ from apo_ros.runtime.ros_io import cdr_header_stamp_ns
 from apo_ros.teleop.joy import joy_to_state
 
 MSG_CLASSES = {schema.IMAGE: Image, schema.COMPRESSED_IMAGE: CompressedImage,
-               schema.JOINT_STATE: JointState, schema.POSE_STAMPED: PoseStamped}
+               schema.JOINT_STATE: JointState, schema.POSE_STAMPED: PoseStamped,
+               schema.POSE_ARRAY: PoseArray}
 RAW_SKIP = (schema.INSTRUCTION, schema.EPISODE_INFO, schema.EPISODE_EVENTS)  # handled by the core
 RECORDED_EVENTS = ("intervention_start", "intervention_end", "hold", "resume")
 

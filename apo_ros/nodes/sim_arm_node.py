@@ -1,13 +1,14 @@
 """sim_arm_node: the MuJoCo arm speaking the same topics as a real arm.
 
 Core: apo_ros.sim.make_env (tabletop task, differential IK, cameras). The arm is the graph's
-clock: every 1 / control_hz it applies the twist that arrived since its last tick (for exactly one
-control period; each twist is executed once and then expires), steps, and publishes the new
-observation stamped with the current ROS time. No new twist = no motion.
+clock: every 1 / control_hz it applies the next twist received (for exactly one control period;
+each twist is executed once, in order, and then expires), steps, and publishes the new observation
+stamped with the current ROS time. No new twist = no motion.
 Subscribes  arm/delta_twist_cmds (TwistStamped, base frame, m/s and rad/s),
             gripper/command (std_msgs/Float64, 0 closed .. 1 open)
 Publishes   camera/<name>/image_raw (Image rgb8), joint_states (JointState), ee_pose (PoseStamped),
-            gripper/state (JointState), instruction (String, latched: once per episode),
+            gripper/state (JointState), object_poses (PoseArray: task object and target),
+            instruction (String, latched: once per episode),
             task/success (std_msgs/Bool), sim/applied (TwistStamped: each twist as it was applied)
 Services    sim/reset (std_srvs/Trigger: next seed, new episode)
 Parameters  config/sim_arm_node.yaml
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped, TwistStamped
+from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
@@ -32,7 +33,7 @@ class SimArmNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("sim_arm_node")
         p = self.declare({"task": "lemon_on_plate", "control_hz": 10.0, "image_size": 64,
-                          "cameras": ["front", "wrist"], "seed": 0, "command_timeout_s": 0.2,
+                          "cameras": ["front", "wrist"], "seed": 0, "command_timeout_s": 1.0,
                           "frame_id": "base_link"})
         from apo_ros.sim.env import make_env  # mujoco: imported once the parameters are known
 
@@ -55,6 +56,7 @@ class SimArmNode(ApoNode):
         self.joints_pub = self.create_publisher(JointState, "joint_states", STREAM_QOS)
         self.ee_pub = self.create_publisher(PoseStamped, "ee_pose", STREAM_QOS)
         self.gripper_pub = self.create_publisher(JointState, "gripper/state", STREAM_QOS)
+        self.objects_pub = self.create_publisher(PoseArray, "object_poses", STREAM_QOS)
         self.instruction_pub = self.create_publisher(String, "instruction", LATCHED_QOS)
         self.success_pub = self.create_publisher(Bool, "task/success", STREAM_QOS)
         self.applied_pub = self.create_publisher(TwistStamped, "sim/applied", STREAM_QOS)
@@ -68,11 +70,13 @@ class SimArmNode(ApoNode):
         linear, angular = M.twist_stamped_to_arrays(msg)
         if not (np.all(np.isfinite(linear)) and np.all(np.isfinite(angular))):
             raise ValueError("twist has non-finite values")
-        superseded = self.twist.superseded
+        counts = (self.twist.late, self.twist.dropped)
         self.twist.put(msg, self.now_ns())
-        if self.twist.superseded > superseded:
-            self.count("arm/delta_twist_cmds", "a twist was replaced before it was applied "
-                                               "(commands arrive faster than control_hz)")
+        if self.twist.late > counts[0]:
+            self.count("late twists", "a twist arrived before the previous one was applied: it "
+                                      "runs one control period late")
+        if self.twist.dropped > counts[1]:
+            self.count("dropped twists", "twists arrive faster than control_hz: oldest dropped")
 
     def on_gripper(self, msg: Any) -> None:
         value = float(msg.data)
@@ -81,7 +85,10 @@ class SimArmNode(ApoNode):
         self.gripper_cmd = float(np.clip(value, 0.0, 1.0))
 
     def tick(self) -> None:
+        expired = self.twist.expired
         twist = self.twist.take(self.now_ns())
+        if self.twist.expired > expired:
+            self.count("expired twists", "a twist waited longer than command_timeout_s: not applied")
         linear, angular = M.twist_stamped_to_arrays(twist) if twist is not None else ([0.0] * 3,) * 2
         action = twist_to_action(linear, angular, self.gripper_cmd, self.control_hz)
         obs, _reward, success, _truncated, _info = self.env.step(action)
@@ -97,6 +104,7 @@ class SimArmNode(ApoNode):
         self.joints_pub.publish(M.make_joint_state(self.types, stamp, obs.joint_names,
                                                    obs.joint_positions))
         self.gripper_pub.publish(M.make_gripper_state(self.types, stamp, obs.gripper))
+        self.objects_pub.publish(M.make_pose_array(self.types, stamp, obs.object_poses, self.frame_id))
         # ee_pose last: the arbiter starts a control step when it arrives
         self.ee_pub.publish(M.make_pose_stamped(self.types, stamp, obs.ee_pose, self.frame_id))
 
@@ -106,7 +114,7 @@ class SimArmNode(ApoNode):
 
     def on_reset(self, request: Any, response: Any) -> Any:
         self.seed += 1
-        self.twist.take(self.now_ns())  # a command for the old episode is not applied to the new
+        self.twist.clear()  # a command for the old episode is not applied to the new
         self.new_episode(self.env.reset(self.seed))
         return trigger_reply(response, True, f"episode reset with seed {self.seed}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,33 +153,42 @@ class CommandTimeout:
 
 
 class CommandOnce:
-    """Each command is executed once, then expires (the sim arm's input): `put` stores the latest
-    command, `take` returns it once. Nothing new since the last take, or a command older than
-    `timeout_s` (from receive time), reads as None: no motion, never a repeated command. Counts
-    commands replaced before they were taken (`superseded`: they arrived faster than the arm
-    executes them) and commands that expired untaken (`expired`)."""
+    """Each command is executed once, then expires (the sim arm's input): `put` queues a command,
+    `take` (once per control period) returns the oldest one not yet executed. Nothing queued, or
+    only commands older than `timeout_s` (from receive time), reads as None: no motion, never a
+    repeated command. A command that arrives just after a tick, followed by the next one before
+    the following tick, is executed one period late instead of being lost (`late` counts them);
+    at most `capacity` wait, the oldest beyond that is dropped (`dropped`), and `expired` counts
+    commands too old when their turn came."""
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float, capacity: int = 4):
         self.timeout_ns = int(timeout_s * NS)
-        self._value: Any = None
-        self._rx_ns = 0
+        self.capacity = int(capacity)
+        self._queue: deque[tuple[Any, int]] = deque()
         self._lock = threading.Lock()
-        self.superseded = 0
-        self.expired = 0
+        self.late = self.dropped = self.expired = 0
 
     def put(self, value: Any, now_ns: int) -> None:
         with self._lock:
-            if self._value is not None:
-                self.superseded += 1
-            self._value, self._rx_ns = value, now_ns
+            if self._queue:
+                self.late += 1
+            if len(self._queue) >= self.capacity:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append((value, now_ns))
 
     def take(self, now_ns: int) -> Any:
         with self._lock:
-            value, self._value = self._value, None
-            if value is not None and now_ns - self._rx_ns > self.timeout_ns:
+            while self._queue:
+                value, rx_ns = self._queue.popleft()
+                if now_ns - rx_ns <= self.timeout_ns:
+                    return value
                 self.expired += 1
-                return None
-            return value
+            return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
 
 
 class ControlSteps:
