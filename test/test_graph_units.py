@@ -206,3 +206,20 @@ def test_a_node_reads_its_config_file_and_logs_bad_configuration(tmp_path):
     assert "[FATAL]" in out and "[policy_node]: cannot start:" in out
     assert "/nonexistent/from_config_file" in out
     assert "Traceback" not in out
+
+
+def test_assembler_adds_object_poses_for_a_state_policy():
+    from apo_ros.runtime.ros_io import AssemblerConfig, ObservationAssembler
+
+    types = M.rosbags_types()
+    asm = ObservationAssembler(AssemblerConfig(cameras=(), object_poses=True))
+    stamp = 5 * S
+    asm.on_joint_state(M.make_joint_state(types, stamp, ["a"], [0.1]))
+    asm.on_ee_pose(M.make_pose_stamped(types, stamp, [0.4, 0, 0.3, 0, 0, 0, 1]))
+    asm.on_gripper(M.make_gripper_state(types, stamp, 1.0))
+    assert asm.observation() is None and asm.missing() == ["object_poses"]
+    poses = np.array([[0.5, 0.1, 0.02, 0, 0, 0, 1], [0.6, -0.1, 0.0, 0, 0, 0, 1]])
+    asm.on_object_poses(M.make_pose_array(types, stamp, poses))
+    obs = asm.observation()
+    assert obs is not None and obs.images == {}
+    np.testing.assert_allclose(obs.object_poses, poses, atol=1e-6)

@@ -4,8 +4,9 @@ Core: apo_ros.runtime.PolicyRunner (chunks, SafetyFilter, hot-swap) fed by an Ob
 The policy runs once per new observation (all parts present with a newer stamp), in a worker
 thread, so the subscriptions keep draining while it thinks; when it falls behind it skips to the
 newest observation. One command per observation, stamped with that observation.
-Subscribes  camera/<name>/image_raw (sensor_msgs/Image), joint_states (JointState),
-            ee_pose (PoseStamped), gripper/state (JointState), instruction (String, latched),
+Subscribes  camera/<name>/image_raw (sensor_msgs/Image) for the policy's cameras, joint_states
+            (JointState), ee_pose (PoseStamped), gripper/state (JointState), object_poses
+            (PoseArray, state policies), instruction (String, latched),
             policy/checkpoint (String, latched: a checkpoint dir to hot-swap to)
 Publishes   policy/command (JointState action: header.stamp = observation stamp, frame_id policy)
             action/proposed (the same, before the safety filter)
@@ -23,7 +24,7 @@ import threading
 from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseArray, PoseStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -57,11 +58,14 @@ class PolicyNode(ApoNode):
         if not p["checkpoint"]:
             raise StartupError("set the 'checkpoint' parameter to a checkpoint directory")
         self.device = str(p["device"])
-        cameras = tuple(p["cameras"])
         self.types = M.rclpy_types()
-        self.assembler = ObservationAssembler(AssemblerConfig(cameras, float(p["max_skew_s"])))
         policy = _load(str(p["checkpoint"]), self.device)
         self.checkpoint = str(p["checkpoint"])
+        # the policy's own inputs: its cameras (none for a state policy), its object poses
+        cameras = tuple(getattr(policy, "cameras", p["cameras"]))
+        objects = bool(getattr(policy, "uses_object_state", False))
+        self.assembler = ObservationAssembler(AssemblerConfig(cameras, float(p["max_skew_s"]),
+                                                              object_poses=objects))
         self.runner = PolicyRunner(policy, load_safety_filter(p["safety_config"]),
                                    RunnerConfig(rate_hz=float(p["rate_hz"]),
                                                 replan_every=int(p["replan_every"])),
@@ -75,6 +79,9 @@ class PolicyNode(ApoNode):
         self.subscribe(JointState, "joint_states", self.fed(self.assembler.on_joint_state), STREAM_QOS)
         self.subscribe(PoseStamped, "ee_pose", self.fed(self.assembler.on_ee_pose), STREAM_QOS)
         self.subscribe(JointState, "gripper/state", self.fed(self.assembler.on_gripper), STREAM_QOS)
+        if objects:
+            self.subscribe(PoseArray, "object_poses", self.fed(self.assembler.on_object_poses),
+                           STREAM_QOS)
         self.subscribe(String, "instruction", self.assembler.on_instruction, LATCHED_QOS)
         self.subscribe(String, "policy/checkpoint", self.on_checkpoint, LATCHED_QOS)
         self.create_service(Trigger, "policy/replan", self.on_replan)

@@ -60,6 +60,7 @@ class AssemblerConfig:
     cameras: tuple[str, ...] = CAMERAS  # cameras the policy needs
     max_skew_s: float = 0.1  # parts whose stamps differ by more than this do not belong together
     instruction: str = ""  # used until an instruction message arrives
+    object_poses: bool = False  # the policy reads object poses: an observation needs them
 
 
 class ObservationAssembler:
@@ -73,6 +74,7 @@ class ObservationAssembler:
         self._joints: tuple[int, np.ndarray, tuple[str, ...]] | None = None
         self._ee: tuple[int, np.ndarray] | None = None
         self._gripper: tuple[int, float] | None = None
+        self._objects: tuple[int, np.ndarray] | None = None
         self._instruction = self.config.instruction
         self._last_stamp = -1
 
@@ -97,6 +99,11 @@ class ObservationAssembler:
         with self._lock:
             self._gripper = (M.stamp_to_ns(msg.header), float(pos[0]))
 
+    def on_object_poses(self, msg: Any) -> None:
+        poses = M.pose_array_to_array(msg)
+        with self._lock:
+            self._objects = (M.stamp_to_ns(msg.header), poses)
+
     def on_instruction(self, msg: Any) -> None:
         with self._lock:
             self._instruction = str(msg.data)
@@ -111,16 +118,21 @@ class ObservationAssembler:
                 return None
             stamps = [self._images[c][0] for c in self.config.cameras]
             stamps += [self._joints[0], self._ee[0], self._gripper[0]]
+            if self.config.object_poses:
+                if self._objects is None:
+                    return None
+                stamps.append(self._objects[0])
             if max(stamps) - min(stamps) > self.config.max_skew_s * NS:
                 return None
             stamp = min(stamps)
             if fresh_only and stamp == self._last_stamp:
                 return None
             self._last_stamp = stamp
+            extra = {"object_poses": self._objects[1]} if self.config.object_poses and self._objects else {}
             return Observation(images={c: self._images[c][1] for c in self.config.cameras},
                                joint_positions=self._joints[1], ee_pose=self._ee[1],
                                gripper=self._gripper[1], instruction=self._instruction,
-                               stamp_ns=stamp, joint_names=self._joints[2])
+                               stamp_ns=stamp, joint_names=self._joints[2], **extra)
 
     def missing(self) -> list[str]:
         """What has not arrived yet (for a 'waiting for ...' log line)."""
@@ -128,6 +140,8 @@ class ObservationAssembler:
             out = [f"camera/{c}" for c in self.config.cameras if c not in self._images]
             out += [n for n, v in (("joint_states", self._joints), ("ee_pose", self._ee),
                                    ("gripper/state", self._gripper)) if v is None]
+            if self.config.object_poses and self._objects is None:
+                out.append("object_poses")
         return out
 
 
