@@ -173,3 +173,85 @@ def test_operator_device_buttons():
     assert dev.read().buttons == (0, 1, 0, 0)
     dev.feed(None)
     assert dev.read().buttons == (0, 0, 0, 1)
+
+
+class LongChunkPolicy:
+    """Plans 8-action chunks of a slow upward drift (so chunk continuations are the norm)."""
+
+    policy_id = "long-chunks"
+
+    def select_action(self, obs):
+        chunk = np.zeros((8, 7))
+        chunk[:, 2], chunk[:, 6] = 0.002, 1.0
+        return chunk, True
+
+    def reset(self):
+        pass
+
+
+class ScheduledOperator:
+    """A person who takes over on fixed steps (holding the arm still), and at `knock_at` pushes
+    the lemon out of the arm's reach."""
+
+    def __init__(self, human_steps, knock_at=None):
+        self.human_steps, self.knock_at = set(human_steps), knock_at
+        self.interventions = 0
+
+    def reset(self, env):
+        self.interventions = 0
+
+    def step(self, env, proposed_action):
+        if env.step_count == self.knock_at:
+            adr = env.free_qpos_adr("lemon")
+            env.data.qpos[adr:adr + 2] = [0.75, 0.0]
+            env.forward()
+        return np.r_[np.zeros(6), 1.0] if env.step_count in self.human_steps else None
+
+
+def test_hand_back_replans_before_the_first_policy_step(tmp_path):
+    """No policy action after a hand-back comes from a chunk planned during the intervention:
+    the first policy step after each intervention is planned on its own observation."""
+    human = list(range(12, 17)) + list(range(30, 37))  # hand-backs at steps 17 and 37
+    summary = run_session(TASK, LongChunkPolicy(), ScheduledOperator(human), episodes=1,
+                          bags_dir=str(tmp_path), max_steps=45, render=False, cameras=())
+    ep = read_episode(summary.episodes[0].path, load_images=False)
+    spans = ep.interventions()
+    assert spans == [(12, 17), (30, 37)]
+    for _start, end in spans:
+        first = ep.steps[end]
+        assert first.source == "policy"
+        assert first.observation.stamp_ns == first.stamp_ns  # planned now, not during the take-over
+    # away from hand-backs the chunk is continued as usual (planned 1..7 steps earlier)
+    assert ep.steps[5].observation.stamp_ns < ep.steps[5].stamp_ns
+
+
+def test_an_unrecoverable_episode_ends_with_its_reason_in_the_bag(tmp_path):
+    summary = run_session(TASK, LongChunkPolicy(), ScheduledOperator([], knock_at=6), episodes=1,
+                          bags_dir=str(tmp_path), max_steps=45, render=False, cameras=())
+    episode = summary.episodes[0]
+    assert episode.outcome == "failure" and episode.end_reason == "object_left_workspace"
+    assert episode.steps < 10  # it ended there, not at the time limit
+    ep = read_episode(episode.path, load_images=False)
+    assert ep.outcome == "failure" and ep.metadata["end_reason"] == "object_left_workspace"
+
+
+def test_operator_give_up_and_intervention_outcomes_reach_the_bag(tmp_path):
+    from apo_ros.sim.operator import OperatorConfig
+
+    cfg = OperatorConfig(max_intervention_steps=5, give_up_after_timeouts=2, on_track_steps=50,
+                         min_policy_steps_before_takeover=2)
+
+    class CloseHigh(LongChunkPolicy):  # closes the gripper far above the lemon: a grasp miss
+        def select_action(self, obs):
+            chunk, ok = super().select_action(obs)
+            chunk[:, 6] = 0.0
+            return chunk, ok
+
+    summary = run_session(TASK, CloseHigh(), SimulatedOperator(TASK, cfg, seed=0), episodes=1,
+                          bags_dir=str(tmp_path), max_steps=120, render=False, cameras=())
+    episode = summary.episodes[0]
+    assert episode.end_reason == "operator_gave_up" and episode.outcome == "failure"
+    assert episode.intervention_outcomes == ["timed_out", "timed_out"]
+    ep = read_episode(episode.path, load_images=False)
+    assert ep.metadata["end_reason"] == "operator_gave_up"
+    assert ep.metadata["intervention_outcomes"] == "timed_out,timed_out"

@@ -153,7 +153,7 @@ def test_truncation_at_max_steps():
     e.reset(0)
     results = [e.step([0, 0, 0, 0, 0, 0, 1.0]) for _ in range(3)]
     assert [r[3] for r in results] == [False, False, True]
-    assert results[-1][4] == {"success": False, "step": 3}
+    assert results[-1][4] == {"success": False, "failure": None, "step": 3}
 
 
 def test_bad_arguments_are_rejected():
@@ -164,3 +164,48 @@ def test_bad_arguments_are_rejected():
     e = make_env("hang_cup", render=False)
     with pytest.raises(ValueError, match="camera"):
         e.render_image("top", 64)
+
+
+def test_a_nudged_lemon_settles_on_the_table():
+    """Rolling and torsional friction: a 0.6 m/s push sends the lemon centimetres and it comes to
+    rest within seconds (with rolling-free contacts on a plane it rolled ~3 m and kept rocking)."""
+    from apo_ros.sim.diagnostics import nudge
+
+    pushed = nudge("lemon_on_plate", speed=0.6, seconds=6.0)
+    assert pushed["distance_m"] < 0.3 and pushed["at_rest_after_s"] is not None
+    assert pushed["at_rest_after_s"] < 4.0
+    rocked = nudge("lemon_on_plate", speed=0.2, seconds=6.0)
+    assert rocked["at_rest_after_s"] is not None and rocked["final_spin"] < 0.02
+
+
+def test_the_table_has_an_edge_and_a_floor():
+    """The table top is a finite box: off its edge an object falls to the floor."""
+    import mujoco
+
+    from apo_ros.sim.scene import FLOOR_Z, TABLE_CENTER, TABLE_SIZE
+
+    env = make_env("lemon_on_plate", render=False)
+    env.reset(0)
+    adr = env.free_qpos_adr("lemon")
+    env.data.qpos[adr:adr + 3] = [TABLE_CENTER[0] + TABLE_SIZE[0] + 0.05, 0.0, 0.03]  # past the edge
+    mujoco.mj_step(env.model, env.data, nstep=500)  # 2 s
+    assert env.body_pos("lemon")[2] < FLOOR_Z + 0.05
+    env.data.qpos[adr:adr + 3] = [TABLE_CENTER[0] + TABLE_SIZE[0] - 0.05, 0.0, 0.03]  # on the table
+    env.data.qvel[:] = 0
+    mujoco.mj_step(env.model, env.data, nstep=500)
+    assert abs(env.body_pos("lemon")[2] - 0.021) < 0.003
+
+
+@pytest.mark.parametrize("where,reason", [((0.75, 0.0, 0.021), "object_left_workspace"),
+                                          ((0.40, 0.0, -0.30), "object_fell")])
+def test_an_unrecoverable_object_ends_the_episode_as_a_failure(where, reason):
+    env = make_env("lemon_on_plate", render=False)
+    env.reset(1)
+    _o, _r, terminated, truncated, info = env.step(np.r_[np.zeros(6), 1.0])
+    assert not terminated and info["failure"] is None
+    adr = env.free_qpos_adr("lemon")
+    env.data.qpos[adr:adr + 3] = where
+    env.forward()
+    _o, reward, terminated, truncated, info = env.step(np.r_[np.zeros(6), 1.0])
+    assert terminated and not truncated and reward == 0.0
+    assert info["success"] is False and info["failure"] == reason

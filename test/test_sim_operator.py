@@ -13,7 +13,7 @@ from apo_ros.sim.experts import ProgressTracker
 def run_with_operator(task: str, seed: int, bad, config: OperatorConfig | None = None):
     """Run one episode where `bad(step, expert_action) -> action | None` perturbs an otherwise
     expert policy until the first intervention (None = behave). Returns (sources per step,
-    operator, terminated, step at which the policy started going wrong)."""
+    operator, succeeded, step at which the policy started going wrong)."""
     env = make_env(task, render=False)
     policy = make_expert(task, seed=seed + 100)
     operator = SimulatedOperator(task, config, seed=seed)
@@ -23,6 +23,7 @@ def run_with_operator(task: str, seed: int, bad, config: OperatorConfig | None =
     sources: list[str] = []
     went_wrong = None
     terminated = truncated = False
+    info: dict = {}
     while not (terminated or truncated):
         action = policy.act(env)
         if operator.interventions == 0:
@@ -34,8 +35,8 @@ def run_with_operator(task: str, seed: int, bad, config: OperatorConfig | None =
         if human is None and sources and sources[-1] == "human":
             policy.replan(env)  # the policy picks up from wherever the human left the task
         sources.append("human" if human is not None else "policy")
-        _obs, _r, terminated, truncated, _i = env.step(human if human is not None else action)
-    return sources, operator, terminated, went_wrong
+        _obs, _r, terminated, truncated, info = env.step(human if human is not None else action)
+    return sources, operator, bool(info.get("success")), went_wrong
 
 
 @pytest.mark.parametrize("task", ["lemon_on_plate", "hang_cup"])
@@ -152,3 +153,78 @@ def test_progress_tracker_counts_lift_as_progress():
         if stage == 1 and expert.phase == "lift" and last is not None:
             assert to_go <= last + 1e-3
         last = to_go if stage == 1 else None
+
+
+def test_alignment_keeps_its_side_near_ninety_degrees():
+    """The fingers may close along a grasp direction or its opposite; near 90 degrees off the two
+    are equally far, and a small wobble of the object must not flip the wrist by 180 degrees."""
+    from apo_ros.sim.experts import _aligned
+
+    current = np.array([0.0, 1.0, 0.0])
+    signs = []
+    sign = 0.0
+    for wobble in (0.05, -0.05, 0.05, -0.05):  # the object's axis rocks across 90 degrees
+        direction = np.array([np.cos(wobble), np.sin(wobble), 0.0])
+        _d, sign = _aligned(direction, current, sign)
+        signs.append(sign)
+    assert len(set(signs)) == 1
+    # a clear reversal still flips
+    _d, flipped = _aligned(np.array([0.0, -1.0, 0.0]), current, 1.0)
+    assert flipped == -1.0
+
+
+def test_operator_waits_for_a_rolling_object_before_moving():
+    env = make_env("lemon_on_plate", render=False)
+    env.reset(4)
+    operator = SimulatedOperator("lemon_on_plate", seed=4)
+    operator.reset(env)
+    operator._take_over(env, "knocked", 0)  # the person has grabbed the device
+    dof = env.model.jnt_dofadr[env.model.body_jntadr[env.body_id("lemon")]]
+    env.data.qvel[dof + 1] = 0.5  # the lemon was just pushed and rolls
+    env.step(np.r_[np.zeros(6), 1.0])
+    held, moved = [], None
+    for _ in range(40):
+        human = operator.step(env, np.r_[np.zeros(6), 1.0])
+        if human is None:
+            break  # handed back after redoing the grasp
+        still = not np.any(human[:6])
+        held.append(still)
+        if not still and moved is None:
+            moved = operator.object_speed
+        env.step(human)
+    assert held[0] and held[1]  # it waited while the lemon rolled ...
+    assert not all(held) and moved is not None and moved <= OperatorConfig().settle_speed  # ... then acted
+    assert operator.history[0].wait_steps >= 2
+
+
+def test_interventions_record_their_outcome_and_the_operator_gives_up():
+    """An intervention that runs out of time is recorded as timed out; after
+    give_up_after_timeouts of them the person gives up on the episode."""
+    cfg = OperatorConfig(max_intervention_steps=5, give_up_after_timeouts=2, on_track_steps=50,
+                         min_policy_steps_before_takeover=2)
+    env = make_env("lemon_on_plate", render=False)
+    env.reset(2)
+    operator = SimulatedOperator("lemon_on_plate", cfg, seed=2)
+    operator.reset(env)
+    close_far = np.r_[0.0, 0.0, 0.01, 0, 0, 0, 0.0]  # closes the gripper high above the lemon
+    for _ in range(150):
+        human = operator.step(env, close_far)
+        if operator.gave_up:
+            break
+        env.step(human if human is not None else close_far)
+    assert operator.gave_up == "operator_gave_up"
+    assert [i.outcome for i in operator.history] == ["timed_out", "timed_out"]
+
+
+def test_a_correction_that_succeeds_is_recorded_as_recovered():
+    def close_early(step, action):
+        if step >= 6:
+            a = action.copy()
+            a[6] = 0.0
+            return a
+        return None
+
+    _sources, operator, succeeded, _w = run_with_operator("lemon_on_plate", 2, close_early)
+    operator.end_episode(succeeded)
+    assert operator.history[0].outcome == "recovered"
+    assert set(operator.intervention_outcomes()) <= {"recovered", "task_done"}

@@ -91,11 +91,11 @@ class SimArmNode(ApoNode):
             self.count("expired twists", "a twist waited longer than command_timeout_s: not applied")
         linear, angular = M.twist_stamped_to_arrays(twist) if twist is not None else ([0.0] * 3,) * 2
         action = twist_to_action(linear, angular, self.gripper_cmd, self.control_hz)
-        obs, _reward, success, _truncated, _info = self.env.step(action)
+        obs, _reward, _terminated, _truncated, info = self.env.step(action)
         if twist is not None:
             self.applied_pub.publish(twist)
         self.publish(obs)
-        self.success_pub.publish(Bool(data=bool(success)))
+        self.success_pub.publish(Bool(data=bool(info["success"])))
 
     def publish(self, obs: Any) -> None:
         stamp = self.now_ns()  # ROS time, so ages downstream are measured on one clock

@@ -116,12 +116,16 @@ class EpisodeRecorder:
         self._writer.write_event(int(stamp_ns), "start")
         return str(path)
 
-    def finish(self, outcome: str, stamp_ns: int | None = None) -> EpisodeRecord:
-        """End the episode: close an open intervention, write the terminal event, close the bag."""
+    def finish(self, outcome: str, stamp_ns: int | None = None,
+               metadata: dict | None = None) -> EpisodeRecord:
+        """End the episode: close an open intervention, write the terminal event, close the bag.
+        `metadata` adds custom_data keys known only at the end (e.g. why it failed)."""
         if self._writer is None:
             raise RuntimeError("no episode is being recorded; start one first")
         stamp = self._last_stamp if stamp_ns is None else int(stamp_ns)
         writer, self._writer = self._writer, None
+        if metadata and hasattr(writer, "metadata"):
+            writer.metadata.update(metadata)
         try:
             if self._in_intervention:
                 writer.write_event(stamp, "intervention_end")

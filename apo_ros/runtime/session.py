@@ -105,6 +105,10 @@ class EpisodeSummary:
     steps: int
     human_steps: int
     interventions: int
+    # why a failure ended early: object_fell / object_left_workspace (the simulator), or
+    # operator_gave_up; "time_limit" when max_steps ran out; "" on success
+    end_reason: str = ""
+    intervention_outcomes: list[str] = field(default_factory=list)  # recovered / timed_out / ...
 
 
 @dataclass
@@ -251,7 +255,7 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                 recorder.start(obs.stamp_ns, instruction=env.instruction, policy_id=pid,
                                metadata={"seed": str(ep_seed), "control_hz": str(control_hz),
                                          "stats_id": runner.provenance()["stats_id"]})
-                outcome, step = "failure", 0
+                outcome, end_reason, step = "failure", "", 0
                 while True:
                     t0 = time.perf_counter()
                     recorder.record_observation(obs)
@@ -260,7 +264,17 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                     t2 = time.perf_counter()
                     policy_s = rs.inference_ns / 1e9
                     human = op.step(env, rs.action) if op is not None else None
+                    if op is not None and getattr(op, "gave_up", None):
+                        end_reason = str(op.gave_up)  # the person gave up: end as a failure
+                        break
                     t3 = time.perf_counter()
+                    if human is None and device_adapter.engaged:
+                        # Hand-back: the policy re-plans from this observation before it acts,
+                        # so its first action after the intervention does not come from a chunk
+                        # planned while the person was driving.
+                        runner.request_replan()
+                        rs = runner.step(obs, now_ns=obs.stamp_ns)
+                        policy_s += rs.inference_ns / 1e9
                     device_adapter.feed(human)
                     out = arbiter.update(obs.stamp_ns, device=device_adapter.read(),
                                          policy=PolicyCommand(rs.action, rs.obs_stamp_ns),
@@ -271,13 +285,11 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                     for event in out.events:
                         if event.kind in ("intervention_start", "intervention_end"):
                             recorder.record_event(event.stamp_ns, event.kind)
-                        if event.kind == "intervention_end":
-                            runner.request_replan()  # a chunk planned before the take-over is stale
                     proposed = rs.proposed if np.all(np.isfinite(rs.proposed)) else None
                     recorder.record_action(obs.stamp_ns, executed, source, out.obs_stamp_ns,
                                            proposed=None if is_expert else proposed)
                     t5 = time.perf_counter()
-                    obs, _r, terminated, truncated, _info = env.step(executed)
+                    obs, _r, terminated, truncated, info = env.step(executed)
                     t6 = time.perf_counter()
                     step += 1
                     n_steps += 1
@@ -290,14 +302,23 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                                f"interventions {summary.interventions + recorder.interventions}  "
                                f"successes {summary.successes}")
                     if terminated:
-                        outcome = "success"
+                        outcome = "success" if info.get("success") else "failure"
+                        end_reason = "" if outcome == "success" else str(info.get("failure") or "")
                         break
                     if truncated:
+                        end_reason = "time_limit"
                         break
-                record = recorder.finish(outcome, obs.stamp_ns)
+                outcomes: list[str] = []
+                if op is not None and hasattr(op, "end_episode"):
+                    op.end_episode(outcome == "success")
+                    outcomes = list(op.intervention_outcomes())
+                record = recorder.finish(outcome, obs.stamp_ns, metadata={
+                    "end_reason": end_reason, "intervention_outcomes": ",".join(outcomes)})
                 summary.episodes.append(EpisodeSummary(k, ep_seed, record.path, outcome, record.steps,
-                                                       record.human_steps, record.interventions))
-                bar.update(f"episode {k + 1}/{episodes} {outcome} after {step} steps, "
+                                                       record.human_steps, record.interventions,
+                                                       end_reason, outcomes))
+                bar.update(f"episode {k + 1}/{episodes} {outcome}"
+                           f"{' (' + end_reason + ')' if end_reason else ''} after {step} steps, "
                            f"{record.interventions} interventions; successes "
                            f"{summary.successes}/{k + 1}", force=True)
     finally:

@@ -2,7 +2,9 @@
 
 One `step(action)` is one control step (10 Hz by default): the end-effector delta is turned into
 arm joint targets by differential IK and the physics runs `substeps` steps of 4 ms under position
-servos. The observation is the same `Observation` the ROS side builds from topics.
+servos. The observation is the same `Observation` the ROS side builds from topics. An episode
+terminates on success (info["success"]) or on a failure it cannot recover from (info["failure"]:
+the object fell off the table or left the reachable workspace); it is truncated at max_steps.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ TRACKING_TOLERANCE = 0.01  # m (and 0.05 rad): within this the arm counts as on 
 RAMP_FRACTION = 0.6  # joint targets reach the IK solution after this share of a control period
 RAMP_SEGMENTS = 5  # in this many increments
 SETTLE_SECONDS = 0.1  # physics run after placing objects so they rest before the first frame
+# An episode ends as a failure when the task's object can no longer be brought back: its centre
+# left the area the TCP can reach (the workspace box, in x and y) or it fell below the table top
+# (over the edge). The reason is in info["failure"].
+FELL_BELOW_Z = -0.03  # m: object centre this far below the table top = fallen off the table
+FAILURE_REASONS = ("object_left_workspace", "object_fell")
 
 
 @functools.cache
@@ -182,11 +189,23 @@ class TabletopEnv:
 
         success = self.task.is_success(self)
         self._success_streak = self._success_streak + 1 if success else 0
-        terminated = self._success_streak >= self.task.hold_steps
+        succeeded = self._success_streak >= self.task.hold_steps
+        failure = None if succeeded else self.failure_reason()
+        terminated = succeeded or failure is not None
         truncated = (not terminated) and self.step_count >= self.max_steps
         obs = self.observe()
-        return obs, float(terminated), terminated, truncated, {"success": terminated,
-                                                                "step": self.step_count}
+        return obs, float(succeeded), terminated, truncated, {
+            "success": succeeded, "failure": failure, "step": self.step_count}
+
+    def failure_reason(self) -> str | None:
+        """Why the episode cannot succeed any more ("object_fell", "object_left_workspace"), or
+        None. Episodes end as failures on these (terminated with info["success"] False)."""
+        obj = self.body_pos(self.task.object_body)
+        if obj[2] < FELL_BELOW_Z:
+            return "object_fell"
+        if np.any(obj[:2] < WORKSPACE_LOW[:2]) or np.any(obj[:2] > WORKSPACE_HIGH[:2]):
+            return "object_left_workspace"
+        return None
 
     def is_success(self) -> bool:
         """The task's success predicate on the current state (instantaneous)."""

@@ -115,9 +115,11 @@ def evaluate(task: str, policy: PolicyLike, episodes: int = 50, seed0: int = 0, 
             act = _episode_policy(policy, env, expert_noise=expert_noise, seed=seed,
                                   factory=factory)
             terminated = truncated = False
+            info: dict = {}
             while not (terminated or truncated):
-                obs, _reward, terminated, truncated, _info = env.step(act(obs))
-            record = {"seed": seed, "success": bool(terminated), "steps": env.step_count}
+                obs, _reward, terminated, truncated, info = env.step(act(obs))
+            record = {"seed": seed, "success": bool(info.get("success")), "steps": env.step_count,
+                      "failure": info.get("failure")}
             per_episode.append(record)
             if progress is not None:
                 progress(i, record)

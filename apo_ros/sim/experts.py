@@ -44,9 +44,25 @@ def _down_rotation(closing_dir: np.ndarray) -> np.ndarray:
     return np.column_stack([np.cross(y, z), y, z])
 
 
-def _aligned(direction: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """`direction` or its opposite, whichever is nearer `current` (the gripper is symmetric)."""
-    return direction if float(np.dot(direction[:2], current[:2])) >= 0 else -direction
+# The gripper is symmetric, so the fingers may close along a grasp direction or its opposite.
+# The expert keeps the side it chose until the other is clearly nearer (cosine margin), instead
+# of switching whenever the two are about equally far (an object turning near 90 degrees from the
+# fingers would make it flip the wrist back and forth every step).
+ALIGN_HYSTERESIS = 0.3
+
+
+def _aligned(direction: np.ndarray, current: np.ndarray, previous_sign: float = 0.0
+             ) -> tuple[np.ndarray, float]:
+    """(`direction` or its opposite, the sign used): the one nearer `current`, except that the
+    previous choice (`previous_sign` +-1; 0 = none) is kept until the other side is nearer by
+    more than ALIGN_HYSTERESIS in cosine."""
+    cos = float(np.dot(direction[:2], current[:2])) / max(
+        float(np.linalg.norm(direction[:2]) * np.linalg.norm(current[:2])), 1e-9)
+    if previous_sign != 0.0 and previous_sign * cos > -ALIGN_HYSTERESIS:
+        sign = previous_sign
+    else:
+        sign = 1.0 if cos >= 0 else -1.0
+    return sign * direction, sign
 
 
 def _yaw_between(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,6 +135,7 @@ class Expert:
         self._waypoint = 0
         self._best_to_go = np.inf
         self._stuck = 0
+        self._closing_sign = 0.0  # which side of the grasp direction the fingers align to
 
     # ---- public -------------------------------------------------------------------------------
     def reset(self, env) -> None:
@@ -126,6 +143,7 @@ class Expert:
 
     def replan(self, env) -> None:
         """Choose the phase that fits the current state (used at reset and at a take-over)."""
+        self._closing_sign = 0.0
         if self.task.is_success(env):
             self._set("retreat")
         elif env.is_grasped(self.task.object_body):
@@ -190,7 +208,7 @@ class Expert:
             self._set("approach")  # dropped it: grasp again
         if self.phase == "approach":
             grasp, closing = task.grasp_target(env)
-            closing = _aligned(closing, closing_now)
+            closing, self._closing_sign = _aligned(closing, closing_now, self._closing_sign)
             pre = grasp + [0, 0, c.approach_height]
             target = pre.copy()
             # Low and away from the object (e.g. after a take-over): go up before going across.
@@ -204,7 +222,7 @@ class Expert:
             return action
         if self.phase == "descend":
             grasp, closing = task.grasp_target(env)
-            closing = _aligned(closing, closing_now)
+            closing, self._closing_sign = _aligned(closing, closing_now, self._closing_sign)
             if np.linalg.norm(tcp[:2] - grasp[:2]) > 0.025:  # the object moved: line up again
                 self._set("approach")
                 return self._plan(env)

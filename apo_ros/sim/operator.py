@@ -51,6 +51,15 @@ class OperatorConfig:
     on_track_steps: int = 3  # ... for this many consecutive steps
     # --- how the human drives ---------------------------------------------------------------------
     human_noise: float = 0.3  # expert action noise scale (people are not scripts)
+    # --- waiting and giving up ----------------------------------------------------------------
+    settle_speed: float = 0.005  # m per control step: while the loose object moves faster, the
+    # person holds the arm still (no chasing a rolling object) ...
+    max_wait_steps: int = 30  # ... for at most this many steps in a row
+    give_up_after_timeouts: int = 2  # interventions that time out before the person gives up on
+    # the episode (it ends as a failure with reason "operator_gave_up", so it can be excluded)
+
+
+INTERVENTION_OUTCOMES = ("recovered", "timed_out", "task_done", "episode_ended")
 
 
 @dataclass
@@ -60,6 +69,11 @@ class Intervention:
     end_step: int | None = None  # env.step_count when control went back to the policy
     failed_stage: int = 0  # stage (0 grasp, 1 transport) in which the policy went wrong
     end_stage: int | None = None  # stage when control went back
+    # recovered: handed back on track; timed_out: let go after max_intervention_steps without
+    # recovering; task_done: the task succeeded while the person drove; episode_ended: the
+    # episode ended otherwise (failure, time limit, the person gave up) during the intervention
+    outcome: str | None = None
+    wait_steps: int = 0  # steps the person held still waiting for the object to settle
 
 
 @dataclass
@@ -95,6 +109,11 @@ class SimulatedOperator:
         self._recover_to = np.inf
         self._on_track = 0
         self._failed_stage = 0
+        self._object_prev: np.ndarray | None = None
+        self._object_speed = 0.0
+        self._waiting = 0
+        self._handback_outcome = "recovered"
+        self.gave_up: str | None = None  # set when the person gives up on the episode
 
     def reset(self, env) -> None:
         self.intervening = False
@@ -105,16 +124,37 @@ class SimulatedOperator:
         self._human_steps = 0
         self._pending = None
         self._watch = _Watch()
+        self._object_prev = env.body_pos(self.expert.task.object_body)
+        self._object_speed = 0.0
+        self._waiting = 0
+        self.gave_up = None
         self.progress.reset()
         self.expert.reset(env)
+
+    @property
+    def object_speed(self) -> float:
+        """How far the task's object moved over the last control step (m)."""
+        return self._object_speed
 
     def step(self, env, proposed_action) -> np.ndarray | None:
         cfg = self.config
         stage, to_go = self.progress.update(env)
+        obj = env.body_pos(self.expert.task.object_body)
+        self._object_speed = 0.0 if self._object_prev is None else float(
+            np.linalg.norm(obj - self._object_prev))
+        self._object_prev = obj
 
         if self.intervening:
+            if self._should_wait(env):
+                # A person does not chase a rolling object: hold still until it comes to rest.
+                self._waiting += 1
+                self.history[-1].wait_steps += 1
+                return self._hold(env)
+            self._waiting = 0
             if self._should_hand_back(stage, to_go):
                 self._hand_back(env, stage)
+                if self.gave_up is not None:
+                    return None
             else:
                 self._human_steps += 1
                 return self.expert.act(env)
@@ -193,17 +233,44 @@ class SimulatedOperator:
         self.expert.replan(env)
         return self.expert.act(env)
 
+    def _should_wait(self, env) -> bool:
+        if self._object_speed <= self.config.settle_speed:
+            return False
+        if env.is_grasped(self.expert.task.object_body):
+            return False  # it moves because the person carries it
+        if self._waiting >= self.config.max_wait_steps:
+            return False
+        return True
+
+    def _hold(self, env) -> np.ndarray:
+        action = np.zeros(7)
+        action[6] = env.gripper_command
+        return action
+
+    def end_episode(self, success: bool) -> None:
+        """The episode ended: an intervention still open gets its outcome."""
+        if self.intervening and self.history and self.history[-1].outcome is None:
+            self.history[-1].outcome = "task_done" if success else "episode_ended"
+        self.intervening = False
+
+    def intervention_outcomes(self) -> list[str]:
+        return [i.outcome or "episode_ended" for i in self.history]
+
     def _should_hand_back(self, stage: int, to_go: float) -> bool:
+        """Whether to let go now; sets self._handback_outcome (recovered / timed_out)."""
         cfg = self.config
-        if self._human_steps >= cfg.max_intervention_steps:
-            return True
         if self._human_steps < cfg.min_intervention_steps:
             return False
+        self._handback_outcome = "recovered"
         if stage > self._failed_stage:  # the stage that failed is done
             return True
         if cfg.handback_when_on_track and stage == self._failed_stage:
             self._on_track = self._on_track + 1 if to_go < self._recover_to - 0.005 else 0
-            return self._on_track >= cfg.on_track_steps
+            if self._on_track >= cfg.on_track_steps:
+                return True
+        if self._human_steps >= cfg.max_intervention_steps:
+            self._handback_outcome = "timed_out"
+            return True
         return False
 
     def _hand_back(self, env, stage: int) -> None:
@@ -212,5 +279,11 @@ class SimulatedOperator:
         self._watch = _Watch()
         self.progress.reset()
         if self.history:
-            self.history[-1].end_step = env.step_count
-            self.history[-1].end_stage = stage
+            last = self.history[-1]
+            last.end_step = env.step_count
+            last.end_stage = stage
+            timed_out = self._handback_outcome == "timed_out"
+            last.outcome = self._handback_outcome
+            timeouts = sum(i.outcome == "timed_out" for i in self.history)
+            if timed_out and timeouts >= self.config.give_up_after_timeouts:
+                self.gave_up = "operator_gave_up"

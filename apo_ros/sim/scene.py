@@ -59,13 +59,20 @@ OFFSCREEN_SAMPLES_LARGE = 4
 # Contact parameters shared by the fingers and the objects: high friction, torsional friction
 # (condim 4) so a held object does not pivot around the finger axis.
 GRIP_FRICTION = (1.5, 0.01, 0.0005)
-OBJECT_FRICTION = (1.0, 0.01, 0.0005)
+# Objects and the table: sliding, torsional and rolling friction (condim 6). Torsional (m) stops
+# a spinning object, rolling (m) stops a rolling one: without it a lemon nudged at 0.6 m/s rolls
+# for metres and a small spin makes it rock for ever. Rolling resistance mu_r = 2 mm on a 2 cm
+# lemon is a rolling coefficient of ~0.1, about that of soft fruit on wood.
+OBJECT_FRICTION = (1.0, 0.01, 0.002)
+OBJECT_CONDIM = 6
 # Stiff, well-damped contacts for everything that is grasped: little interpenetration under a
 # 10 N squeeze (the default solver settings let the pads sink ~5 mm into a light object).
 CONTACT_SOLREF = (0.01, 1.0)
 CONTACT_SOLIMP = (0.95, 0.99, 0.001, 0.5, 2.0)
 TABLE_SIZE = (0.45, 0.6)  # half extents (x, y) of the table top, centred at TABLE_CENTER
 TABLE_CENTER = (0.35, 0.0)
+TABLE_THICKNESS = 0.04  # the top is a box (z from -0.04 to 0): it has edges objects fall over
+FLOOR_Z = -0.75  # the floor below the table, where a fallen object ends up
 
 # Visual colours of the arm (the URDF materials are kept for the links that have one).
 _ARM_COLORS = {
@@ -124,7 +131,7 @@ class SceneInfo:
     finger_geoms: frozenset[int]  # geoms of both fingers
     left_finger_geoms: frozenset[int]
     right_finger_geoms: frozenset[int]
-    table_geom: int  # the table-top collision plane
+    table_geom: int  # the table-top collision box
 
 
 def _add_table(scene: mujoco.MjSpec) -> None:
@@ -136,17 +143,17 @@ def _add_table(scene: mujoco.MjSpec) -> None:
     scene.add_texture(name="sky", type=mujoco.mjtTexture.mjTEXTURE_SKYBOX,
                       builtin=mujoco.mjtBuiltin.mjBUILTIN_GRADIENT, width=64, height=64,
                       rgb1=[0.55, 0.62, 0.70], rgb2=[0.15, 0.16, 0.18])
-    world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, pos=[0.3, 0, -0.75],
-                   size=[2.0, 2.0, 0.1], material="floor_mat", contype=0, conaffinity=0)
+    # The floor collides too: an object pushed over the table's edge falls and stays there.
+    world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, pos=[0.3, 0, FLOOR_Z],
+                   size=[2.0, 2.0, 0.1], material="floor_mat", friction=OBJECT_FRICTION,
+                   condim=OBJECT_CONDIM)
     cx, cy = TABLE_CENTER
     hx, hy = TABLE_SIZE
-    # The table top collides as a plane (stable multi-point contacts with every primitive); a
-    # box draws it. The plane is in group 3, hidden by default.
-    world.add_geom(name="table_top", type=mujoco.mjtGeom.mjGEOM_PLANE, pos=[cx, cy, 0],
-                   size=[hx, hy, 0.01], group=3, rgba=[0, 0, 0, 0], friction=OBJECT_FRICTION,
-                   condim=4)
-    world.add_geom(name="table_visual", type=mujoco.mjtGeom.mjGEOM_BOX, pos=[cx, cy, -0.02],
-                   size=[hx, hy, 0.02], rgba=[0.62, 0.50, 0.38, 1], contype=0, conaffinity=0)
+    # The table top is a box, not a plane: MuJoCo planes collide as infinite planes whatever their
+    # size, so an object pushed off a plane table would keep sliding on thin air at table height.
+    world.add_geom(name="table_top", type=mujoco.mjtGeom.mjGEOM_BOX,
+                   pos=[cx, cy, -TABLE_THICKNESS / 2], size=[hx, hy, TABLE_THICKNESS / 2],
+                   rgba=[0.62, 0.50, 0.38, 1], friction=OBJECT_FRICTION, condim=OBJECT_CONDIM)
     for sx in (-1, 1):
         for sy in (-1, 1):
             world.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX,

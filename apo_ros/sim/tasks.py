@@ -17,7 +17,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from apo_ros.sim.scene import CONTACT_SOLIMP, CONTACT_SOLREF, GRASP_MIN_Z, OBJECT_FRICTION  # noqa: E402
+from apo_ros.sim.scene import (  # noqa: E402
+    CONTACT_SOLIMP,
+    CONTACT_SOLREF,
+    GRASP_MIN_Z,
+    OBJECT_CONDIM,
+    OBJECT_FRICTION,
+)
 
 if TYPE_CHECKING:
     from apo_ros.sim.env import TabletopEnv
@@ -38,8 +44,8 @@ def _visual(body, **kw) -> None:
 
 
 def _object_geom(body, **kw) -> None:
-    body.add_geom(friction=OBJECT_FRICTION, condim=4, solref=CONTACT_SOLREF, solimp=CONTACT_SOLIMP,
-                  **kw)
+    body.add_geom(friction=OBJECT_FRICTION, condim=OBJECT_CONDIM, solref=CONTACT_SOLREF,
+                  solimp=CONTACT_SOLIMP, **kw)
 
 
 def _sample_xy(rng: np.random.Generator, box: tuple[float, float, float, float]) -> np.ndarray:
@@ -121,7 +127,7 @@ class LemonOnPlate(Task):
         plate = spec.worldbody.add_body(name="plate", mocap=True, pos=[0.45, 0.15, 0])
         plate.add_geom(name="plate", type=_CYL, size=[PLATE_RADIUS, PLATE_HALF_HEIGHT, 0],
                        pos=[0, 0, PLATE_HALF_HEIGHT], rgba=[0.93, 0.93, 0.90, 1],
-                       friction=OBJECT_FRICTION, condim=4)
+                       friction=OBJECT_FRICTION, condim=OBJECT_CONDIM)
         _visual(plate, type=_CYL, size=[PLATE_RADIUS - 0.018, 0.0006, 0],
                 pos=[0, 0, PLATE_TOP], rgba=[0.80, 0.84, 0.88, 1])
         lemon = spec.worldbody.add_body(name="lemon", pos=[0.35, -0.1, LEMON_SIZE[2]])

@@ -34,11 +34,12 @@ def record_episode(task: str, seed: int, policy="expert", *, size: int = 160,
 
         snap("t=0")
         terminated = truncated = False
+        info: dict = {}
         while not (terminated or truncated):
-            obs, _r, terminated, truncated, _info = env.step(act(obs))
+            obs, _r, terminated, truncated, info = env.step(act(obs))
             phase = act.expert.phase if isinstance(act, ExpertPolicy) else ""
             snap(f"t={env.step_count} {phase}".strip())
-        return {"frames": frames, "labels": labels, "success": bool(terminated),
+        return {"frames": frames, "labels": labels, "success": bool(info.get("success")),
                 "steps": env.step_count, "instruction": env.instruction}
     finally:
         env.close()
