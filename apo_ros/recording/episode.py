@@ -59,25 +59,3 @@ class Episode:
         """(N, 7) executed actions."""
         return np.asarray([s.action for s in self.steps], dtype=np.float64).reshape(-1, 7)
 
-
-def read_episode(path: str, *, load_images: bool = True, tolerance_ns: int = 0) -> Episode:
-    """Read one episode bag (see apo_ros.recording.reader.read_episode)."""
-    from apo_ros.recording.reader import read_episode as _read
-
-    return _read(path, load_images=load_images, tolerance_ns=tolerance_ns)
-
-
-def read_episodes(paths, **kwargs) -> tuple[list[Episode], list[tuple[str, str]]]:
-    """Read bags and directories of bags; returns (episodes, [(path, problem)])."""
-    from apo_ros.recording.reader import read_episodes as _read
-
-    return _read(paths, **kwargs)
-
-
-def __getattr__(name: str):
-    # BagError lives with the reader; importable from here too, without an import cycle.
-    if name == "BagError":
-        from apo_ros.recording.reader import BagError
-
-        return BagError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

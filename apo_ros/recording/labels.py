@@ -1,6 +1,6 @@
 """Intervention labels, derived on read (never written into a bag, so K can change later).
 
-APO (REFERENCE section 1): at the first human step of every intervention, the K policy steps just
+APO: at the first human step of every intervention, the K policy steps just
 before it are *undesirable*; every other step (expert demos, other policy steps, all human steps)
 is *desirable*. Counting back stops at the previous intervention (or expert step): the policy
 steps before an earlier intervention belong to that one. With `noop_filter`, no-op policy steps
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apo_ros.actions.space import GRIPPER_INDEX
+from apo_ros.actions.space import is_noop
 from apo_ros.recording.episode import Episode
 
 SIRIUS_CLASSES: tuple[str, ...] = ("demo", "rollout", "intervention", "pre_intervention")
@@ -99,7 +99,7 @@ def label_sources(sources, actions=None, *, k: int = 10, noop_filter: bool = Fal
         a = np.asarray(actions, dtype=np.float64).reshape(n, -1)
         if stats is not None:
             a = stats.normalize(a)
-        noop = np.abs(a[:, :GRIPPER_INDEX]).sum(axis=1) < noop_threshold
+        noop = is_noop(a, noop_threshold)
     undesirable = _mark_before(codes, spans, k, ~noop)
     pre = _mark_before(codes, spans, sirius_window, np.ones(n, dtype=bool))
     sirius = np.full(n, ROLLOUT, dtype=np.int8)

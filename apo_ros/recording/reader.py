@@ -245,15 +245,11 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     if load_images:
         wanted += list(cameras.values())
     selected = [conns[t] for t in wanted if t in conns]
-    deserialize = store.deserialize_cdr
-    last_names: tuple[str, ...] = ()
+    decode = store.deserialize_cdr  # the generic path, for anything the fast decoders refuse
     action_names = tuple(M.ACTION_NAMES)
     action_topics = (schema.ACTION_EXECUTED, schema.ACTION_PROPOSED, schema.ACTION_HUMAN)
     # per-topic [names bytes, names]: joint names are decoded once per topic, not per message
     name_cache: dict[str, list] = {t: [] for t in (*action_topics, schema.JOINT_STATES, schema.GRIPPER_STATE)}
-
-    def decode(raw, msgtype):  # the generic path, for anything the fast decoders refuse
-        return deserialize(raw, msgtype)
 
     try:
         for conn, bagtime, raw in reader.messages(connections=selected):
@@ -291,10 +287,8 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                     positions = np.asarray(msg.position, dtype=np.float64)
                 if topic == schema.GRIPPER_STATE:
                     grippers[stamp] = float(positions[0]) if positions.shape[0] else float("nan")
-                else:
-                    if names != last_names:  # share one names tuple across observations
-                        last_names = names
-                    joints[stamp] = (last_names, positions)
+                else:  # name_cache shares one names tuple across observations
+                    joints[stamp] = (names, positions)
             elif topic == schema.EE_POSE:
                 try:
                     stamp, pose = cdr.pose_stamped(raw)
@@ -319,8 +313,6 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                         info = json.loads(text)
                     except ValueError:
                         info = {}
-    except BagError:
-        raise
     except Exception as err:
         raise BagError(str(bag), f"corrupt data ({type(err).__name__}: {err})") from None
 
@@ -334,13 +326,11 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     default_instruction = metadata.get("instruction", "")
     instr_times = [t for t, _ in instructions]
 
-    sorted_keys = None
+    keys: dict[str, list[int]] = {}  # sorted stamps per table, for the nearest-older lookup
     if tolerance_ns > 0:
-        sorted_keys = {name: sorted(table) for name, table in
-                       [("joints", joints), ("poses", poses), ("grippers", grippers),
-                        ("objects", object_poses)]
-                       + [(f"img:{c}", images[c]) for c in images]}
-    keys = sorted_keys or {}
+        keys = {name: sorted(table) for name, table in
+                [("joints", joints), ("poses", poses), ("grippers", grippers), ("objects", object_poses)]
+                + [(f"img:{c}", images[c]) for c in images]}
 
     observations: dict[int, Observation | None] = {}
     steps: list[Step] = []

@@ -176,9 +176,6 @@ class EpisodeRecorder:
         self._human_steps += source == "human"
         self._last_stamp = max(self._last_stamp, int(stamp_ns))
 
-    def record_human_command(self, stamp_ns: int, action: np.ndarray, obs_stamp_ns: int) -> None:
-        self._w().write_human_command(int(stamp_ns), action, int(obs_stamp_ns))
-
     def record_event(self, stamp_ns: int, kind: str) -> None:
         """Episode events; intervention events are de-duplicated (start only when not in one)."""
         if kind == "intervention_start":

@@ -48,10 +48,6 @@ def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     return mat_to_rotvec(target @ current.T)
 
 
-def wrap_angle(angle: float) -> float:
-    return float((angle + np.pi) % (2 * np.pi) - np.pi)
-
-
 class DifferentialIK:
     """Damped least squares on the TCP site Jacobian (mj_jacSite), iterated a few times on a
     scratch MjData so one 10 Hz command lands where it was asked to (a single linearisation leaves
