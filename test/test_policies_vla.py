@@ -206,7 +206,11 @@ def test_save_load_reproduces_outputs(tiny_dir, tmp_path, kind, lora, merge):
         with torch.no_grad(), loaded.model.disable_adapter():
             base = loaded.token_logps(loaded.prepare(*inputs_source(loaded)), tokens, mask)
         torch.testing.assert_close(base, got, rtol=0, atol=0)
-    assert torch.equal(loaded.predict_tokens(inputs)[0], policy.predict_tokens(inputs)[0]) or (lora and merge)
+    predicted, original = loaded.predict_tokens(inputs)[0], policy.predict_tokens(inputs)[0]
+    if lora and merge:  # rounding may flip a near-tie between two tokens, not more
+        assert predicted.shape == original.shape and (predicted == original).float().mean() >= 0.9
+    else:
+        assert torch.equal(predicted, original)
     if kind == "vla_fast":
         sample = random_batch(3, chunk=4, seed=5)[2]
         assert torch.equal(loaded.encode_actions(sample)[0], policy.encode_actions(sample)[0])
