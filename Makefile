@@ -10,11 +10,13 @@ ROS_SPEC   ?= "ros-jazzy-rclpy[fastrtps]==7.1.6" ros-jazzy-std-msgs==5.3.6 \
               ros-jazzy-sensor-msgs==5.3.6 ros-jazzy-geometry-msgs==5.3.6 \
               ros-jazzy-std-srvs==5.3.6 ros-jazzy-trajectory-msgs==5.3.6
 STAMP      := $(VENV)/.apo_ros-installed
+# the tested version of every dependency; regenerate with `make constraints` after changing setup.py
+CONSTRAINTS := constraints.txt
 DEMO_ARGS  ?=
 PYTEST_ARGS ?=
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test lint typecheck-nodes venv clean help
+.PHONY: demo test lint typecheck-nodes venv constraints clean help
 
 help:
 	@echo "make demo   - set up .venv and run the correction flywheel on the simulator (apo-ros demo)"
@@ -22,10 +24,10 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py Makefile $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev]" $(ROS_SPEC)
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]" $(ROS_SPEC)
 	@# rclpy-intellisense (once in the dev extra) overwrites the real rclpy's files: remove it and
 	@# reinstall the real one over what the removal deleted.
 	@if $(BIN)/python -m pip show -q rclpy-intellisense 2>/dev/null; then \
@@ -33,6 +35,11 @@ $(STAMP): setup.py Makefile
 	  $(BIN)/python -m pip install -q --force-reinstall --no-deps \
 	    "ros-rclpy==$$($(BIN)/python -m pip show ros-rclpy | sed -n 's/^Version: //p')"; fi
 	@touch $@
+
+# pin what .venv holds now (torch excepted: TORCH_SPEC pins it)
+constraints: $(STAMP)
+	@(sed -n '1,3p' $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable --exclude torch \
+	  | grep -v '^apo.ros') > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 demo: $(STAMP)
 	$(BIN)/apo-ros demo $(DEMO_ARGS)

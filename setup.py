@@ -41,7 +41,6 @@ setup(
         "peft>=0.13",
         "rosbags>=0.11,<0.12",
         "mcap>=1.2",
-        "mcap-ros2-support>=0.5",
         "mujoco>=3.3",
         "opencv-python-headless>=4.8",
     ],
@@ -53,6 +52,7 @@ setup(
             "pytest>=7",
             "pytest-xdist>=3",
             "hypothesis>=6",
+            "mcap-ros2-support>=0.5",  # the official MCAP ROS 2 decoder, to check our bags against
             "ruff>=0.5",
             "mypy>=1.8",
             "pyspacemouse>=2.1",

@@ -1,3 +1,4 @@
+import argparse
 import io
 import subprocess
 import sys
@@ -14,12 +15,34 @@ def test_help_lists_subcommands(capsys):
     assert "bench" in capsys.readouterr().out
 
 
-def test_every_subcommand_has_help():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert sub.choices, "no subcommands registered"
-    for name, p in sub.choices.items():
-        assert p.format_help().strip(), name
+def _commands(parser, prefix=()):
+    """(command words, parser) of every command and subcommand, depth first."""
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_command_and_option_is_documented_and_handled():
+    commands = list(_commands(build_parser()))
+    names = {" ".join(words) for words, _ in commands}
+    assert {"sim eval", "bags info", "bags plot", "bags repair", "policy new", "policy info", "train",
+            "session", "demo", "bench"} <= names
+    for words, parser in commands[1:]:
+        label = " ".join(words)
+        assert (parser.description or "").strip(), f"{label}: no description"
+        undocumented = [a.option_strings or a.dest for a in parser._actions
+                        if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+                        and not (a.help or "").strip()]
+        assert not undocumented, f"{label}: options without help {undocumented}"
+        has_sub = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+        assert has_sub or callable(parser.get_default("func")), f"{label}: no handler"
+
+
+def test_a_group_without_its_subcommand_prints_its_help(capsys):
+    assert main(["bags"]) == 2
+    assert "info" in capsys.readouterr().out
 
 
 def test_console_entry_runs():

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "intervention ratio (human steps / all executed steps). PATHs are bags "
                            "or directories searched for bags. Exit 1 if any bag is bad, 2 if none "
                            "is readable.")
-    info.add_argument("paths", nargs="+", metavar="PATH")
+    info.add_argument("paths", nargs="+", metavar="PATH", help="bag directories or folders of bags")
     info.add_argument("--json", action="store_true", help="print one JSON document")
     info.add_argument("--k", type=int, default=DEFAULT_K,
                       help=f"undesirable policy steps before each intervention (default {DEFAULT_K})")
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     plot = bags.add_parser("plot", help="timeline PNG: who acted when, undesirable steps, outcomes",
                            description="One row per episode, time on x, colored spans for policy / "
                            "human / expert / undesirable steps, the outcome marked at the end.")
-    plot.add_argument("paths", nargs="+", metavar="PATH")
+    plot.add_argument("paths", nargs="+", metavar="PATH", help="bag directories or folders of bags")
     plot.add_argument("-o", "--output", default="timeline.png", help="PNG to write (default timeline.png)")
     plot.add_argument("--k", type=int, default=DEFAULT_K,
                       help=f"K for undesirable steps (default {DEFAULT_K})")

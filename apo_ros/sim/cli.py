@@ -113,7 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
-    t = sim.add_parser("tasks", help="list the tasks and their instructions")
+    t = sim.add_parser("tasks", help="list the tasks and their instructions",
+                       description="List the simulator tasks with their language instructions.")
     t.set_defaults(func=cmd_tasks)
 
     e = sim.add_parser("eval", help="success rate of a policy over seeded episodes",
@@ -123,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
     e.add_argument("--policy", default="expert",
                    help="'expert' (scripted, privileged) or a checkpoint directory")
-    e.add_argument("--episodes", type=int, default=50)
+    e.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
     e.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     e.add_argument("--max-steps", type=int, default=None, help="episode length (task default)")
     e.add_argument("--image-size", type=int, default=64, help="camera size for learned policies")
@@ -131,15 +132,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON line")
     e.set_defaults(func=cmd_eval)
 
-    v = sim.add_parser("view", help="contact sheet of front + wrist frames along one episode")
+    v = sim.add_parser("view", help="contact sheet of front + wrist frames along one episode",
+                       description="Run one seeded episode and write a PNG contact sheet: a row of "
+                       "front-camera frames and a row of wrist-camera frames along it.")
     v.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     v.add_argument("-o", "--output", default="sheet.png", help="PNG to write (default sheet.png)")
     v.add_argument("--policy", default="expert",
                    help="'expert' (scripted) or a checkpoint directory")
     v.add_argument("--size", type=int, default=160, help="frame size in pixels (default 160)")
     v.add_argument("--frames", type=int, default=8, help="frames per camera row (default 8)")
     v.add_argument("--image-size", type=int, default=64, help="camera size the policy sees")
-    v.add_argument("--max-steps", type=int, default=None)
+    v.add_argument("--max-steps", type=int, default=None, help="episode length (task default)")
     v.add_argument("--quiet", action="store_true", help="report on stderr")
     v.set_defaults(func=cmd_view)

@@ -1,0 +1,99 @@
+"""`apo-ros bench`: one smoke run per section at the smallest sizes. Nothing here is timed: the
+figures must only come out as finite, non-negative numbers, with the rates and times that every
+section reports strictly positive (a broken timer, an empty loop or a division gone wrong shows)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from apo_ros.bench import SECTIONS, describe_machine
+
+
+def _numbers(doc, path=""):
+    """(dotted path, value) of every number in a nested result (bools are flags, not figures)."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from _numbers(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(doc, (list, tuple)):
+        for i, value in enumerate(doc):
+            yield from _numbers(value, f"{path}.{i}")
+    elif isinstance(doc, (int, float, np.integer, np.floating)) and not isinstance(doc, (bool, np.bool_)):
+        yield path, float(doc)
+
+
+def _check(result: dict, positive: list[str]) -> None:
+    figures = dict(_numbers(result))
+    bad = {k: v for k, v in figures.items() if not math.isfinite(v) or v < 0}
+    assert not bad, f"non-finite or negative figures: {bad}"
+    for key in positive:
+        assert figures.get(key, 0) > 0, f"{key} = {figures.get(key)} (of {sorted(figures)})"
+
+
+def test_sections_are_the_documented_ones():
+    assert list(SECTIONS) == ["sim", "bags", "policy", "train", "runtime"]
+    machine = describe_machine()
+    assert machine["cpu_count"] >= 1 and machine["torch"]
+
+
+def test_bags_section(tmp_path):
+    from apo_ros.recording import bench
+
+    recording = bench.bench_recording(0.4, str(tmp_path), repeats=1)
+    reading = bench.bench_reading(60, str(tmp_path))
+    _check({"recording": recording, "reading": reading},
+           ["recording.real_time_factor", "recording.bare_real_time_factor", "recording.bag_megabytes",
+            "recording.jpeg_real_time_factor", "recording.time_ratio_to_bare",
+            "reading.read_label_steps_per_s", "reading.read_label_steps_per_s_no_images",
+            "reading.bare_read_deserialize_steps_per_s", "reading.time_ratio_to_bare"])
+
+
+def test_policy_section():
+    from apo_ros.policies import bench
+
+    latency = bench._latency("small", "cpu", 2)
+    training = bench._train_speed(steps=1, batch=8, threads=1)
+    _check({"latency": latency, "training": training},
+           ["latency.p50_ms", "latency.p99_ms", "latency.parameters", "training.small_samples_per_s",
+            "training.naive_baseline_samples_per_s", "training.ratio_to_baseline"])
+
+
+def test_train_section(tmp_path):
+    from apo_ros.training import bench
+    from apo_ros.training.data import load_samples
+    from apo_ros.training.trainer import TrainConfig
+
+    demos, data = bench._write_bags(str(tmp_path / "bags"), 2, 12, 16)
+    samples = load_samples(demos, data, cache_dir=None)
+    step, facts = bench._make_step(samples, TrainConfig(method="apo", steps=10, batch_size=4, progress=False))
+    step()
+    _check(facts, ["batch", "reference_pass_s", "reference_pass_samples"])
+
+
+def test_runtime_section():
+    from apo_ros.runtime import bench
+
+    overhead = bench.per_step_overhead(12)
+    takeover = bench.takeover_latency(4)
+    drain = bench.spacemouse_drain(20)
+    _check({"overhead": overhead, "takeover": takeover, "drain": drain},
+           ["overhead.control_ms.mean", "overhead.total_ms.mean", "drain.drain_read_us"])
+    assert drain["drained_read_sees_deflection"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_sim_section():
+    from apo_ros.sim import bench
+
+    actions = bench._expert_actions(bench.BENCH_TASK, seed=0)[:5]
+    runners = bench._make_runners(bench.BENCH_TASK, actions)
+    substeps = runners.pop("_substeps")
+    rates = {}
+    for name, replay in runners.items():
+        steps, seconds = replay()
+        assert steps == len(actions), name
+        rates[name] = steps / seconds
+    _check({"rates": rates, "substeps": substeps},
+           ["substeps"] + [f"rates.{name}" for name in runners])
