@@ -26,7 +26,9 @@ def _numbers(doc, path=""):
 
 def _check(result: dict, positive: list[str]) -> None:
     figures = dict(_numbers(result))
-    bad = {k: v for k, v in figures.items() if not math.isfinite(v) or v < 0}
+    # differences between two timings ("added_over_...") may come out below zero under load
+    bad = {k: v for k, v in figures.items()
+           if not math.isfinite(v) or (v < 0 and "added_" not in k.rsplit(".", 1)[-1])}
     assert not bad, f"non-finite or negative figures: {bad}"
     for key in positive:
         assert figures.get(key, 0) > 0, f"{key} = {figures.get(key)} (of {sorted(figures)})"
@@ -62,8 +64,8 @@ def test_policy_section():
 
 def test_train_section(tmp_path):
     from apo_ros.training import bench
-    from apo_ros.training.data import load_samples
-    from apo_ros.training.trainer import TrainConfig
+    from apo_ros.training.config import TrainConfig
+    from apo_ros.training.samples import load_samples
 
     demos, data = bench._write_bags(str(tmp_path / "bags"), 2, 12, 16)
     samples = load_samples(demos, data, cache_dir=None)
