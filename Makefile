@@ -36,10 +36,14 @@ $(STAMP): setup.py Makefile $(CONSTRAINTS)
 	    "ros-rclpy==$$($(BIN)/python -m pip show ros-rclpy | sed -n 's/^Version: //p')"; fi
 	@touch $@
 
-# pin what .venv holds now (torch excepted: TORCH_SPEC pins it)
+# pin what .venv holds now: every distribution pip installed (not the metadata that the ROS wheels
+# carry inside them), torch excepted (TORCH_SPEC pins it)
 constraints: $(STAMP)
-	@(sed -n '1,3p' $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable --exclude torch \
-	  | grep -v '^apo.ros') > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	@(sed -n '1,3p' $(CONSTRAINTS); $(BIN)/python -c 'import importlib.metadata as m; \
+	  skip = {"torch", "apo_ros", "apo-ros", "pip", "setuptools", "wheel"}; \
+	  pins = {d.metadata["Name"] + "==" + d.version for d in m.distributions() \
+	          if (d.read_text("INSTALLER") or "").strip() == "pip" and d.metadata["Name"].lower() not in skip}; \
+	  print("\n".join(sorted(pins, key=str.lower)))') > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 demo: $(STAMP)
 	$(BIN)/apo-ros demo $(DEMO_ARGS)
