@@ -16,10 +16,11 @@ DEMO_ARGS  ?=
 PYTEST_ARGS ?=
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test lint typecheck-nodes venv constraints clean help
+.PHONY: demo study test lint typecheck-nodes venv constraints clean help
 
 help:
 	@echo "make demo   - set up .venv and run the correction flywheel on the simulator (apo-ros demo)"
+	@echo "make study  - the powered two-task method comparison (apo-ros demo --full; hours of CPU)"
 	@echo "make test   - set up .venv, then ruff, the static check of the ROS nodes, and pytest"
 
 venv: $(STAMP)
@@ -47,6 +48,10 @@ constraints: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/apo-ros demo $(DEMO_ARGS)
+
+# the powered two-task comparison behind the README's results (resumable: rerun to continue)
+study: $(STAMP)
+	$(BIN)/apo-ros demo --full $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check apo_ros test launch setup.py

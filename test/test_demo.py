@@ -1,57 +1,126 @@
-"""The flywheel end to end at toy size: every stage runs for real (sim, bags, training of all six
-methods, evaluation on shared seeds, a lifelong round) and the results files have the promised shape."""
+"""The study behind `apo-ros demo` at toy size: every stage runs for real (sim, bags, the sweep of
+every method, validation, selection, test evaluation on shared seeds, lifelong rounds), methods
+really start from the base, a rerun resumes, and the statistics are what they claim."""
 
 import json
 import os
 
+import numpy as np
+import pytest
+
 from apo_ros.cli import main
-from apo_ros.demo.flywheel import METHODS, DemoConfig, run_demo
-from apo_ros.demo.report import method_entry, wilson_ci
-from apo_ros.recording import read_episodes
+from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
+from apo_ros.demo.study import METHODS, StudyConfig, run_study
 
 
-def test_wilson_interval_properties():
-    lo, hi = wilson_ci(0, 10)
-    assert lo == 0.0 and 0.2 < hi < 0.35
-    lo, hi = wilson_ci(10, 10)
-    assert abs(hi - 1.0) < 1e-12 and 0.65 < lo < 0.8
-    lo, hi = wilson_ci(5, 10)
-    assert lo < 0.5 < hi and abs((0.5 - lo) - (hi - 0.5)) < 1e-9
-    assert wilson_ci(50, 100)[1] - wilson_ci(50, 100)[0] < hi - lo  # more trials, narrower
-    entry = method_entry([(3, 10), (5, 10)])
-    assert entry["success_rate"] == 0.4 and entry["episodes"] == 20 and entry["per_seed"] == [0.3, 0.5]
+def test_bootstrap_interval_contains_between_seed_variance():
+    rng = np.random.default_rng(0)
+    # three pipeline seeds with very different rates: the interval must be much wider than the
+    # binomial interval of 300 pooled episodes (about +-0.05)
+    spread = np.stack([rng.random(100) < p for p in (0.1, 0.5, 0.9)]).astype(float)
+    wide = bootstrap_mean(spread)
+    assert wide["mean"] == pytest.approx(spread.mean())
+    assert wide["ci95"][1] - wide["ci95"][0] > 0.3
+    assert wide["per_seed"] == pytest.approx(list(spread.mean(1)))
+    same = np.stack([rng.random(100) < 0.5 for _ in range(3)]).astype(float)
+    narrow = bootstrap_mean(same)
+    assert narrow["ci95"][1] - narrow["ci95"][0] < 0.2
+    assert narrow["ci95"][0] < 0.5 < narrow["ci95"][1]
 
 
-def test_tiny_flywheel_writes_results(tmp_path):
-    out = tmp_path / "demo"
-    # base_steps=2: a nearly untrained base drifts, so the simulated operator must step in
-    config = DemoConfig(out=str(out), rounds=2, seeds=1, demo_episodes=3, demo_noise=0.0, base_steps=2,
-                        interaction_episodes=2, round_episodes=1, method_steps=4, batch_size=8,
-                        eval_episodes=2, workers=1, max_steps=60)
-    results = run_demo(config, progress=False, log=lambda m: None)
-    on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk == json.loads(json.dumps(results))
-    assert set(results["methods"]) == {"base", *METHODS}
-    for entry in results["methods"].values():
-        assert entry["episodes"] == 2
-        assert 0.0 <= entry["ci95"][0] <= entry["success_rate"] <= entry["ci95"][1] <= 1.0
-    rounds = results["rounds"]
-    assert {(r["round"], r["method"]) for r in rounds} == {
-        (r, m) for r in (0, 1, 2) for m in ("apo", "dagger")}
-    assert all(0.0 <= r["intervention_ratio"] <= 1.0 for r in rounds)
-    assert results["data"]["demo_episodes"] == 3 and results["data"]["interventions"] >= 1
-    assert results["data"]["interaction_episodes"] == 2 + 2 * 2
-    assert (out / "results.md").read_text().count("|") > 20
-    assert (out / "results.png").stat().st_size > 1000
-    # every bag is kept and readable: demos, round 0, and both lineages' rounds
-    episodes, errors = read_episodes([str(out / "demos"), str(out / "rounds")])
-    assert not errors and len(episodes) == 3 + 2 + 2 * 2
-    assert {s.source for s in episodes[0].steps} == {"expert"}
-    # every method's checkpoint exists and was started from the base
-    for m in METHODS:
-        assert os.path.exists(out / "methods" / f"{m}_seed0" / "policy" / "apo_policy.json")
+def test_paired_difference_cancels_shared_difficulty():
+    rng = np.random.default_rng(1)
+    hard = rng.random((3, 100)) < 0.5  # states every policy fails on
+    a = (~hard).astype(float)
+    b = a.copy()
+    b[:, :10] = 0  # b fails on 10 more states per seed
+    d = bootstrap_difference(a, b)
+    assert d["diff"] == pytest.approx(a.mean() - b.mean())
+    assert d["ci95"][0] > 0 and d["p_above_zero"] > 0.99
+    none = bootstrap_difference(a, a)
+    assert none["diff"] == 0 and none["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="shape"):
+        bootstrap_difference(a, b[:2])
+    r = bootstrap_ratio([[1, 3], [2, 2]], [[10, 10], [10, 10]])
+    assert r["mean"] == pytest.approx(0.2) and r["per_seed"] == pytest.approx([0.2, 0.2])
 
 
-def test_demo_rejects_unknown_task(tmp_path, capsys):
-    assert main(["demo", "--task", "no_such_task", "--out", str(tmp_path), "--no-progress"]) == 2
-    assert "no_such_task" in capsys.readouterr().err
+def test_batched_evaluation_matches_one_at_a_time():
+    import torch
+
+    from apo_ros.actions.statistics import ActionStatistics
+    from apo_ros.policies import build_policy
+    from apo_ros.sim.evaluate import evaluate
+
+    torch.manual_seed(0)
+    stats = ActionStatistics.from_actions(np.random.default_rng(0).uniform(-0.02, 0.02, (50, 7)))
+    policy = build_policy("state", stats, instructions=["put the lemon on the plate"], chunk_size=2)
+    one = evaluate("lemon_on_plate", policy, episodes=3, seed0=7, render=False, cameras=(), max_steps=12)
+    many = evaluate("lemon_on_plate", policy, episodes=3, seed0=7, render=False, cameras=(), max_steps=12,
+                    batch=2)
+    assert [r["steps"] for r in one["per_episode"]] == [r["steps"] for r in many["per_episode"]]
+    assert [r["seed"] for r in many["per_episode"]] == [7, 8, 9]
+
+
+def _tiny(out, **kw):
+    base = dict(tasks=["lemon_on_plate"], out=str(out), pipeline_seeds=2, demo_episodes=3,
+                demo_noise=0.0, base_steps=3, batch_size=8, interaction_episodes=2,
+                sweep_lrs=[1e-4, 1e-3], sweep_steps=[2, 4], validation_episodes=2, test_episodes=3,
+                rounds=2, round_episodes=1, round_test_episodes=3, workers=1, max_steps=40,
+                bootstrap_draws=200, eval_batch=2)
+    base.update(kw)
+    return StudyConfig(**base)
+
+
+def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base(tmp_path):
+    import torch
+
+    from apo_ros.policies import build_policy, load_policy
+
+    out = tmp_path / "study"
+    results = run_study(_tiny(out), progress=False, log=lambda m: None)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    t = results["tasks"]["lemon_on_plate"]
+    assert set(t["policies"]) == {"base", *METHODS}
+    for name, entry in t["policies"].items():
+        assert len(entry["per_seed"]) == 2
+        assert 0.0 <= entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1] <= 1.0
+        if name != "base":  # chosen by the same sweep
+            assert entry["lr"] in (1e-4, 1e-3) and entry["steps"] in (2, 4)
+    assert {"apo - base", "apo - dagger", "fresh - base"} <= set(t["paired"])
+    for m in ("apo", "dagger"):
+        assert [r["round"] for r in t["rounds"][m]] == [0, 1, 2]
+        assert all(0.0 <= r["intervention_ratio"]["mean"] <= 1.0 for r in t["rounds"][m])
+    assert (out / "results.md").read_text().count("|") > 40 and (out / "results.png").stat().st_size > 1000
+
+    # every method, every pipeline seed: trained from that seed's base (its policy id, and weights
+    # far closer to the base than a fresh initialization is)
+    for p in range(2):
+        base_dir = out / "lemon_on_plate" / f"seed{p}" / "base" / "policy"
+        base = load_policy(str(base_dir), device="cpu")
+        base_w = torch.cat([x.detach().flatten() for x in base.parameters()])
+        fresh = build_policy("state", base.stats, instructions=["put the lemon on the plate"],
+                             **_tiny(out).policy)
+        fresh_w = torch.cat([x.detach().flatten() for x in fresh.parameters()])
+        for m in METHODS:
+            run = out / "lemon_on_plate" / f"seed{p}" / "sweep" / f"{m}_lr1e-3"
+            init = json.loads((run / "train_config.json").read_text())["init"]
+            assert init["init_policy_id"] == base.policy_id, m
+            trained = load_policy(str(run / "policy"), device="cpu")
+            w = torch.cat([x.detach().flatten() for x in trained.parameters()])
+            assert (w - base_w).norm() < 0.2 * (fresh_w - base_w).norm(), m
+
+    # a rerun with the same --out does no work again and gives the same results
+    mtime = (out / "jobs" / "lemon_on_plate__seed0__base.json").stat().st_mtime
+    again = run_study(_tiny(out), progress=False, log=lambda m: None)
+    assert (out / "jobs" / "lemon_on_plate__seed0__base.json").stat().st_mtime == mtime
+    assert again["tasks"] == results["tasks"]
+    assert os.path.isdir(out / "lemon_on_plate" / "seed1" / "rounds" / "round0")
+
+
+def test_demo_rejects_bad_options_in_one_line(tmp_path, capsys):
+    assert main(["demo", "--tasks", "[no_such_task]", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_task" in err and "Traceback" not in err
+    assert main(["demo", "--pipeline_seeds", "two", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "pipeline_seeds" in capsys.readouterr().err

@@ -1,48 +1,74 @@
-"""`apo-ros demo`: the correction flywheel end to end on the simulator, and the method comparison."""
+"""`apo-ros demo`: the correction flywheel end to end on the simulator, and the method comparison.
+
+Three sizes of the same study (apo_ros.demo.study): `--quick` (a few minutes), the default (the
+newcomer's first command, under 20 minutes on 2 cores) and `--full` (the powered two-task
+comparison behind the README's results). Every option of `StudyConfig` is a flag too
+(`--pipeline_seeds 5`, `--tasks "[hang_cup]"`) or a key of a `--config` YAML file; a rerun with
+the same `--out` resumes where the last one stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+# The three presets (StudyConfig fields over its defaults; the defaults are the full study).
+PRESETS: dict[str, dict] = {
+    "quick": dict(tasks=["lemon_on_plate"], pipeline_seeds=1, demo_episodes=60, base_steps=600,
+                  interaction_episodes=10, sweep_lrs=[3e-4], sweep_steps=[150],
+                  validation_episodes=10, test_episodes=30, rounds=1, round_episodes=10,
+                  round_test_episodes=30, out="demo_out"),
+    "default": dict(tasks=["lemon_on_plate"], pipeline_seeds=2, demo_episodes=100,
+                    interaction_episodes=20, sweep_lrs=[1e-4, 5e-4], sweep_steps=[250],
+                    validation_episodes=20, test_episodes=60, rounds=2, round_episodes=15,
+                    round_test_episodes=60, out="demo_out"),
+    "full": dict(out="study_out"),
+}
+
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from apo_ros.demo.flywheel import DemoConfig, run_demo
-    from apo_ros.demo.report import results_markdown
+    from apo_ros.config import config_from_args, load_yaml, merge
+    from apo_ros.demo.study import StudyConfig, run_study
+    from apo_ros.demo.study_report import study_markdown
 
-    overrides = {k: v for k, v in (("task", args.task), ("out", args.out), ("rounds", args.rounds),
-                                   ("seeds", args.seeds), ("workers", args.workers)) if v is not None}
-    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-    if config.rounds < 0 or config.seeds < 1 or config.workers < 1:
-        from apo_ros.errors import UserError
-
-        raise UserError("--rounds must be >= 0, --seeds and --workers >= 1")
-    print(f"apo-ros demo: task {config.task}, {'quick' if args.quick else 'default'} mode, "
-          f"{config.seeds} training seed(s), {config.rounds} lifelong round(s), output in {config.out}",
-          file=sys.stderr)
-    results = run_demo(config, progress=not args.no_progress and sys.stderr.isatty())
-    print(results_markdown(results))
-    print(f"results: {config.out}/results.json, results.md, results.png "
-          f"(inspect any bag with `apo-ros bags info/plot {config.out}/rounds/round0`)")
+    mode = "full" if args.full else "quick" if args.quick else "default"
+    preset = dict(PRESETS[mode])
+    if args.config:
+        preset = merge(preset, load_yaml(args.config))
+    config = config_from_args(StudyConfig, args, overrides=preset)
+    print(f"apo-ros demo ({mode}): tasks {', '.join(config.tasks)}, {config.policy_kind} policy, "
+          f"{config.pipeline_seeds} pipeline seed(s), {len(config.methods)} methods x "
+          f"{len(config.sweep_lrs) * len(config.sweep_steps)} settings, {config.test_episodes} test "
+          f"episodes per policy, {config.rounds} lifelong round(s); output in {config.out} "
+          "(rerun with the same --out to resume)", file=sys.stderr)
+    results = run_study(config, progress=not args.no_progress and sys.stderr.isatty(),
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(study_markdown(results))
+    print(f"results: {config.out}/results.json, results.md, results.png (bags: "
+          f"`apo-ros bags info {config.out}/{config.tasks[0]}/seed0/rounds/round0`)")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from apo_ros.config import add_config_arguments
+    from apo_ros.demo.study import StudyConfig
+
     p = sub.add_parser(
         "demo",
         help="the correction flywheel end to end on the simulator, APO vs baselines",
         description="Record expert demos, train a base policy (bc), deploy it with a simulated "
-        "operator at the SpaceMouse, train dagger / sirius / kto / tpo / apo from the same data and "
-        "budget, evaluate all on the same seeded states, and run lifelong rounds. No ROS, no GPU, "
-        "no downloads. Writes results.json / .md / .png and keeps every bag and checkpoint.",
+        "operator at the SpaceMouse, tune and train dagger / sirius / kto / tpo / apo and a "
+        "fresh-expert control from the same base, evaluate all on the same seeded states with "
+        "bootstrap intervals over pipeline seeds and episodes, and run lifelong rounds. No ROS, no "
+        "GPU, no downloads. Writes results.json / .md / .png and keeps every bag and checkpoint; "
+        "a rerun with the same --out resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--task", default=None,
-                   help="lemon_on_plate_easy (default) | lemon_on_plate | square_on_stick | hang_cup")
-    p.add_argument("--quick", action="store_true", help="the short variant (a few minutes)")
-    p.add_argument("--rounds", type=int, default=None, help="lifelong rounds after round 0 "
-                   "(default 2; quick 1)")
-    p.add_argument("--seeds", type=int, default=None, help="training seeds per method (default 2; quick 1)")
-    p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default 2)")
-    p.add_argument("--out", default=None, help="output directory (default demo_out)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the short variant (about 5 minutes)")
+    size.add_argument("--full", action="store_true",
+                      help="the powered two-task study behind the README's results (hours of CPU)")
+    p.add_argument("--config", metavar="YAML", help="StudyConfig fields from a YAML file")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
+    add_config_arguments(p, StudyConfig)
     p.set_defaults(func=run_demo_command)

@@ -1,0 +1,184 @@
+"""The study's results: success rates with bootstrap intervals, paired differences, lifelong
+rounds; results.json / results.md / results.png."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import numpy as np
+
+from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
+
+POLICY_ORDER = ("base", "dagger", "sirius", "kto", "tpo", "apo", "fresh")
+POLICY_LABEL = {"fresh": "fresh-expert control (bc)"}
+
+
+def _matrix(results: dict, keys: list[str], field: str = "success") -> np.ndarray:
+    return np.asarray([results[k][field] for k in keys], dtype=np.float64)
+
+
+def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: float) -> dict:
+    c = config
+    seeds = range(c.pipeline_seeds)
+    draws = c.bootstrap_draws
+    out: dict = {"config": asdict(c), "tasks": {}, "wall_s": round(wall_s, 1), "job_s": round(job_s, 1),
+                 "policy_kind": c.policy_kind}
+    for ti, task in enumerate(c.tasks):
+        names = ["base", *c.methods]
+        mats = {n: _matrix(results, [f"{task}/seed{p}/test/{n}" for p in seeds]) for n in names}
+        policies = {}
+        for n in names:
+            entry = bootstrap_mean(mats[n], draws=draws, seed=ti)
+            if n != "base":
+                ch = chosen[f"{task}/{n}"]
+                entry.update(lr=ch["lr"], steps=ch["steps"], validation=ch["validation"])
+            policies[n] = entry
+        paired = {}
+        for n in c.methods:
+            paired[f"{n} - base"] = bootstrap_difference(mats[n], mats["base"], draws=draws, seed=ti)
+        if "apo" in c.methods:
+            for n in c.methods:
+                if n != "apo":
+                    paired[f"apo - {n}"] = bootstrap_difference(mats["apo"], mats[n], draws=draws, seed=ti)
+        rounds: dict = {}
+        r0 = [results[f"{task}/seed{p}/round0"] for p in seeds]
+        for m in (x for x in ("apo", "dagger") if x in c.methods):
+            rows = []
+            for r in range(0, c.rounds + 1):
+                if r == 0:
+                    succ, sessions = mats["base"], r0
+                else:
+                    key = "test/" + m if r == 1 else f"lifelong/{m}/test{r}"
+                    succ = _matrix(results, [f"{task}/seed{p}/{key}" for p in seeds])
+                    sessions = [results[f"{task}/seed{p}/lifelong/{m}/round{r}"] for p in seeds]
+                human = np.asarray([[e["human_steps"] for e in s["per_episode"]] for s in sessions], float)
+                steps = np.asarray([[e["steps"] for e in s["per_episode"]] for s in sessions], float)
+                rows.append({"round": r, "success": bootstrap_mean(succ, draws=draws, seed=ti),
+                             "intervention_ratio": bootstrap_ratio(human, steps, draws=draws, seed=ti),
+                             "interventions": int(sum(s["interventions"] for s in sessions)),
+                             "deployment_successes": int(sum(s["successes"] for s in sessions)),
+                             "deployment_episodes": int(sum(len(s["per_episode"]) for s in sessions))})
+            rounds[m] = rows
+        outcomes: dict[str, int] = {}
+        ends: dict[str, int] = {}
+        for s in r0:
+            for e in s["per_episode"]:
+                ends[e["end_reason"] or "success"] = ends.get(e["end_reason"] or "success", 0) + 1
+                for o in e["intervention_outcomes"]:
+                    outcomes[o] = outcomes.get(o, 0) + 1
+        failures: dict[str, int] = {}
+        for p in seeds:
+            for f in results[f"{task}/seed{p}/test/base"]["failures"]:
+                failures[f or "success_or_time_limit"] = failures.get(f or "success_or_time_limit", 0) + 1
+        out["tasks"][task] = {
+            "policies": policies, "paired": paired, "rounds": rounds,
+            "sweep": {m: chosen[f"{task}/{m}"]["sweep"] for m in c.methods},
+            "round0": {"episodes": sum(len(s["per_episode"]) for s in r0),
+                       "interventions": int(sum(s["interventions"] for s in r0)),
+                       "human_steps": int(sum(s["human_steps"] for s in r0)),
+                       "steps": int(sum(s["steps"] for s in r0)),
+                       "intervention_outcomes": outcomes, "episode_ends": ends},
+            "base_test_failures": failures,
+        }
+    return out
+
+
+def _ci(e: dict, key: str = "mean") -> str:
+    return f"{e[key]:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]"
+
+
+def study_markdown(res: dict) -> str:
+    c = res["config"]
+    kind = ("state policy (MLP over proprio + object poses, no images)" if res["policy_kind"] == "state"
+            else "small image policy (CNN over both 64 px cameras)")
+    lines = [f"# apo_ros study - {', '.join(c['tasks'])}", "",
+             f"Policy: {kind}. {c['pipeline_seeds']} pipeline seeds (demos, base, deployment, methods "
+             f"all redrawn), {c['demo_episodes']} expert demos and {c['interaction_episodes']} operator "
+             f"deployments per seed; every method tuned the same way (lr in {c['sweep_lrs']} x steps in "
+             f"{c['sweep_steps']}, chosen on {c['validation_episodes']} validation episodes per seed), "
+             f"then {c['test_episodes']} test episodes per policy and seed on the same initial states. "
+             "Intervals: 95% bootstrap over pipeline seeds and test episodes.", ""]
+    for task, t in res["tasks"].items():
+        lines += [f"## {task}", "",
+                  "| policy | success [95% CI] | per pipeline seed | lr | steps | validation |",
+                  "|---|---|---|---|---|---|"]
+        for n in POLICY_ORDER:
+            if n not in t["policies"]:
+                continue
+            e = t["policies"][n]
+            seeds = ", ".join(f"{v:.2f}" for v in e["per_seed"])
+            tuned = (f"{e['lr']:g} | {e['steps']} | {e['validation']:.2f}" if n != "base" else "- | - | -")
+            lines.append(f"| {POLICY_LABEL.get(n, n)} | {_ci(e)} | {seeds} | {tuned} |")
+        lines += ["", "| paired difference | mean [95% CI] | P(> 0) | per pipeline seed |",
+                  "|---|---|---|---|"]
+        for name, d in t["paired"].items():
+            seeds = ", ".join(f"{v:+.2f}" for v in d["per_seed"])
+            lines.append(f"| {name} | {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
+                         f"{d['p_above_zero']:.2f} | {seeds} |")
+        if t["rounds"]:
+            lines += ["", "| round | method | success [95% CI] | intervention ratio [95% CI] | "
+                      "interventions |", "|---|---|---|---|---|"]
+            for m, rows in t["rounds"].items():
+                for r in rows:
+                    lines.append(f"| {r['round']} | {m} | {_ci(r['success'])} | "
+                                 f"{_ci(r['intervention_ratio'])} | {r['interventions']} |")
+        r0 = t["round0"]
+        lines += ["", f"Round 0: {r0['episodes']} deployments, {r0['interventions']} interventions, "
+                  f"{r0['human_steps']} of {r0['steps']} steps by the operator; intervention outcomes "
+                  f"{r0['intervention_outcomes']}; episode ends {r0['episode_ends']}.", ""]
+    lines.append(f"Wall time {res['wall_s'] / 60:.1f} min ({res['job_s'] / 60:.1f} min of job time "
+                 f"over {c['workers']} workers).")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(res: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(res["tasks"])
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 3.8 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        t = res["tasks"][task]
+        names = [n for n in POLICY_ORDER if n in t["policies"]]
+        means = [t["policies"][n]["mean"] for n in names]
+        lo = [m - t["policies"][n]["ci95"][0] for n, m in zip(names, means)]
+        hi = [t["policies"][n]["ci95"][1] - m for n, m in zip(names, means)]
+        colors = ["#888888" if n == "base" else "#d62728" if n == "apo" else "#2ca02c" if n == "fresh"
+                  else "#1f77b4" for n in names]
+        ax = axes[row][0]
+        ax.bar(names, means, yerr=[lo, hi], capsize=4, color=colors)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("test success (95% CI)")
+        ax.set_title(f"{task}: every method from the base, same test states")
+        ax2 = axes[row][1]
+        for m, rows in t["rounds"].items():
+            rr = [r["round"] for r in rows]
+            ax2.plot(rr, [r["success"]["mean"] for r in rows], marker="o", label=f"{m} success")
+            ax2.plot(rr, [r["intervention_ratio"]["mean"] for r in rows], marker="x", linestyle="--",
+                     label=f"{m} intervention ratio")
+        ax2.set_ylim(0, 1)
+        ax2.set_xlabel("round")
+        ax2.set_title(f"{task}: lifelong rounds")
+        if t["rounds"]:
+            ax2.set_xticks(sorted({r["round"] for rows in t["rounds"].values() for r in rows}))
+            ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_study_results(res: dict, out_dir: str) -> dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {k: os.path.join(out_dir, f"results.{k}") for k in ("json", "md", "png")}
+    with open(paths["json"] + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(paths["json"] + ".tmp", paths["json"])
+    with open(paths["md"], "w") as f:
+        f.write(study_markdown(res))
+    plot_study(res, paths["png"])
+    return paths
