@@ -543,11 +543,34 @@ def job_train_ref(init, jobs_dir: str, **kw) -> dict:
     return job_train(init=_resolve(init, jobs_dir), **kw)
 
 
+def _record_invocation(out: str, start: float, end: float) -> float:
+    """Remember this run's [start, end] in OUT/invocations.json and return the wall time the
+    study has taken over all its runs (the union of their intervals: a resumed study adds its
+    runs, two runs on different tasks at the same time count once)."""
+    path = os.path.join(out, "invocations.json")
+    spans = []
+    if os.path.exists(path):
+        with open(path) as f:
+            spans = json.load(f)
+    spans.append([start, end])
+    with open(path + ".tmp", "w") as f:
+        json.dump(spans, f)
+    os.replace(path + ".tmp", path)
+    total, cur_start, cur_end = 0.0, None, None
+    for a, b in sorted(spans):
+        if cur_end is None or a > cur_end:
+            total += (cur_end - cur_start) if cur_end is not None else 0.0
+            cur_start, cur_end = a, b
+        else:
+            cur_end = max(cur_end, b)
+    return total + ((cur_end - cur_start) if cur_end is not None else 0.0)
+
+
 def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the study; write OUT/results.json, .md, .png; return the results."""
     from apo_ros.demo.study_report import build_results, write_study_results
 
-    t0 = time.perf_counter()
+    t_start = time.time()
     study = Study(config)
     os.makedirs(study.out, exist_ok=True)
     runner = JobRunner(study.out, config.workers, _Display(progress, log))
@@ -559,8 +582,8 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
         results.update(runner.run(jobs_b, "test and lifelong rounds"))
     finally:
         runner.close()
-    elapsed = time.perf_counter() - t0
     job_seconds = sum(r.get("seconds", 0.0) for r in results.values())
-    out = build_results(config, results, chosen, wall_s=elapsed, job_s=job_seconds)
+    wall = _record_invocation(study.out, t_start, time.time())
+    out = build_results(config, results, chosen, wall_s=wall, job_s=job_seconds)
     write_study_results(out, study.out)
     return out

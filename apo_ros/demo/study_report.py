@@ -128,8 +128,8 @@ def study_markdown(res: dict) -> str:
         lines += ["", f"Round 0: {r0['episodes']} deployments, {r0['interventions']} interventions, "
                   f"{r0['human_steps']} of {r0['steps']} steps by the operator; intervention outcomes "
                   f"{r0['intervention_outcomes']}; episode ends {r0['episode_ends']}.", ""]
-    lines.append(f"Wall time {res['wall_s'] / 60:.1f} min ({res['job_s'] / 60:.1f} min of job time "
-                 f"over {c['workers']} workers).")
+    lines.append(f"Wall time {res['wall_s'] / 60:.1f} min over all runs of this study (resumed or "
+                 f"concurrent runs counted once), {res['job_s'] / 60:.1f} min of job time.")
     return "\n".join(lines) + "\n"
 
 

@@ -185,3 +185,36 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def bag_statistics(demo_dirs: list[str], deployment_dirs: list[str]) -> dict:
+    """The same human-step statistics from recorded bags (e.g. a study's round 0): a human step
+    "chases" when it moves the arm with the gripper commanded open (not carrying the object) while
+    the object (Observation.object_poses row 0) moved more than 5 mm since the previous step; the
+    yaw range is the 1st-99th percentile of the demos' yaw actions."""
+    from apo_ros.recording import read_episodes
+
+    demos, _ = read_episodes(list(demo_dirs), load_images=False)
+    yaws = np.concatenate([ep.actions()[:, 5] for ep in demos])
+    lo, hi = float(np.quantile(yaws, 0.01)), float(np.quantile(yaws, 0.99))
+    episodes, _ = read_episodes(list(deployment_dirs), load_images=False)
+    human = chasing = yaw_out = human_all = yaw_all = 0
+    for ep in episodes:
+        prev = None
+        for step in ep.steps:
+            obs = step.observation
+            pos = obs.object_poses[0, :3] if obs.object_poses.size else None
+            moved = (prev is not None and pos is not None
+                     and float(np.linalg.norm(pos - prev)) > CHASE_SPEED)
+            prev = pos
+            if step.source != "human" or step.action[6] < 0.5:
+                continue
+            human += 1
+            chasing += int(moved and bool(np.any(np.abs(step.action[:6]) > 1e-9)))
+            yaw_out += int(step.action[5] < lo or step.action[5] > hi)
+        human_all += sum(s.source == "human" for s in ep.steps)
+        yaw_all += sum(s.source == "human" and not lo <= s.action[5] <= hi for s in ep.steps)
+    return {"episodes": len(episodes), "human_steps": human_all, "open_gripper_human_steps": human,
+            "chasing_share_of_open_gripper_steps": round(chasing / human, 3) if human else 0.0,
+            "yaw_outside_demo_q01_q99_share": round(yaw_all / human_all, 3) if human_all else 0.0,
+            "demo_yaw_q01_q99": [round(lo, 4), round(hi, 4)]}
