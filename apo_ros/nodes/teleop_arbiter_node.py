@@ -5,8 +5,8 @@ SafetyFilter on whatever is executed. The SpaceMouse is read directly (pyspacemo
 device:=spacemouse) or through the `spacenav` driver's Joy messages (device:=joy).
 Timing: a new ee_pose (the arm's observation) opens a control step. The step is decided once: on
 the policy's command for that observation, or at once when the operator drives or the arm holds,
-or after decision_deadline_s without a command (then no policy action: zero twist). Each policy
-command is executed at most once; a late or repeated one is dropped. One twist per step.
+or after decision_deadline_s without a command (then no twist: no motion). Each policy command is
+executed at most once; a late or repeated one is dropped. At most one twist per step.
 Subscribes  policy/command (JointState action), ee_pose (PoseStamped), gripper/state (JointState),
             spacenav/joy (sensor_msgs/Joy, device:=joy)
 Publishes   arm/delta_twist_cmds (TwistStamped, current stamp: MoveIt Servo's input),
@@ -122,7 +122,9 @@ class TeleopArbiterNode(ApoNode):
         self.gripper = float(pos[0])
 
     def decide(self, command: PolicyCommand | None) -> None:
-        """The control step's one decision: one twist, and the executed action if anyone acts."""
+        """The control step's one decision: a twist and the executed action when the policy or
+        the operator acts, a zero twist when the arm holds, nothing when no one acted in time
+        (the arm applies nothing for that step: a twist is never sent for a step already past)."""
         self.steps.close()
         now = self.now_ns()
         out = self.arbiter.update(now, policy=command, device=self.device.read(),
@@ -131,8 +133,9 @@ class TeleopArbiterNode(ApoNode):
         # The last check before the arm: an unknown ee pose means no motion at all.
         safe = self.safety.filter(out.action, self.ee, self.gripper).action
         linear, angular, gripper = action_to_twist(safe, self.control_hz)
-        self.twist_pub.publish(M.make_twist_stamped(self.types, now, linear, angular, self.frame_id))
-        self.gripper_pub.publish(Float64(data=gripper))
+        if out.source in SOURCES or out.mode is Mode.HOLD:
+            self.twist_pub.publish(M.make_twist_stamped(self.types, now, linear, angular, self.frame_id))
+            self.gripper_pub.publish(Float64(data=gripper))
         self.publish_events(out.events)
         if out.source in SOURCES:
             self.executed_pub.publish(M.make_action(self.types, out.obs_stamp_ns, safe, out.source))

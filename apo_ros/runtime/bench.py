@@ -11,10 +11,10 @@
    SpaceMouse path is measured too, over a fake HID backend with a backlog of stale reports, with
    and without the drain-to-latest read.
 3. The ROS 2 graph (real rclpy over Fast DDS, one process per node, a small untrained CNN policy,
-   64x64 images): observation-to-command latency (observation stamp -> the executed action
-   reaching a probe node, and -> the policy's command), the achieved control rate (observations
-   and executed actions per second against the arm's 10 Hz), the share of control steps that got
-   a policy action, and CPU (share of one core) and resident memory per node.
+   64x64 images): observation-to-command latency (observation stamp -> the policy's command, ->
+   the executed action reaching a probe node, -> the arm applying it), the achieved control rate
+   (observations and executed actions per second against the arm's 10 Hz), the share of control
+   steps that got a policy action, and CPU (share of one core) and resident memory per node.
 """
 
 from __future__ import annotations
@@ -245,11 +245,26 @@ def graph_figures(seconds: float) -> dict:
     def latency_ms(topic: str) -> dict:
         return _pct([(r.rx_ns - M.stamp_to_ns(r.msg.header)) / 1e6 for r in window(topic)] or [float("nan")])
 
+    def applied_ms() -> dict:
+        """Observation stamp -> the arm applying its action (the sim's echo of the twist)."""
+        applied = [(M.stamp_to_ns(r.msg.header), r.rx_ns, np.concatenate(M.twist_stamped_to_arrays(r.msg)))
+                   for r in probe.messages("sim/applied", t0)]
+        out, used = [], set()
+        for r in window("action/executed"):
+            stamp, action = M.stamp_to_ns(r.msg.header), M.joint_state_to_action(r.msg)[0]
+            for twist_stamp, rx, v in applied:
+                if twist_stamp > stamp and twist_stamp not in used and np.allclose(v, action[:6] * 10.0):
+                    used.add(twist_stamp)
+                    out.append((rx - stamp) / 1e6)
+                    break
+        return _pct(out or [float("nan")])
+
     observations, executed = len(window("ee_pose")), len(window("action/executed"))
     return {
         "seconds": seconds,
         "obs_to_policy_command_ms": latency_ms("policy/command"),
         "obs_to_executed_action_ms": latency_ms("action/executed"),
+        "obs_to_applied_by_arm_ms": applied_ms(),
         "observations_per_s": round(observations / seconds, 2),
         "executed_actions_per_s": round(executed / seconds, 2),
         "steps_with_policy_action": round(executed / observations, 3) if observations else 0.0,
