@@ -32,7 +32,13 @@ from apo_ros.recording import messages as M  # noqa: E402
 pytestmark = pytest.mark.xdist_group("ros_graph")
 
 ROOT = Path(__file__).resolve().parents[1]
-HZ = 10.0
+# The graph runs at 2.5 Hz here (10 Hz by default): the test machine is shared and often loaded
+# far beyond its two cores, and the timing model's deadlines are real time. Set as a user would
+# (parameters over the launch table), so the wiring is the launch files'.
+HZ = 2.5
+RATE = {"sim_arm_node": {"control_hz": HZ}, "policy_node": {"rate_hz": HZ},
+        "teleop_arbiter_node": {"control_hz": HZ, "decision_deadline_s": 0.3, "device_timeout_s": 1.0}}
+WAIT = 60.0  # seconds: generous, the machine may be crowded
 T = M.rclpy_types()
 
 
@@ -58,7 +64,7 @@ class Stack:
         assert self.graph.dead() == {}, f"nodes died: {self.graph.dead()}\n{self.logs()}"
 
     def call(self, service: str) -> str:
-        ok, message = self.probe.call(service)
+        ok, message = self.probe.call(service, timeout=WAIT)
         assert ok, f"{service}: {message}\n{self.logs()}"
         return message
 
@@ -70,7 +76,7 @@ class Stack:
         self.call(f"episode/{outcome}")
         return path, t0, time.time_ns()
 
-    def executed_after(self, since_ns: int, n: int = 3, timeout: float = 10.0) -> None:
+    def executed_after(self, since_ns: int, n: int = 3, timeout: float = WAIT) -> None:
         deadline = time.monotonic() + timeout
         while len(self.probe.messages("action/executed", since_ns)) < n:
             assert time.monotonic() < deadline, f"no executed actions after {since_ns}\n{self.logs()}"
@@ -82,7 +88,7 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("graph")
     checkpoint = make_checkpoint(tmp / "ckpt")
     nodes = resolve(SIM, {"checkpoint": checkpoint, "bags_dir": str(tmp / "bags"),
-                          "teleop_device": "joy"})
+                          "teleop_device": "joy"}, extra_parameters=RATE)
     nodes += resolve(TRAIN, {"init_checkpoint": checkpoint, "bags_dir": str(tmp / "bags"),
                              "demos_dir": str(tmp / "bags"), "out_dir": str(tmp / "rounds"),
                              "method": "bc"},
@@ -93,7 +99,7 @@ def stack(tmp_path_factory):
         try:
             s = Stack(graph, probe, tmp, checkpoint)
             try:
-                probe.wait_for("action/executed", timeout=90)
+                probe.wait_for("action/executed", timeout=180)
             except TimeoutError:
                 pytest.fail(f"the graph did not start\n{s.logs()}")
             yield s
@@ -134,9 +140,9 @@ def test_the_arm_moves_under_the_policy_with_its_provenance(stack):
     from apo_ros.policies import load_policy, policy_id
 
     t0 = time.time_ns()
-    time.sleep(2.0)
+    stack.executed_after(t0, n=5)
     poses = np.array([M.pose_stamped_to_array(r.msg)[:3] for r in stack.probe.messages("ee_pose", t0)])
-    assert len(poses) >= 10, stack.logs()
+    assert len(poses) >= 5, stack.logs()
     assert np.linalg.norm(poses[-1] - poses[0]) > 1e-3 or np.ptp(poses, axis=0).max() > 1e-3
     sources = {r.msg.header.frame_id for r in stack.probe.messages("action/executed", t0)}
     assert sources == {"policy"}
@@ -152,25 +158,29 @@ def test_joy_takeover_episode_is_one_bag_equal_to_what_the_arm_executed(stack):
     from apo_ros.policies import load_policy, policy_id
 
     def body():
-        time.sleep(1.0)
+        stack.executed_after(time.time_ns(), n=2)
         t = time.time_ns()
-        for _ in range(12):  # the operator pushes for ~0.6 s (spacenav publishes while moving)
+        deadline = time.monotonic() + WAIT
+        # the operator pushes (spacenav publishes while the puck moves) for 3 of the arm's steps
+        def human_steps() -> int:
+            return sum(r.msg.header.frame_id == "human" for r in stack.probe.messages("action/executed", t))
+
+        while human_steps() < 3:
+            assert time.monotonic() < deadline, stack.logs()
             stack.probe.publish("spacenav/joy", joy([0.8, 0, 0, 0, 0, 0]))
             time.sleep(0.05)
-        stack.probe.wait_for("action/executed", lambda m: m.header.frame_id == "human", since_ns=t,
-                             timeout=5)
-        stack.probe.wait_for("teleop/mode", lambda m: m.data == "intervention", since_ns=t, timeout=5)
+        stack.probe.wait_for("teleop/mode", lambda m: m.data == "intervention", since_ns=t, timeout=WAIT)
         stack.probe.publish("spacenav/joy", joy([0, 0, 0, 0, 0, 0]))  # released: idle hand-back 1 s
         t = time.time_ns()
         stack.probe.wait_for("action/executed", lambda m: m.header.frame_id == "policy", since_ns=t,
-                             timeout=5)
-        time.sleep(0.5)
+                             timeout=WAIT)
+        stack.executed_after(time.time_ns(), n=2)
 
     path, t0, t1 = stack.episode(body, "failure")
-    time.sleep(0.3)  # the last twist reaches the arm
+    time.sleep(3 / HZ)  # the last twist reaches the arm
     info = bags_info(path)
     assert info["interventions"] == 1 and info["human_steps"] >= 2 and info["outcome"] == "failure"
-    assert info["steps"] >= 8 and 0 < info["duration_s"] < 20
+    assert info["steps"] >= 6 and 0 < info["duration_s"] < 3 * WAIT
     bag = read_bag(path)
     episode = bag["episode"]
     # provenance: the same content-hash ids the in-process session writes
@@ -183,18 +193,21 @@ def test_joy_takeover_episode_is_one_bag_equal_to_what_the_arm_executed(stack):
     assert len(stamps) == len(set(stamps)), "an observation's action was executed twice"
     observed = {M.stamp_to_ns(m.header) for _, m in bag["topics"]["joint_states"]}
     assert {M.stamp_to_ns(m.header) for _, m in bag["topics"]["object_poses"]} == observed
-    assert sum(s not in observed for s in stamps) <= 1  # only the step that straddles the start
+    unobserved = [s for s in stamps if s not in observed]
+    assert len(unobserved) <= 1, (  # only the step that straddles the start
+        f"executed actions whose observation is not in the bag: {unobserved}; "
+        f"bag observations {sorted(observed)[:3]}... ({len(observed)}), executed {stamps[:3]}...")
     # ... and the bag equals what the arm executed: every recorded action is a twist the arm
     # applied exactly once, and every motion the arm applied is recorded
     # (from before the start: the step that straddles it was sent before the episode began)
-    since = t0 - 2_000_000_000
+    since = t0 - 5_000_000_000
     twists = [(M.stamp_to_ns(r.msg.header), np.concatenate(M.twist_stamped_to_arrays(r.msg)))
               for r in stack.probe.messages("arm/delta_twist_cmds", since)]
     applied = [M.stamp_to_ns(r.msg.header) for r in stack.probe.messages("sim/applied", since)]
     assert len(applied) == len(set(applied)), "a twist was applied twice"
     used = set()
     for stamp, action, source in executed:
-        match = [ts for ts, v in twists if stamp < ts <= stamp + 1_000_000_000
+        match = [ts for ts, v in twists if stamp < ts <= stamp + 5_000_000_000
                  and np.allclose(v, action[:6] * HZ, rtol=1e-9, atol=1e-12) and ts not in used]
         assert len(match) >= 1, f"executed {source} action at {stamp} was never sent to the arm"
         used.add(match[0])
@@ -227,7 +240,7 @@ def test_every_bad_message_leaves_every_node_alive(stack):
         stack.probe.publish("ee_pose", negative)
         stack.probe.publish("ee_pose", zero)  # once made the bag start in 1970
         stack.probe.publish("policy/active", String(data="{not json"), LATCHED_QOS)
-        time.sleep(1.0)
+        time.sleep(2.0)
         stack.assert_alive()
         stack.executed_after(time.time_ns())  # and still working
 
@@ -244,7 +257,7 @@ def test_every_bad_message_leaves_every_node_alive(stack):
     assert "Traceback" not in "".join(logs.values())
     bag = read_bag(path)
     assert bag["start"] > 1_000_000_000 * 1_000_000_000  # not 1970
-    assert (bag["end"] - bag["start"]) / 1e9 < 30
+    assert (bag["end"] - bag["start"]) / 1e9 < 3 * WAIT
     assert bag["episode"].metadata["outcome"] == "success"
     assert json.loads(bag["episode"].metadata["rejected_stamps"])["ee_pose"] >= 1
 
@@ -253,9 +266,10 @@ def test_hold_and_resume_are_recorded_and_hold_stops_the_arm(stack):
     def body():
         time.sleep(0.5)
         stack.call("teleop/hold")
-        stack.probe.wait_for("teleop/mode", lambda m: m.data == "hold", since_ns=time.time_ns())
+        stack.probe.wait_for("teleop/mode", lambda m: m.data == "hold", since_ns=time.time_ns(),
+                             timeout=WAIT)
         t = time.time_ns()
-        time.sleep(0.8)
+        time.sleep(2.5 / HZ)
         assert stack.probe.messages("action/executed", t) == []
         twists = [np.concatenate(M.twist_stamped_to_arrays(r.msg))
                   for r in stack.probe.messages("arm/delta_twist_cmds", t)]
@@ -274,13 +288,13 @@ def test_a_trainer_round_hot_swaps_the_policy(stack):
     t = time.time_ns()
     stack.call("trainer/train_round")
     done = stack.probe.wait_for("trainer/status", lambda m: "done" in m.data or "failed" in m.data,
-                                since_ns=t, timeout=120)
+                                since_ns=t, timeout=3 * WAIT)
     assert "done" in done.msg.data, f"{done.msg.data}\n{stack.logs()}"
     new_checkpoint = done.msg.data.split("done: ", 1)[1]
     new_id = policy_id(new_checkpoint)
     assert new_id != policy_id(stack.checkpoint)
     active = stack.probe.wait_for("policy/active", lambda m: json.loads(m.data)["policy_id"] == new_id,
-                                  since_ns=t, timeout=60)
+                                  since_ns=t, timeout=WAIT)
     assert json.loads(active.msg.data)["checkpoint"] == new_checkpoint
     path, _t0, _t1 = stack.episode(lambda: stack.executed_after(time.time_ns()))
     assert read_bag(path)["episode"].metadata["policy_id"] == new_id
@@ -289,7 +303,7 @@ def test_a_trainer_round_hot_swaps_the_policy(stack):
 
 def test_kill_9_of_the_recorder_is_repaired(stack):
     path = stack.call("episode/start")
-    stack.executed_after(time.time_ns(), n=15)  # > the writer's 1 s flush interval
+    stack.executed_after(time.time_ns(), n=5)  # > the writer's 1 s flush interval
     stack.graph.send("recorder_node", signal.SIGKILL)
     assert stack.graph.wait("recorder_node", 10) == -signal.SIGKILL
     proc = subprocess.run([sys.executable, "-m", "apo_ros.cli", "bags", "repair", path],
@@ -300,10 +314,10 @@ def test_kill_9_of_the_recorder_is_repaired(stack):
     info = bags_info(str(repaired[0]))
     assert info["truncated"] and info["steps"] >= 5
     stack.graph.start("recorder_node")  # the graph goes on with a new recorder
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 3 * WAIT
     while True:
         try:
-            stack.probe.call("episode/start", timeout=5)
+            stack.probe.call("episode/start", timeout=10)
             break
         except TimeoutError:
             assert time.monotonic() < deadline, stack.logs()
@@ -315,7 +329,7 @@ def test_sigint_and_sigterm_exit_0_with_the_bag_finalized(stack):
     for name in stack.graph.procs:
         stack.graph.send(name, signal.SIGTERM if name in ("teleop_arbiter_node", "trainer_node")
                          else signal.SIGINT)
-    codes = {name: stack.graph.wait(name, 30) for name in stack.graph.procs}
+    codes = {name: stack.graph.wait(name, WAIT) for name in stack.graph.procs}
     assert codes == {name: 0 for name in codes}, f"{codes}\n{stack.logs()}"
     info = bags_info(str(path))
     assert info["outcome"] == "abort" and not info["truncated"] and info["steps"] >= 3

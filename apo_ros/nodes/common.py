@@ -20,6 +20,10 @@ from apo_ros.runtime.config import find_config, node_parameters
 # Streams (images, joints, actions): reliable, keep last 10 (schema.QOS_DEFAULT).
 STREAM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                         reliability=ReliabilityPolicy.RELIABLE)
+# Publishers, the recorder's and the probe's subscriptions: the same, with 10 s of history at
+# 10 Hz, so a reader stalled by a busy machine catches up instead of losing messages.
+RECORD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                        reliability=ReliabilityPolicy.RELIABLE)
 # instruction, policy/checkpoint, policy/active: late joiners get the last value (schema.QOS_LATCHED).
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,

@@ -31,6 +31,7 @@ from std_srvs.srv import Trigger
 
 from apo_ros.nodes.common import (
     LATCHED_QOS,
+    RECORD_QOS,
     STREAM_QOS,
     ApoNode,
     StartupError,
@@ -70,8 +71,8 @@ class PolicyNode(ApoNode):
                                    RunnerConfig(rate_hz=float(p["rate_hz"]),
                                                 replan_every=int(p["replan_every"])),
                                    policy_id=str(getattr(policy, "policy_id", p["checkpoint"])))
-        self.command_pub = self.create_publisher(JointState, "policy/command", STREAM_QOS)
-        self.proposed_pub = self.create_publisher(JointState, "action/proposed", STREAM_QOS)
+        self.command_pub = self.create_publisher(JointState, "policy/command", RECORD_QOS)
+        self.proposed_pub = self.create_publisher(JointState, "action/proposed", RECORD_QOS)
         self.active_pub = self.create_publisher(String, "policy/active", LATCHED_QOS)
         for cam in cameras:
             self.subscribe(Image, f"camera/{cam}/image_raw",

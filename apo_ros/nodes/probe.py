@@ -20,20 +20,20 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from apo_ros.nodes.common import EVENTS_QOS, LATCHED_QOS, STREAM_QOS
+from apo_ros.nodes.common import EVENTS_QOS, LATCHED_QOS, RECORD_QOS, STREAM_QOS
 
 # What the probe listens to: topic -> (type, QoS).
 WATCHED: dict[str, tuple[Any, Any]] = {
-    "ee_pose": (PoseStamped, STREAM_QOS),
-    "policy/command": (JointState, STREAM_QOS),
-    "action/executed": (JointState, STREAM_QOS),
-    "arm/delta_twist_cmds": (TwistStamped, STREAM_QOS),
-    "sim/applied": (TwistStamped, STREAM_QOS),
-    "teleop/mode": (String, STREAM_QOS),
+    "ee_pose": (PoseStamped, RECORD_QOS),
+    "policy/command": (JointState, RECORD_QOS),
+    "action/executed": (JointState, RECORD_QOS),
+    "arm/delta_twist_cmds": (TwistStamped, RECORD_QOS),
+    "sim/applied": (TwistStamped, RECORD_QOS),
+    "teleop/mode": (String, RECORD_QOS),
     "episode/events": (String, EVENTS_QOS),
     "instruction": (String, LATCHED_QOS),
     "policy/active": (String, LATCHED_QOS),
-    "trainer/status": (String, STREAM_QOS),
+    "trainer/status": (String, RECORD_QOS),
 }
 
 

@@ -26,7 +26,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState, Joy
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from apo_ros.nodes.common import EVENTS_QOS, LATCHED_QOS, STREAM_QOS, ApoNode, run, trigger_reply
+from apo_ros.nodes.common import EVENTS_QOS, LATCHED_QOS, RECORD_QOS, STREAM_QOS, ApoNode, run, trigger_reply
 from apo_ros.recording import schema
 from apo_ros.runtime.recorder import EpisodeRecorder, RecorderConfig
 from apo_ros.runtime.ros_io import cdr_header_stamp_ns
@@ -62,7 +62,7 @@ class RecorderNode(ApoNode):
             if spec.topic in RAW_SKIP:
                 continue
             self.subscribe(MSG_CLASSES[spec.msgtype], spec.topic,
-                           functools.partial(self.on_raw, spec.topic, spec.msgtype), STREAM_QOS,
+                           functools.partial(self.on_raw, spec.topic, spec.msgtype), RECORD_QOS,
                            raw=True)
         self.subscribe(String, "instruction", self.on_instruction, LATCHED_QOS)
         self.subscribe(String, "episode/events", self.on_event, EVENTS_QOS)

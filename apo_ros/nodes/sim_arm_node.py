@@ -24,7 +24,15 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 
-from apo_ros.nodes.common import LATCHED_QOS, STREAM_QOS, ApoNode, StartupError, run, trigger_reply
+from apo_ros.nodes.common import (
+    LATCHED_QOS,
+    RECORD_QOS,
+    STREAM_QOS,
+    ApoNode,
+    StartupError,
+    run,
+    trigger_reply,
+)
 from apo_ros.recording import messages as M
 from apo_ros.runtime.ros_io import CommandOnce, twist_to_action
 
@@ -51,15 +59,15 @@ class SimArmNode(ApoNode):
         self.types = M.rclpy_types()
         self.twist = CommandOnce(float(p["command_timeout_s"]))
         self.gripper_cmd = 1.0
-        self.image_pubs = {c: self.create_publisher(Image, f"camera/{c}/image_raw", STREAM_QOS)
+        self.image_pubs = {c: self.create_publisher(Image, f"camera/{c}/image_raw", RECORD_QOS)
                            for c in self.cameras}
-        self.joints_pub = self.create_publisher(JointState, "joint_states", STREAM_QOS)
-        self.ee_pub = self.create_publisher(PoseStamped, "ee_pose", STREAM_QOS)
-        self.gripper_pub = self.create_publisher(JointState, "gripper/state", STREAM_QOS)
-        self.objects_pub = self.create_publisher(PoseArray, "object_poses", STREAM_QOS)
+        self.joints_pub = self.create_publisher(JointState, "joint_states", RECORD_QOS)
+        self.ee_pub = self.create_publisher(PoseStamped, "ee_pose", RECORD_QOS)
+        self.gripper_pub = self.create_publisher(JointState, "gripper/state", RECORD_QOS)
+        self.objects_pub = self.create_publisher(PoseArray, "object_poses", RECORD_QOS)
         self.instruction_pub = self.create_publisher(String, "instruction", LATCHED_QOS)
-        self.success_pub = self.create_publisher(Bool, "task/success", STREAM_QOS)
-        self.applied_pub = self.create_publisher(TwistStamped, "sim/applied", STREAM_QOS)
+        self.success_pub = self.create_publisher(Bool, "task/success", RECORD_QOS)
+        self.applied_pub = self.create_publisher(TwistStamped, "sim/applied", RECORD_QOS)
         self.subscribe(TwistStamped, "arm/delta_twist_cmds", self.on_twist, STREAM_QOS)
         self.subscribe(Float64, "gripper/command", self.on_gripper, STREAM_QOS)
         self.create_service(Trigger, "sim/reset", self.on_reset)

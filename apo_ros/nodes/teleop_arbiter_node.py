@@ -29,7 +29,7 @@ from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
 
 from apo_ros.actions.space import SOURCES
-from apo_ros.nodes.common import EVENTS_QOS, STREAM_QOS, ApoNode, StartupError, run, trigger_reply
+from apo_ros.nodes.common import EVENTS_QOS, RECORD_QOS, STREAM_QOS, ApoNode, StartupError, run, trigger_reply
 from apo_ros.recording import messages as M
 from apo_ros.runtime.config import load_safety_filter
 from apo_ros.runtime.ros_io import ControlSteps, action_to_twist
@@ -74,12 +74,12 @@ class TeleopArbiterNode(ApoNode):
                                                       sign=tuple(p["axis_sign"])))
         else:
             raise StartupError(f"device must be 'spacemouse' or 'joy', got {p['device']!r}")
-        self.twist_pub = self.create_publisher(TwistStamped, "arm/delta_twist_cmds", STREAM_QOS)
-        self.gripper_pub = self.create_publisher(Float64, "gripper/command", STREAM_QOS)
-        self.executed_pub = self.create_publisher(JointState, "action/executed", STREAM_QOS)
-        self.human_pub = self.create_publisher(JointState, "action/human", STREAM_QOS)
+        self.twist_pub = self.create_publisher(TwistStamped, "arm/delta_twist_cmds", RECORD_QOS)
+        self.gripper_pub = self.create_publisher(Float64, "gripper/command", RECORD_QOS)
+        self.executed_pub = self.create_publisher(JointState, "action/executed", RECORD_QOS)
+        self.human_pub = self.create_publisher(JointState, "action/human", RECORD_QOS)
         self.events_pub = self.create_publisher(String, "episode/events", EVENTS_QOS)
-        self.mode_pub = self.create_publisher(String, "teleop/mode", STREAM_QOS)
+        self.mode_pub = self.create_publisher(String, "teleop/mode", RECORD_QOS)
         self.subscribe(JointState, "policy/command", self.on_policy, STREAM_QOS)
         self.subscribe(PoseStamped, "ee_pose", self.on_ee_pose, STREAM_QOS)
         self.subscribe(JointState, "gripper/state", self.on_gripper, STREAM_QOS)
