@@ -1,4 +1,5 @@
-"""Intervention labels on hand-built episodes (REFERENCE section 1)."""
+"""Intervention labels on hand-built episodes: the K policy steps before each take-over are
+undesirable, every other step desirable; the Sirius classes; the no-op filter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`evaluate()` with the policy shapes later issues use, and the `apo-ros sim` commands."""
+"""`evaluate()` with every policy shape it accepts (the expert, chunked policies, plain callables and
+factories, checkpoint directories), and the `apo-ros sim` commands."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Objectives against hand computations (REFERENCE sections 1-2)."""
+"""Objectives against hand computations (each loss recomputed step by step from its definition)."""
 
 from __future__ import annotations
 

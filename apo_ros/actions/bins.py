@@ -1,4 +1,4 @@
-"""OpenVLA's 256-bin action tokenizer, exactly (REFERENCE section 3).
+"""OpenVLA's 256-bin action tokenizer, exactly (the rule of OpenVLA's ActionTokenizer).
 
 edges = linspace(-1, 1, n_bins); centers = midpoints (n_bins - 1 of them).
 encode: clip to [-1, 1], d = digitize(a, edges) in [1, n_bins], id = vocab_size - d.

@@ -1,4 +1,4 @@
-"""FAST-style action-chunk tokenizer (pi0-FAST, REFERENCE section 3), with explicit decode failure.
+"""FAST-style action-chunk tokenizer (as pi0-FAST tokenizes chunks), with explicit decode failure.
 
 encode: normalized chunk [T, D] -> orthonormal DCT over time per dimension -> x scale -> round to
 int -> clip to [min_token, max_token] -> flatten row-major (frequency 0 of every dimension first,

@@ -5,7 +5,7 @@ docs/recording.md all follow this one table.
 One bag = one episode. Storage: rosbag2 directory, MCAP with zstd chunk compression, metadata
 version 8 (Humble and Jazzy read it). All topic names are relative (remappable under a namespace).
 
-Linkage rule (DESIGN.md): every observation message carries the observation's stamp in
+Linkage rule: every observation message carries the observation's stamp in
 `header.stamp` and is written at that bag time; every action message carries, in `header.stamp`,
 the stamp of the observation it was computed from, and is written at the time it was executed.
 The reader joins actions to observations by that stamp, never by arrival order.
