@@ -138,3 +138,10 @@ def test_arguments_are_checked_before_any_work(tmp_path, capsys):
     assert main([*base, "--safety-config", str(bad)]) == 2
     assert f"{bad} [safety_filter]: gripper_max: expected float, got 'high'" in _one_error_line(capsys)
     assert not (tmp_path / "b").exists() and not (tmp_path / "p").exists()  # nothing was started
+
+
+def test_sim_view_checks_its_output_before_running_the_episode(capsys):
+    assert main(["sim", "view", "--task", "hang_cup", "-o", "/proc/nope/sheet.png"]) == 2
+    assert "/proc/nope/sheet.png" in _one_error_line(capsys)
+    assert main(["sim", "eval", "--task", "hang_cup", "--max-steps", "0"]) == 2
+    assert "--max-steps must be >= 1" in _one_error_line(capsys)

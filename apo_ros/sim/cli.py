@@ -54,10 +54,19 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--max-steps", args.max_steps, 1), ("--image-size", args.image_size, 8),
+                             ("--noise", getattr(args, "noise", None), 0),
+                             ("--frames", getattr(args, "frames", None), 1)):
+        if value is not None and value < low:
+            raise _user_error(f"{flag} must be >= {low}, got {value}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     task = _check_task(args.task)
     if args.episodes < 1:
         raise _user_error("--episodes must be at least 1")
+    _check_numbers(args)
     policy = load_policy_arg(args.policy)
     from apo_ros.sim.evaluate import evaluate
 
@@ -86,6 +95,10 @@ def cmd_view(args: argparse.Namespace) -> int:
     task = _check_task(args.task)
     if not 16 <= args.size <= 640:
         raise _user_error("--size must be between 16 and 640 pixels")
+    _check_numbers(args)
+    from apo_ros.errors import check_writable
+
+    check_writable(args.output, "-o", create_parents=False)  # before the episode runs
     policy = load_policy_arg(args.policy)
     from apo_ros.sim.view import contact_sheet, record_episode, write_png
 
