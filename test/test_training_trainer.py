@@ -293,7 +293,7 @@ def test_cli_train_and_errors(bags, tmp_path, capsys):
                  "--demos", *bags["demos"], "--data", *bags["data"], str(tmp_path / "nope"),
                  "--init", os.path.join(out, "policy"), "--out", str(tmp_path / "cli2"), "--no-cache"])
     err = capsys.readouterr().err
-    assert code == 0 and "skipping bad bag" in err and "nope" in err
+    assert code == 0 and "skipping" in err and "nope: does not exist" in err
     code = main(["train", "--method", "apo", "--demos", *bags["demos"], "--init", "small",
                  "--out", str(tmp_path / "cli3"), "--no-cache"])
     assert code == 2 and "needs interaction data" in capsys.readouterr().err
@@ -433,3 +433,22 @@ def test_vla_fast_fits_its_tokenizer_on_the_training_actions(bags):
     used = policy.fast.encode_batch(normalized)
     assert used == on_data.encode_batch(normalized)
     assert used != synthetic.encode_batch(normalized)
+
+
+def test_train_reports_a_killed_recording_it_skips(bags, tmp_path, capsys):
+    """The same bag rules as `bags info`: a recording whose writer never finished is named."""
+    import shutil
+
+    from apo_ros.recording.synthetic import write_synthetic_episode
+
+    folder = tmp_path / "demos"
+    for demo in bags["demos"]:
+        shutil.copytree(demo, folder / os.path.basename(demo))
+    writer, _ = write_synthetic_episode(str(folder / "killed"), ["expert"] * 4, seed=9, size=16, close=False)
+    code = main(["train", "--method", "bc", "--steps", "1", "--batch-size", "4", "--no-progress",
+                 "--demos", str(folder), "--init", "small", "--out", str(tmp_path / "out"), "--no-cache",
+                 "--policy.image_size", "16", "--policy.channels", "[4, 4]", "--policy.hidden", "16"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "skipping" in err and "killed" in err
+    assert json.load(open(tmp_path / "out" / "train_config.json"))["samples"]["bags"] == 2

@@ -36,26 +36,12 @@ def default_cache_dir() -> str:
 
 
 def find_bags(paths: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Expand PATH arguments: a bag directory (holds metadata.yaml), or a folder searched
-    recursively for bags. Returns (bag dirs in a stable order, errors)."""
-    bags: list[str] = []
-    errors: list[str] = []
-    for path in paths:
-        path = os.path.abspath(path)
-        if not os.path.exists(path):
-            errors.append(f"{path}: does not exist")
-        elif os.path.isfile(os.path.join(path, "metadata.yaml")):
-            bags.append(path)
-        elif os.path.isdir(path):
-            found = sorted(root for root, _dirs, files in os.walk(path) if "metadata.yaml" in files)
-            if not found:
-                errors.append(f"{path}: no rosbag2 bag (no metadata.yaml) in this folder")
-            bags.extend(found)
-        else:
-            errors.append(f"{path}: not a bag directory (rosbag2 bags are folders with metadata.yaml)")
-    seen: set[str] = set()
-    unique = [b for b in bags if not (b in seen or seen.add(b))]
-    return unique, errors
+    """Expand PATH arguments with the recording area's `find_bags` (the rules `bags info` uses):
+    (bag directories as absolute paths, "path: why" for each PATH or folder skipped)."""
+    from apo_ros.recording import find_bags as find
+
+    found = find(list(paths))
+    return [os.path.abspath(b) for b in found.bags], [f"{path}: {why}" for path, why in found.skipped]
 
 
 def bag_fingerprint(bag: str) -> list:

@@ -176,7 +176,7 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
 
     samples = load_samples(demos, data, cache_dir=config.cache_dir)
     for problem in samples.errors:
-        say(f"skipping bad bag: {problem}")
+        say(f"skipping {problem}")
     say(f"data: {samples.load_stats['bags_read']} bags read, {samples.load_stats['cache_hits']} from "
         f"cache, {len(samples)} steps in {samples.load_stats['seconds']:.1f} s")
     run = prepare_run(config, samples, init, out, dist_info=dist_info, log=say)
