@@ -11,13 +11,13 @@ import os
 import numpy as np
 import torch
 
-from apo_ros.training.batches import Batches
+from apo_ros.training.batches import Batches, logps_and_argmax
 from apo_ros.training.cache import DataError
 
 CSV_COLUMNS = ("step", "epoch", "lr", "loss", "grad_norm", "samples_per_s", "z0", "z0_unclamped",
                "reward_desirable", "reward_undesirable", "reward_margin", "weight_desirable",
                "weight_undesirable", "pair_accuracy", "train_nll", "val_nll_demos", "val_nll_data",
-               "elapsed_s")
+               "train_bin_error", "val_bin_error_demos", "val_bin_error_data", "elapsed_s")
 VALIDATION_SETS = ("demos", "data")
 
 
@@ -126,13 +126,18 @@ class Validation:
         return ", ".join(f"{len(r)} held-out {k} samples" for k, r in self.rows.items())
 
     @torch.no_grad()
-    def token_nll(self, rows: np.ndarray) -> float:
+    def scores(self, rows: np.ndarray) -> tuple[float, float]:
+        """(token NLL in nats per real target token, mean |argmax bin - target bin| per token or
+        NaN when the policy's tokens are not bins) of the policy on `rows`. The bin error does not
+        depend on how sharp the predicted distribution is, so runs with softened targets
+        (bin_sigma) compare on it too."""
         if len(rows) == 0:
-            return float("nan")
+            return float("nan"), float("nan")
         policy = self.b.policy
+        bins = bool(getattr(policy, "tokens_per_step", None)) and hasattr(policy, "token_logits")
         was_training = policy.training
         policy.eval()
-        total, count = 0.0, 0.0
+        total = count = error = action_count = 0.0
         try:
             bs = self.b.config.reference_batch_size
             for lo in range(0, len(rows), bs):
@@ -140,18 +145,34 @@ class Validation:
                 inputs = self.b.inputs(idx, None)
                 tok, mask = self.b.targets(idx)
                 with self.b.autocast():
-                    logps = policy.token_logps(inputs, tok, mask).float()
-                total -= float(logps.sum())
+                    logps, argmax, _ = logps_and_argmax(policy, inputs, tok, mask, bins)
+                total -= float(logps.float().sum())
                 count += float(mask.sum())
+                if bins and argmax is not None:
+                    action = mask.clone()
+                    action[:, policy.chunk_size * policy.tokens_per_step:] = False  # not a stop token
+                    error += float(((argmax - tok).abs().float() * action).sum())
+                    action_count += float(action.sum())
         finally:
             policy.train(was_training)
-        return total / max(count, 1.0)
+        return total / max(count, 1.0), (error / max(action_count, 1.0) if bins else float("nan"))
+
+    def token_nll(self, rows: np.ndarray) -> float:
+        return self.scores(rows)[0]
 
     def __call__(self) -> dict[str, float]:
-        """{"val_nll_demos", "val_nll_data", "train_nll"} for the sets that have rows."""
-        out = {f"val_nll_{kind}": self.token_nll(rows) for kind, rows in self.rows.items() if len(rows)}
-        if out:
-            out["train_nll"] = self.token_nll(self.train_rows)
+        """{"val_nll_demos", "val_nll_data", "train_nll"} (and the *_bin_error figures for bin
+        policies) for the sets that have rows."""
+        out: dict[str, float] = {}
+        sets = [(f"_{kind}", rows) for kind, rows in self.rows.items() if len(rows)]
+        if sets:
+            sets.append(("", self.train_rows))
+        for suffix, rows in sets:
+            nll, error = self.scores(rows)
+            prefix = "val" if suffix else "train"
+            out[f"{prefix}_nll{suffix}"] = nll
+            if math.isfinite(error):
+                out[f"{prefix}_bin_error{suffix}"] = error
         return out
 
 
