@@ -109,3 +109,43 @@ def test_learns_to_point_at_the_object_and_generalizes():
     constant = (tokens[:, :2] - tokens[:, :2].float().median(0).values).abs().float().mean()
     assert error < 0.45 * constant, (float(error), float(constant))  # in bins, held-out layouts
     assert (predicted[:, 6] == tokens[:, 6]).all()
+
+
+@pytest.mark.parametrize("kind", ["state", "small"])
+def test_mean_decoding_follows_the_mass_not_the_zero_spike(kind, tmp_path):
+    """Each arm position: an exact-zero spike (30 %) and a broad mode around +0.5 (70 % over 61
+    bins). argmax decodes the spike (the arm stops); mean decodes the expected value (~0.35).
+    The gripper keeps its argmax. The option is saved with the checkpoint."""
+    from apo_ros.policies.small import SmallPolicy
+
+    options = {"hidden": 16} if kind == "state" else {"hidden": 16, "image_size": 16, "channels": [4, 4]}
+    policies = {mode: build_policy(kind, default_statistics(), instructions=INSTRUCTIONS, device="cpu",
+                                   decode=mode, **options) for mode in ("argmax", "mean")}
+    table = policies["mean"]._token_values()
+    zero = int(torch.argmin(table.abs()))
+    mode_bins = (table - 0.5).abs() <= 0.12
+    probs = torch.zeros(256)
+    probs[mode_bins] = 0.7 / int(mode_bins.sum())
+    probs[zero] = 0.3
+    expected = float(probs @ table)
+    rng = np.random.default_rng(5)
+    obs = observation(rng)
+    if kind == "small":
+        obs.images = {c: rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for c in ("front", "wrist")}
+    for mode, policy in policies.items():
+        with torch.no_grad():
+            policy.head_weight.zero_()
+            policy.head_bias.copy_(torch.log(probs.clamp_min(1e-9))[None].repeat(7, 1))
+            policy.head_bias[6] = -20.0
+            policy.head_bias[6, 3] = 0.0  # the gripper: one clear bin
+        chunk, ok = policy.select_action(obs)
+        normalized = policy.stats.normalize(chunk)[0]
+        if mode == "argmax":
+            assert np.allclose(normalized[:6], float(table[zero]))  # the spike: no motion
+        else:
+            assert np.allclose(normalized[:6], expected, atol=1e-5) and expected > 0.3
+        assert normalized[6] == pytest.approx(float(table[3]))
+    saved = str(tmp_path / "mean")
+    save_policy(policies["mean"], saved)
+    assert load_policy(saved).decode_mode == "mean"
+    assert isinstance(policies["mean"], SmallPolicy) == (kind == "small")

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     new.add_argument("--no-lora", action="store_true", help="VLA kinds: train all weights instead of LoRA")
     new.add_argument("--lora-rank", type=int, default=32, help="VLA kinds: LoRA rank (default 32, alpha 16)")
     new.add_argument("--cameras", nargs="+", help="cameras read (default: small front wrist; VLAs front)")
+    new.add_argument("--decode", choices=("argmax", "mean"), default=None,
+                     help="small / state: actions from the most likely bin (argmax, default) or the "
+                     "expected value of each arm dimension (mean; the gripper keeps its argmax)")
     new.add_argument("--objects", type=int, default=None, metavar="N",
                      help="state kind: object poses read (default 2: the task's object, then its target)")
     new.add_argument("--trust-remote-code", action="store_true",
@@ -109,6 +112,10 @@ def run_new(args: argparse.Namespace) -> int:
         raise UserError("--cameras: the state policy reads no camera (it reads object poses)")
     if args.cameras:
         options["cameras"] = tuple(args.cameras)
+    if args.decode is not None:
+        if kind not in ("small", "state"):
+            raise UserError("--decode is for the small and state kinds")
+        options["decode"] = args.decode
     if args.objects is not None:
         if kind != "state":
             raise UserError("--objects is for the state kind")

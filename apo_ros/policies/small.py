@@ -36,6 +36,7 @@ from apo_ros.observation import PROPRIO_DIM
 from apo_ros.policies.base import TokenPolicy, pick_device, write_action_tokenizer
 
 WEIGHTS_FILENAME = "model.safetensors"
+DECODE_MODES = ("argmax", "mean")
 
 
 @dataclass
@@ -61,6 +62,12 @@ class SmallPolicyConfig:
     # raw standardized quaternion (checkpoints written before this option; loading one without the
     # key selects it).
     rotation_features: str = "matrix"
+    # How predictions become actions (BinTokenHead.predict): "argmax" (the most likely bin, as
+    # OpenVLA) or "mean" (per arm dimension the expected value under the predicted distribution;
+    # the gripper keeps its argmax). With noisy demos the bins of a moving dimension hold a broad
+    # mode while hold steps make an exact-zero spike, and argmax picks the spike as soon as the
+    # model is unsure: the arm stops. The mean follows the mass.
+    decode: str = "argmax"
 
     def __post_init__(self) -> None:
         self.instructions = [str(i) for i in self.instructions]
@@ -76,6 +83,8 @@ class SmallPolicyConfig:
             raise ValueError(f"camera_fusion must be 'stacked' or 'separate', got {self.camera_fusion!r}")
         if len(self.channels) < 2:
             raise ValueError(f"channels needs at least 2 conv widths, got {self.channels}")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if self.rotation_features not in ("matrix", "quaternion"):
             raise ValueError(f"rotation_features must be 'matrix' or 'quaternion', "
                              f"got {self.rotation_features!r}")
@@ -210,17 +219,55 @@ class BinTokenHead:
         if tokens.shape[1] > self.n_positions:
             raise ValueError(f"{tokens.shape[1]} target tokens; this policy has {self.n_positions}")
 
+    @property
+    def decode_mode(self) -> str:
+        return getattr(self.config, "decode", "argmax")
+
+    def _token_values(self) -> torch.Tensor:
+        """float [n_bins]: the normalized action value each token id decodes to."""
+        values = self.tokenizer.decode(np.arange(self.n_bins))
+        return torch.as_tensor(values, dtype=torch.float32, device=self.device)
+
     @torch.no_grad()
-    def predict_tokens(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _greedy(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Autoregressive prediction -> (tokens long [B, L], normalized values float [B, L]).
+        argmax: the most likely token and its bin value. mean (arm dimensions): the expected
+        value under the softmax, and the token it encodes to (fed back into the history);
+        the gripper position keeps the argmax (a 0/1 choice: its mean would be a half-open)."""
         trunk = self.encode_observation(inputs)
         b = trunk.shape[0]
         history = torch.zeros_like(trunk)
         tokens = torch.zeros(b, self.n_positions, dtype=torch.long, device=trunk.device)
+        values = torch.zeros(b, self.n_positions, dtype=torch.float32, device=trunk.device)
+        table = self._token_values()
+        mean = self.decode_mode == "mean"
         for d in range(self.n_positions):
             logits = self._logits(trunk, history[:, None], slice(d, d + 1))[:, 0]
-            tokens[:, d] = logits.argmax(-1)
-            history = history + self.token_embedding(tokens[:, d] + d * self.n_bins)
+            if mean and d % ACTION_DIM != GRIPPER_INDEX:
+                value = torch.softmax(logits.float(), -1) @ table
+                token = torch.from_numpy(self.tokenizer.encode(value.cpu().numpy())).to(trunk.device).long()
+            else:
+                token = logits.argmax(-1)
+                value = table[token]
+            tokens[:, d], values[:, d] = token, value
+            history = history + self.token_embedding(token + d * self.n_bins)
+        return tokens, values
+
+    @torch.no_grad()
+    def predict_tokens(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, _ = self._greedy(inputs)
         return tokens, torch.ones_like(tokens, dtype=torch.bool)
+
+    @torch.no_grad()
+    def predict(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Raw action chunks [B, T, 7] and ok flags [B] (see `decode` in the policy's config:
+        with "mean" the arm values are continuous, not bin centres)."""
+        if self.decode_mode != "mean":
+            return super().predict(inputs)  # type: ignore[misc]
+        _, values = self._greedy(inputs)
+        b = values.shape[0]
+        normalized = values.cpu().numpy().astype(np.float64).reshape(b, self.chunk_size, ACTION_DIM)
+        return self.stats.unnormalize(normalized), np.ones(b, dtype=bool)
 
 
 class SmallPolicy(BinTokenHead, TokenPolicy):

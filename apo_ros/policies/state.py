@@ -32,7 +32,7 @@ from torch import nn
 from apo_ros.actions.statistics import ActionStatistics
 from apo_ros.observation import PROPRIO_DIM
 from apo_ros.policies.base import TokenPolicy, pick_device, write_action_tokenizer
-from apo_ros.policies.small import BinTokenHead, _norm, quaternion_to_matrix
+from apo_ros.policies.small import DECODE_MODES, BinTokenHead, _norm, quaternion_to_matrix
 
 WEIGHTS_FILENAME = "model.safetensors"
 POSE_DIM = 7
@@ -52,6 +52,8 @@ class StatePolicyConfig:
     proprio_std: list[float] | None = None
     object_mean: list[float] | None = None  # object-state standardization, 7 N values (positions used)
     object_std: list[float] | None = None
+    # argmax | mean: how predictions become actions (see SmallPolicyConfig.decode)
+    decode: str = "argmax"
 
     def __post_init__(self) -> None:
         self.instructions = [str(i) for i in self.instructions]
@@ -59,6 +61,8 @@ class StatePolicyConfig:
             raise ValueError("the state policy needs a non-empty instruction list (instructions=[...])")
         if len({_norm(i) for i in self.instructions}) != len(self.instructions):
             raise ValueError(f"instruction list has duplicates: {self.instructions}")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         for name, low in (("n_objects", 1), ("chunk_size", 1), ("n_bins", 2), ("hidden", 1), ("layers", 1)):
             if int(getattr(self, name)) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")

@@ -19,8 +19,8 @@ from apo_ros.errors import ConfigError
 # the options each policy kind takes (build_policy keyword names; lora_rank becomes lora)
 POLICY_OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
     "small": ("chunk_size", "n_bins", "cameras", "image_size", "channels", "camera_fusion",
-              "rotation_features", "hidden", "instruction_dim"),
-    "state": ("chunk_size", "n_bins", "hidden", "instruction_dim", "layers", "n_objects"),
+              "rotation_features", "hidden", "instruction_dim", "decode"),
+    "state": ("chunk_size", "n_bins", "hidden", "instruction_dim", "layers", "n_objects", "decode"),
     "vla_bins": ("chunk_size", "n_bins", "cameras", "pretrained", "lora_rank", "prompt", "dtype",
                  "gradient_checkpointing", "trust_remote_code"),
     "vla_fast": ("chunk_size", "cameras", "pretrained", "lora_rank", "prompt", "dtype",
@@ -52,6 +52,9 @@ class PolicyOptions:
     hidden: int | None = None
     # instruction embedding width; small and state
     instruction_dim: int | None = None
+    # small and state: how predictions become actions: argmax (the most likely bin) or mean (the
+    # expected value of each arm dimension; the gripper keeps its argmax)
+    decode: str | None = None
     # MLP layers of the state policy
     layers: int | None = None
     # object poses the state policy reads (default: as many as the bags record)
