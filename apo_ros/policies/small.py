@@ -224,9 +224,14 @@ class BinTokenHead:
         return getattr(self.config, "decode", "argmax")
 
     def _token_values(self) -> torch.Tensor:
-        """float [n_bins]: the normalized action value each token id decodes to."""
-        values = self.tokenizer.decode(np.arange(self.n_bins))
-        return torch.as_tensor(values, dtype=torch.float32, device=self.device)
+        """float [n_bins]: the normalized action value each token id decodes to (computed once
+        per device)."""
+        cached = getattr(self, "_token_value_table", None)
+        if cached is None or cached.device != self.device:
+            values = self.tokenizer.decode(np.arange(self.n_bins))
+            cached = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+            self._token_value_table = cached
+        return cached
 
     @torch.no_grad()
     def _greedy(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,8 +244,8 @@ class BinTokenHead:
         history = torch.zeros_like(trunk)
         tokens = torch.zeros(b, self.n_positions, dtype=torch.long, device=trunk.device)
         values = torch.zeros(b, self.n_positions, dtype=torch.float32, device=trunk.device)
-        table = self._token_values()
         mean = self.decode_mode == "mean"
+        table = self._token_values() if mean else None
         for d in range(self.n_positions):
             logits = self._logits(trunk, history[:, None], slice(d, d + 1))[:, 0]
             if mean and d % ACTION_DIM != GRIPPER_INDEX:
@@ -248,8 +253,10 @@ class BinTokenHead:
                 token = torch.from_numpy(self.tokenizer.encode(value.cpu().numpy())).to(trunk.device).long()
             else:
                 token = logits.argmax(-1)
-                value = table[token]
-            tokens[:, d], values[:, d] = token, value
+                value = table[token] if table is not None else None
+            tokens[:, d] = token
+            if value is not None:
+                values[:, d] = value
             history = history + self.token_embedding(token + d * self.n_bins)
         return tokens, values
 
