@@ -43,6 +43,8 @@ setup(
         "mcap>=1.2",
         "mujoco>=3.3",
         "opencv-python-headless>=4.8",
+        "msgpack>=1.0,<2",  # apo-ros serve / ws:// policies (openpi's wire format)
+        "websockets>=13,<18",
     ],
     extras_require={
         "spacemouse": ["pyspacemouse>=2.1"],

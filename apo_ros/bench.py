@@ -16,6 +16,7 @@ SECTIONS = {
     "policy": "apo_ros.policies.bench",
     "train": "apo_ros.training.bench",
     "runtime": "apo_ros.runtime.bench",
+    "serve": "apo_ros.serving.bench",
 }
 
 
@@ -70,7 +71,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="speed figures (sim, bags, policy, train, runtime)",
+        help="speed figures (sim, bags, policy, train, runtime, serve)",
         description="Run benchmarks and print figures, each with its bare baseline where one exists.",
     )
     # no `choices=` here: argparse rejects an empty list against choices with nargs="*"

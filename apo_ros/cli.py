@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "apo_ros.training.cli",  # train
     "apo_ros.runtime.cli",  # session
     "apo_ros.demo.cli",  # demo
+    "apo_ros.serving.cli",  # serve
     "apo_ros.bench",  # bench
 )
 

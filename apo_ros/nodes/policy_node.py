@@ -46,9 +46,11 @@ from apo_ros.runtime.ros_io import AssemblerConfig, ObservationAssembler
 
 
 def _load(checkpoint: str, device: str) -> Any:
-    from apo_ros.policies import load_policy  # the one loader every checkpoint form goes through
+    # the one loader every checkpoint form goes through: a directory, or ws://HOST:PORT (a policy
+    # served by `apo-ros serve`)
+    from apo_ros.policies import open_policy
 
-    return load_policy(checkpoint, device=device)
+    return open_policy(checkpoint, device=device)
 
 
 class PolicyNode(ApoNode):
@@ -57,7 +59,8 @@ class PolicyNode(ApoNode):
         p = self.declare({"checkpoint": "", "device": "cpu", "rate_hz": 10.0, "replan_every": 0,
                           "cameras": ["front", "wrist"], "max_skew_s": 0.05, "safety_config": ""})
         if not p["checkpoint"]:
-            raise StartupError("set the 'checkpoint' parameter to a checkpoint directory")
+            raise StartupError("set the 'checkpoint' parameter to a checkpoint directory or a policy "
+                               "server ws://HOST:PORT")
         self.device = str(p["device"])
         self.types = M.rclpy_types()
         policy = _load(str(p["checkpoint"]), self.device)

@@ -12,6 +12,7 @@ _LAZY = {
     "CheckpointError": "checkpoint", "PickleRefusedError": "checkpoint",
     "RemoteCodeRefusedError": "checkpoint", "load_policy": "checkpoint", "policy_id": "checkpoint",
     "save_policy": "checkpoint", "verify_policy_id": "checkpoint",
+    "open_policy": "dispatch", "provenance": "dispatch",
     "POLICY_KINDS": "factory", "build_policy": "factory",
     "ReferencePolicy": "reference", "make_reference": "reference",
 }

@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", required=True,
                    help="lemon_on_plate | lemon_on_plate_easy | square_on_stick | hang_cup")
-    p.add_argument("--policy", required=True, metavar="CKPT|expert",
-                   help="checkpoint directory, or 'expert' for the scripted expert (demos)")
+    p.add_argument("--policy", required=True, metavar="CKPT|ws://HOST:PORT|expert",
+                   help="checkpoint directory, a policy server (apo-ros serve) as ws://HOST:PORT, or "
+                   "'expert' for the scripted expert (demos)")
     p.add_argument("--operator", choices=("scripted", "none"), default="scripted",
                    help="simulated operator that takes over when the policy goes wrong (default: scripted)")
     p.add_argument("--episodes", type=int, default=1, help="number of episodes (default 1)")
@@ -56,8 +57,10 @@ def run_session_cli(args: argparse.Namespace) -> int:
     if os.path.exists(args.bags) and not os.path.isdir(args.bags):
         raise UserError(f"--bags {args.bags}: exists and is not a directory")
     check_writable(args.bags, "--bags")
-    if args.policy != "expert" and not os.path.isdir(args.policy):
-        raise UserError(f"--policy {args.policy}: not a checkpoint directory (or 'expert')")
+    remote = args.policy.startswith(("ws://", "wss://"))
+    if args.policy != "expert" and not remote and not os.path.isdir(args.policy):
+        raise UserError(f"--policy {args.policy}: not a checkpoint directory, a ws://HOST:PORT policy "
+                        "server or 'expert'")
     if args.safety_config:
         from apo_ros.actions.safety import SafetyConfig
 

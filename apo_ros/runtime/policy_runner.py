@@ -78,6 +78,7 @@ class PolicyRunner:
         self._chunk_pos = 0
         self._chunk_obs_stamp = 0
         self._chunk_error = ""  # why the current chunk failed ("" when it did not)
+        self._chunk_reason = "decode_failed"  # why a not-ok chunk is held
         self._latencies_ns: deque[int] = deque(maxlen=self.config.latency_window)
         self.steps = 0
         self.plans = 0
@@ -135,6 +136,11 @@ class PolicyRunner:
             # the cause travels with the step so the caller can log it.
             chunk, ok = np.full((1, ACTION_DIM), np.nan), False
             self._chunk_error = f"{type(err).__name__}: {err}"
+        # A remote policy says why it failed ("policy_unavailable") and which policy answered
+        # (the server may hot-swap); a local one has neither and keeps the id it was given.
+        self._chunk_reason = str(getattr(self.policy, "failure_reason", "") or "decode_failed")
+        if getattr(self.policy, "reports_policy_id", False) and getattr(self.policy, "policy_id", ""):
+            self.policy_id = str(self.policy.policy_id)
         elapsed = time.perf_counter_ns() - t0
         self._latencies_ns.append(elapsed)
         self._chunk, self._chunk_ok, self._chunk_pos = chunk, bool(ok), 0
@@ -161,8 +167,8 @@ class PolicyRunner:
             result = self.safety.filter(proposed, ee, observation.gripper, age_s=age_s)
         else:
             self.decode_failures += 1
-            reasons = ["decode_failed"] + ([f"policy_error: {self._chunk_error}"]
-                                           if self._chunk_error else [])
+            reasons = [self._chunk_reason] + ([f"policy_error: {self._chunk_error}"]
+                                              if self._chunk_error else [])
             result = FilterResult(zero_action(_hold(observation.gripper)), False, reasons)
         if not result.ok:
             self._chunk = None  # never continue a chunk that produced a rejected action
@@ -190,9 +196,15 @@ class PolicyRunner:
 def provenance(policy: Any, policy_id: str) -> dict[str, str]:
     """What a bag records about the policy that acted: its content-hash id and the id of its
     action statistics ("" for a policy without statistics, e.g. the scripted expert). The
-    in-process session and the ROS graph both write exactly this."""
-    stats = getattr(policy, "stats", None)
-    stats_id = stats.statistics_id() if hasattr(stats, "statistics_id") else ""
+    in-process session and the ROS graph both write exactly this. A policy server's ids (a
+    `RemotePolicy`: `reports_policy_id`, a `statistics_id` string) are the ones it last reported,
+    so they follow a hot-swap on the server."""
+    stats_id = getattr(policy, "statistics_id", None)
+    if not isinstance(stats_id, str):
+        stats = getattr(policy, "stats", None)
+        stats_id = stats.statistics_id() if hasattr(stats, "statistics_id") else ""
+    if getattr(policy, "reports_policy_id", False) and getattr(policy, "policy_id", ""):
+        policy_id = policy.policy_id
     return {"policy_id": str(policy_id), "stats_id": str(stats_id)}
 
 

@@ -155,10 +155,11 @@ def _resolve_policy(policy: Any, task: str, env: Any, seed: int, device: str | N
         from apo_ros.sim.experts import make_expert
 
         return ExpertPolicy(make_expert(task, noise=expert_noise, seed=seed), env), "expert", True
-    if isinstance(policy, str):
-        from apo_ros.policies import load_policy, policy_id
+    if isinstance(policy, str):  # a checkpoint directory or a policy server ws://HOST:PORT
+        from apo_ros.policies import open_policy, provenance
 
-        return load_policy(policy, device=device), policy_id(policy), False
+        loaded = open_policy(policy, device=device)
+        return loaded, provenance(loaded)["policy_id"], False
     if not hasattr(policy, "select_action"):
         raise TypeError(f"policy must be 'expert', a checkpoint path or a policy object, got {policy!r}")
     pid = getattr(policy, "policy_id", None) or type(policy).__name__
@@ -217,7 +218,8 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
     """Run `episodes` episodes of `task` and record one bag each in `bags_dir`.
 
     policy: "expert" (scripted expert; actions recorded with source "expert"), a checkpoint
-        directory, or a policy object (TokenPolicy or anything with select_action/reset).
+        directory, a policy server URL ws://HOST:PORT, or a policy object (TokenPolicy or anything
+        with select_action/reset).
     operator: "scripted" (the simulated operator intervenes when the policy goes wrong) or "none".
     Episode k uses seed `seed + k`.
     """
@@ -252,9 +254,10 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                     op.reset(env)
                 device_adapter.reset()
                 arbiter = TeleopArbiter(session_arbiter_config(max_delta), initial_gripper=obs.gripper)
-                recorder.start(obs.stamp_ns, instruction=env.instruction, policy_id=pid,
+                ids = runner.provenance()  # a policy server's ids follow its hot-swaps
+                recorder.start(obs.stamp_ns, instruction=env.instruction, policy_id=ids["policy_id"],
                                metadata={"seed": str(ep_seed), "control_hz": str(control_hz),
-                                         "stats_id": runner.provenance()["stats_id"]})
+                                         "stats_id": ids["stats_id"]})
                 outcome, end_reason, step = "failure", "", 0
                 while True:
                     t0 = time.perf_counter()

@@ -24,18 +24,17 @@ def _user_error(message: str) -> Exception:
 
 
 def load_policy_arg(value: str):
-    """'expert' stays a name; anything else is a checkpoint directory loaded lazily."""
+    """'expert' stays a name; anything else is a checkpoint directory loaded lazily, or a policy
+    server ws://HOST:PORT."""
     if value == "expert":
         return "expert"
-    if not os.path.isdir(value):
-        raise _user_error(f"--policy {value!r}: not 'expert' and not a checkpoint directory")
+    if not value.startswith(("ws://", "wss://")) and not os.path.isdir(value):
+        raise _user_error(f"--policy {value!r}: not 'expert', a checkpoint directory or a "
+                          "ws://HOST:PORT policy server")
+    from apo_ros.policies.dispatch import open_policy
+
     try:
-        from apo_ros.policies.checkpoint import load_policy
-    except ImportError as err:
-        raise _user_error(f"--policy {value}: loading checkpoints needs apo_ros.policies.checkpoint "
-                          f"({err})") from None
-    try:
-        return load_policy(value)
+        return open_policy(value)
     except (OSError, ValueError, KeyError) as err:
         raise _user_error(f"--policy {value}: {err}") from None
 
@@ -136,7 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "mean_steps}.")
     e.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
     e.add_argument("--policy", default="expert",
-                   help="'expert' (scripted, privileged) or a checkpoint directory")
+                   help="'expert' (scripted, privileged), a checkpoint directory or a policy "
+                   "server ws://HOST:PORT (apo-ros serve)")
     e.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
     e.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     e.add_argument("--max-steps", type=int, default=None, help="episode length (task default)")
