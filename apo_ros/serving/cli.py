@@ -52,6 +52,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # a line per connection is ours
     try:
         policy = load_policy(args.policy, device=args.device, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError, KeyError) as err:

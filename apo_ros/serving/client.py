@@ -97,7 +97,8 @@ class RemotePolicy:
         self._retry_at = 0.0
         self._backoff = self.config.backoff_s
         self._lost_since: float | None = None
-        self.last_round_trip_s = float("nan")
+        self.last_round_trip_s = float("nan")  # of the last answered request
+        self.last_server_infer_s = float("nan")  # the server's own inference time for it
         if connect:
             try:
                 self._connect()
@@ -164,6 +165,9 @@ class RemotePolicy:
             self._lost_since = None
         self._backoff = self.config.backoff_s
         self.last_round_trip_s = time.monotonic() - t0
+        timing = reply.get("server_timing")
+        self.last_server_infer_s = (float(timing.get("infer_ms", "nan")) / 1e3
+                                    if isinstance(timing, dict) else float("nan"))
         if not ok:
             self.failure_reason = "decode_failed"
         return chunk, ok
