@@ -40,7 +40,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import signal
     import sys
 
-    from apo_ros.cli import UserError
+    from apo_ros.errors import UserError
 
     try:
         from apo_ros.serving.server import PolicyServer, ServeConfig
