@@ -150,6 +150,13 @@ def test_unreachable_server_is_a_one_line_cli_error(capsys, tmp_path):
     assert "no such policy checkpoint directory" in capsys.readouterr().err
 
 
+def test_serve_on_a_taken_port_is_a_one_line_error(server, checkpoint, capsys):
+    assert cli_main(["serve", "--policy", checkpoint, "--host", "127.0.0.1", "--port", str(server.port),
+                     "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{server.port}" in err and "Traceback" not in err
+
+
 class KillingPolicy:
     """A RemotePolicy whose server is SIGKILLed at plan `kill_at` and restarted (same port) at
     plan `restart_at`; it records what every plan returned."""

@@ -126,9 +126,16 @@ class PolicyServer:
         return f"ws://{host}:{self.port}"
 
     def start(self) -> PolicyServer:
-        self._spawn(self._server.serve_forever, "policy-server")
+        self._spawn(self._serve, "policy-server")
         self._start_watch()
         return self
+
+    def _serve(self) -> None:
+        try:
+            self._server.serve_forever()
+        except (ValueError, OSError):
+            if not self._stop.is_set():  # closed before the loop started: nothing to report
+                raise
 
     def serve_forever(self) -> None:
         self._start_watch()
