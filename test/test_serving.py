@@ -206,3 +206,22 @@ def test_unreachable_server_is_one_clear_error_at_start_then_hold(checkpoint):
     remote = RemotePolicy(url, RemoteConfig(backoff_s=0.01), connect=False)
     chunk, ok = remote.select_action(observation(1))
     assert not ok and np.isnan(chunk).all() and remote.failure_reason == "policy_unavailable"
+
+
+def test_a_state_policy_is_served_from_object_poses_without_images(one_thread):
+    """A camera-less policy: the client sends no image (the server's metadata lists no camera),
+    the object poses travel, and the actions are the local ones."""
+    from apo_ros.policies import build_policy
+    from apo_ros.policies.testing import default_statistics
+
+    policy = build_policy("state", default_statistics(), instructions=[INSTRUCTION], chunk_size=2,
+                          device="cpu")
+    obs = observation(9)
+    obs.object_poses = np.array([[0.5, 0.1, 0.05, 0, 0, 0, 1], [0.6, -0.1, 0.0, 0, 0, 0, 1]], np.float32)
+    with serve(policy) as server, RemotePolicy(server.url + "?timeout_s=30") as remote:
+        assert remote.metadata["cameras"] == []
+        sent = protocol.observation_to_request(obs, tuple(remote.metadata["cameras"]))
+        assert not [k for k in sent if k.endswith("image")] and "observation/object_poses" in sent
+        chunk, ok = remote.select_action(obs)
+    expected, _ = policy.select_action(obs)
+    assert ok and np.array_equal(chunk, expected)

@@ -134,7 +134,10 @@ class RemotePolicy:
             except _connect_errors() as err:
                 return self._fail(f"reconnect failed ({_describe(err)})", quiet=True)
         try:
-            request = protocol.observation_to_request(observation, self.cameras or None)
+            # the server's cameras (none for a state policy); all of them for a server that
+            # does not say (an openpi server)
+            cameras = tuple(self.metadata["cameras"]) if "cameras" in self.metadata else None
+            request = protocol.observation_to_request(observation, cameras)
         except ValueError as err:
             return self._fail(f"cannot build the request: {err}", drop=False)
         from websockets.exceptions import ConnectionClosed
