@@ -35,7 +35,7 @@ def _check(result: dict, positive: list[str]) -> None:
 
 
 def test_sections_are_the_documented_ones():
-    assert list(SECTIONS) == ["sim", "bags", "policy", "train", "runtime"]
+    assert list(SECTIONS) == ["sim", "bags", "policy", "train", "runtime", "serve"]
     machine = describe_machine()
     assert machine["cpu_count"] >= 1 and machine["torch"]
 
@@ -99,3 +99,10 @@ def test_sim_section():
         rates[name] = steps / seconds
     _check({"rates": rates, "substeps": substeps},
            ["substeps"] + [f"rates.{name}" for name in runners])
+
+
+def test_serve_section(tmp_path):
+    from apo_ros.serving.bench import _case
+
+    result = _case(64, 3, "cpu", str(tmp_path))  # a real `apo-ros serve` subprocess, 3 requests
+    _check(result, ["in_process.p50_ms", "remote.p50_ms", "transport.p50_ms", "request_bytes"])

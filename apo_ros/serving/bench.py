@@ -96,7 +96,7 @@ def _case(size: int, n: int, device: str, workdir: str) -> dict:
         proc.wait(timeout=30)
     local_p, remote_p = _percentiles(in_process), _percentiles(remote_times)
     return {"in_process": local_p, "remote": remote_p,
-            "overhead_p50_ms": round(remote_p["p50_ms"] - local_p["p50_ms"], 2),
+            "added_p50_ms": round(remote_p["p50_ms"] - local_p["p50_ms"], 2),
             # round trip minus the server's own inference: encoding, websocket, decoding
             "transport": _percentiles(transport),
             "request_bytes": len(packb(observation_to_request(observations[0]))),
