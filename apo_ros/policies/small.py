@@ -181,6 +181,49 @@ class BinTokenHead:
             actions[ok] = self.stats.unnormalize(norm)
         return actions, ok
 
+    # ---- checkpoint files and instructions (the same for every bin-head policy) -----------------
+    def save_parts(self, directory: str, *, merge_lora: bool = True) -> dict:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, os.path.join(directory, WEIGHTS_FILENAME), metadata={"format": "pt"})
+        write_action_tokenizer(directory, {"type": "bins", "n_bins": self.n_bins, "vocab_size": self.n_bins,
+                                           "id_range": list(self.tokenizer.id_range)})
+        return self.config_dict()
+
+    @classmethod
+    def load_parts(cls, directory: str, config: dict, stats: ActionStatistics, *,
+                   device: str | None = None, trust_remote_code: bool = False,
+                   lora: bool | None = None):
+        from safetensors.torch import load_file
+
+        from apo_ros.policies.checkpoint import CheckpointError, require_file
+
+        path = require_file(directory, WEIGHTS_FILENAME, f"{cls.kind} policy weights")
+        try:
+            policy = cls.from_config_dict(config, stats, device="cpu")
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}: bad {cls.kind} policy config: {err}") from None
+        try:
+            state = load_file(path)
+        except Exception as err:  # safetensors raises its own error types on a damaged file
+            raise CheckpointError(f"{path}: cannot read weights ({err})") from None
+        result = policy.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(f"{path}: weights do not match the config (missing "
+                                  f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
+        return policy.to(pick_device(device)[0])
+
+    def instruction_ids(self, instructions: Sequence[str]) -> torch.Tensor:
+        ids = []
+        for text in instructions:
+            key = _norm(text)
+            if key not in self._instruction_index:
+                raise ValueError(f"unknown instruction {text!r}: this {self.kind} policy knows "
+                                 f"{self.config.instructions} (instructions are fixed when it is built)")
+            ids.append(self._instruction_index[key])
+        return torch.tensor(ids, dtype=torch.long)
+
     # ---- head ------------------------------------------------------------------------------
     def _logits(self, trunk: torch.Tensor, history: torch.Tensor, positions: slice) -> torch.Tensor:
         """trunk [B, H], history [B, P, H] (sum of embeddings of earlier tokens) -> logits [B, P, V]."""
@@ -332,39 +375,6 @@ class SmallPolicy(BinTokenHead, TokenPolicy):
         d.setdefault("rotation_features", "quaternion")  # saved before the option existed
         return cls(SmallPolicyConfig(**d), stats, device=device)
 
-    def save_parts(self, directory: str, *, merge_lora: bool = True) -> dict:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_FILENAME), metadata={"format": "pt"})
-        write_action_tokenizer(directory, {"type": "bins", "n_bins": self.config.n_bins,
-                                           "vocab_size": self.config.n_bins,
-                                           "id_range": list(self.tokenizer.id_range)})
-        return self.config_dict()
-
-    @classmethod
-    def load_parts(cls, directory: str, config: dict, stats: ActionStatistics, *,
-                   device: str | None = None, trust_remote_code: bool = False,
-                   lora: bool | None = None) -> SmallPolicy:
-        from safetensors.torch import load_file
-
-        from apo_ros.policies.checkpoint import CheckpointError, require_file
-
-        path = require_file(directory, WEIGHTS_FILENAME, "small policy weights")
-        try:
-            policy = cls.from_config_dict(config, stats, device="cpu")
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{directory}: bad small policy config: {err}") from None
-        try:
-            state = load_file(path)
-        except Exception as err:  # safetensors raises its own error types on a damaged file
-            raise CheckpointError(f"{path}: cannot read weights ({err})") from None
-        result = policy.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(f"{path}: weights do not match the config (missing "
-                                  f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
-        return policy.to(pick_device(device)[0])
-
     def describe(self) -> dict:
         d = super().describe()
         d.update({"instructions": list(self.config.instructions), "image_size": self.config.image_size,
@@ -372,16 +382,6 @@ class SmallPolicy(BinTokenHead, TokenPolicy):
         return d
 
     # ---- inputs ------------------------------------------------------------------------------
-    def instruction_ids(self, instructions: Sequence[str]) -> torch.Tensor:
-        ids = []
-        for text in instructions:
-            key = _norm(text)
-            if key not in self._instruction_index:
-                raise ValueError(f"unknown instruction {text!r}: this small policy knows "
-                                 f"{self.config.instructions} (instructions are fixed when it is built)")
-            ids.append(self._instruction_index[key])
-        return torch.tensor(ids, dtype=torch.long)
-
     def prepare(self, images: np.ndarray, proprio: np.ndarray, instructions: Sequence[str],
                 object_state: np.ndarray | None = None) -> dict:
         images = np.asarray(images)

@@ -20,7 +20,6 @@ the trainer gathers no images for it and a batch is a few hundred floats per sam
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -31,7 +30,7 @@ from torch import nn
 
 from apo_ros.actions.statistics import ActionStatistics
 from apo_ros.observation import PROPRIO_DIM
-from apo_ros.policies.base import TokenPolicy, pick_device, write_action_tokenizer
+from apo_ros.policies.base import TokenPolicy, pick_device
 from apo_ros.policies.small import DECODE_MODES, BinTokenHead, _norm, quaternion_to_matrix
 
 WEIGHTS_FILENAME = "model.safetensors"
@@ -119,38 +118,6 @@ class StatePolicy(BinTokenHead, TokenPolicy):
             raise ValueError(f"state policy config has unknown keys {unknown}")
         return cls(StatePolicyConfig(**d), stats, device=device)
 
-    def save_parts(self, directory: str, *, merge_lora: bool = True) -> dict:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_FILENAME), metadata={"format": "pt"})
-        write_action_tokenizer(directory, {"type": "bins", "n_bins": self.n_bins, "vocab_size": self.n_bins,
-                                           "id_range": list(self.tokenizer.id_range)})
-        return self.config_dict()
-
-    @classmethod
-    def load_parts(cls, directory: str, config: dict, stats: ActionStatistics, *,
-                   device: str | None = None, trust_remote_code: bool = False,
-                   lora: bool | None = None) -> StatePolicy:
-        from safetensors.torch import load_file
-
-        from apo_ros.policies.checkpoint import CheckpointError, require_file
-
-        path = require_file(directory, WEIGHTS_FILENAME, "state policy weights")
-        try:
-            policy = cls.from_config_dict(config, stats, device="cpu")
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{directory}: bad state policy config: {err}") from None
-        try:
-            state = load_file(path)
-        except Exception as err:  # safetensors raises its own error types on a damaged file
-            raise CheckpointError(f"{path}: cannot read weights ({err})") from None
-        result = policy.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(f"{path}: weights do not match the config (missing "
-                                  f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
-        return policy.to(pick_device(device)[0])
-
     def describe(self) -> dict:
         d = super().describe()
         d.update({"instructions": list(self.config.instructions), "n_objects": self.config.n_objects,
@@ -158,16 +125,6 @@ class StatePolicy(BinTokenHead, TokenPolicy):
         return d
 
     # ---- inputs ------------------------------------------------------------------------------
-    def instruction_ids(self, instructions: Sequence[str]) -> torch.Tensor:
-        ids = []
-        for text in instructions:
-            key = _norm(text)
-            if key not in self._instruction_index:
-                raise ValueError(f"unknown instruction {text!r}: this state policy knows "
-                                 f"{self.config.instructions} (instructions are fixed when it is built)")
-            ids.append(self._instruction_index[key])
-        return torch.tensor(ids, dtype=torch.long)
-
     def prepare(self, images: np.ndarray | None, proprio: np.ndarray, instructions: Sequence[str],
                 object_state: np.ndarray | None = None) -> dict:
         """images are ignored (None is fine); object_state float [B, 7 n_objects] is required."""
