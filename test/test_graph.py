@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -86,8 +87,26 @@ class Stack:
             time.sleep(0.05)
 
 
+def claim_the_graph_for_this_worker(tmp_path_factory) -> None:
+    """The tests share one graph and run in order: fail loudly if pytest-xdist split them over two
+    workers (each would start a graph of its own and run only some of the tests, out of order)."""
+    run, worker = os.environ.get("PYTEST_XDIST_TESTRUNUID"), os.environ.get("PYTEST_XDIST_WORKER")
+    if run is None or worker is None:
+        return
+    claim = tmp_path_factory.getbasetemp().parent / f"test_graph-{run}.worker"
+    try:
+        with open(claim, "x") as f:
+            f.write(worker)
+    except FileExistsError:
+        owner = claim.read_text()
+        if owner != worker:
+            pytest.fail(f"the graph tests run on {owner} and {worker}: the xdist_group mark was "
+                        "ignored (run pytest with --dist loadgroup; see test/conftest.py)")
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    claim_the_graph_for_this_worker(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("graph")
     checkpoint = make_checkpoint(tmp / "ckpt")
     nodes = resolve(SIM, {"checkpoint": checkpoint, "bags_dir": str(tmp / "bags"),
@@ -101,8 +120,9 @@ def stack(tmp_path_factory):
         probe = GraphProbe(graph.domain_id)
         try:
             s = Stack(graph, probe, tmp, checkpoint)
-            try:
-                probe.wait_for("action/executed", timeout=180)
+            try:  # the graph runs, and the probe has matched the streams the tests count
+                for topic in ("action/executed", "ee_pose"):
+                    probe.wait_for(topic, timeout=180)
             except TimeoutError:
                 pytest.fail(f"the graph did not start\n{s.logs()}")
             yield s

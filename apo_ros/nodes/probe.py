@@ -95,10 +95,17 @@ class GraphProbe:
                            f"({len(self.messages(topic, since_ns))} received)")
 
     # ---- acting --------------------------------------------------------------------------------
-    def publish(self, topic: str, msg: Any, qos: Any = STREAM_QOS) -> None:
+    def publish(self, topic: str, msg: Any, qos: Any = STREAM_QOS, match_timeout: float = 10.0) -> None:
+        """Publish on `topic`. A new publisher first waits (up to match_timeout) until a subscriber
+        has matched it: a message sent before discovery finishes is silently lost, and on a loaded
+        machine discovery takes seconds."""
         if topic not in self._publishers:
-            self._publishers[topic] = self.node.create_publisher(type(msg), topic, qos)
-            time.sleep(0.3)  # let discovery match the new publisher before its first message
+            publisher = self.node.create_publisher(type(msg), topic, qos)
+            deadline = time.monotonic() + match_timeout
+            while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the subscriber's side matches the writer a moment after ours
+            self._publishers[topic] = publisher
         self._publishers[topic].publish(msg)
 
     def call(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
