@@ -11,6 +11,7 @@ import pytest
 from apo_ros.cli import main
 from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
 from apo_ros.demo.study import METHODS, StudyConfig, run_study
+from apo_ros.errors import ConfigError
 
 
 def test_bootstrap_interval_contains_between_seed_variance():
@@ -81,7 +82,7 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
     results = run_study(_tiny(out), progress=False, log=lambda m: None)
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     t = results["tasks"]["lemon_on_plate"]
-    assert set(t["policies"]) == {"base", *METHODS}
+    assert set(t["policies"]) == {"base", *METHODS, "apo_mean"}
     for name, entry in t["policies"].items():
         assert len(entry["per_seed"]) == 2
         assert 0.0 <= entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1] <= 1.0
@@ -102,9 +103,13 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
         fresh = build_policy("state", base.stats, instructions=["put the lemon on the plate"],
                              **_tiny(out).policy)
         fresh_w = torch.cat([x.detach().flatten() for x in fresh.parameters()])
-        for m in METHODS:
+        for m in (*METHODS, "apo_mean"):
             run = out / "lemon_on_plate" / f"seed{p}" / "sweep" / f"{m}_lr1e-3"
-            init = json.loads((run / "train_config.json").read_text())["init"]
+            facts = json.loads((run / "train_config.json").read_text())
+            init, config = facts["init"], facts["config"]
+            if m.startswith("apo"):  # the variant is apo with its own weights, tuned the same way
+                assert config["method"] == "apo"
+                assert config["apo_weight_norm"] == ("mean" if m == "apo_mean" else "sum"), m
             assert init["init_policy_id"] == base.policy_id, m
             trained = load_policy(str(run / "policy"), device="cpu")
             w = torch.cat([x.detach().flatten() for x in trained.parameters()])
@@ -116,6 +121,16 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
     assert (out / "jobs" / "lemon_on_plate__seed0__base.json").stat().st_mtime == mtime
     assert again["tasks"] == results["tasks"]
     assert os.path.isdir(out / "lemon_on_plate" / "seed1" / "rounds" / "round0")
+    # the test of each method names the setting chosen for it (a resumed study that chooses
+    # otherwise evaluates its new choice instead of reusing the old one's result)
+    chosen = t["policies"]["apo"]
+    assert (out / "jobs" / f"lemon_on_plate__seed0__test__apo_lr{chosen['lr']:.0e}_s{chosen['steps']}.json"
+            .replace("e-0", "e-")).exists()
+    # a study made with other result-shaping settings is not resumed from its cache
+    with pytest.raises(ConfigError, match="base_steps: 3 there, 5 now"):
+        run_study(_tiny(out, base_steps=5), progress=False, log=lambda m: None)
+    with pytest.raises(ValueError, match="variant 'x'"):
+        _tiny(out, variants={"x": {"method": "nonsense"}})
 
 
 def test_demo_rejects_bad_options_in_one_line(tmp_path, capsys):

@@ -9,7 +9,6 @@ from apo_ros.recording import messages as M
 from apo_ros.runtime.config import find_config, load_safety_filter, node_parameters
 from apo_ros.runtime.ros_io import (
     AssemblerConfig,
-    CommandTimeout,
     ObservationAssembler,
     action_to_twist,
     cdr_header_stamp_ns,
@@ -68,14 +67,6 @@ def test_assembler_builds_observation_once_complete():
     # one part far behind the others: not an observation
     asm.on_ee_pose(M.make_pose_stamped(T, 11 * S, [0.4, 0.1, 0.3, 0, 0, 0, 1]))
     assert asm.observation() is None
-
-
-def test_command_timeout():
-    latch = CommandTimeout(0.2)
-    assert latch.get(0) is None
-    latch.set("cmd", 1 * S)
-    assert latch.get(1 * S + 100_000_000) == "cmd"
-    assert latch.get(1 * S + 300_000_000) is None
 
 
 def test_config_files_found_and_node_parameters(tmp_path):

@@ -142,6 +142,33 @@ def test_adaptive_weights_hand_example():
     assert lam[1] > lam[0] and lam[2] > lam[3]
 
 
+def test_adaptive_weights_normalized_by_the_group_mean():
+    errors = torch.tensor([0.1, 0.3, 0.2, 0.6, 0.5])
+    desirable = torch.tensor([True, True, False, False, False])
+    ok = torch.tensor([True, True, True, True, False])
+    lam = adaptive_weights(errors, desirable, ok, norm="mean")
+    eps = 1e-4
+    wd = [(0.1 + eps) / (0.2 + eps), (0.3 + eps) / (0.2 + eps)]
+    wu = [(0.2 + eps) / (0.4 + eps), (0.6 + eps) / (0.4 + eps)]
+    expected = [1 - math.exp(-wd[0]), 1 - math.exp(-wd[1]), math.exp(-wu[0]), math.exp(-wu[1]), 1.0]
+    assert lam.tolist() == pytest.approx(expected, rel=1e-6)
+    # the same ranking as the sum form; the average w is 1 whatever the group size, so the
+    # desirable side weighs more than the undesirable one (the sum form: the other way round)
+    gen = torch.Generator().manual_seed(1)
+    errors, desirable = torch.rand(64, generator=gen), torch.rand(64, generator=gen) < 0.75
+    for group in (8, 0):
+        mean_form = adaptive_weights(errors, desirable, group_size=group, norm="mean")
+        assert 0.5 < float(mean_form[desirable].mean()) < 0.7
+        assert 0.3 < float(mean_form[~desirable].mean()) < 0.45
+    assert torch.equal(adaptive_weights(errors, desirable, norm="mean"),
+                       torch.cat([adaptive_weights(errors[i:i + 8], desirable[i:i + 8], group_size=None,
+                                                   norm="mean") for i in range(0, 64, 8)]))
+    sum_form = adaptive_weights(errors, desirable)
+    assert float(sum_form[desirable].mean()) < float(sum_form[~desirable].mean())
+    with pytest.raises(ValueError, match="norm"):
+        adaptive_weights(errors, desirable, norm="median")
+
+
 def test_apo_total_is_weighted_sum():
     pol, ref, mask, kl_pol, kl_ref, desirable, gripper = _random_batch()
     errors = torch.tensor([0.1, 0.2, 0.3, 0.05, 0.4, 0.0], dtype=torch.float64)

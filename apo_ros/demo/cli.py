@@ -14,12 +14,12 @@ import sys
 
 # The three presets (StudyConfig fields over its defaults; the defaults are the full study).
 PRESETS: dict[str, dict] = {
-    "quick": dict(tasks=["lemon_on_plate"], pipeline_seeds=1, demo_episodes=60, base_steps=600,
-                  interaction_episodes=10, sweep_lrs=[3e-4], sweep_steps=[150],
+    "quick": dict(tasks=["lemon_on_plate"], pipeline_seeds=1, demo_episodes=60, base_steps=2000,
+                  interaction_episodes=10, sweep_lrs=[1e-4], sweep_steps=[100],
                   validation_episodes=10, test_episodes=30, rounds=1, round_episodes=10,
                   round_test_episodes=30, out="demo_out"),
     "default": dict(tasks=["lemon_on_plate"], pipeline_seeds=2, demo_episodes=100,
-                    interaction_episodes=20, sweep_lrs=[1e-4, 5e-4], sweep_steps=[250],
+                    interaction_episodes=20, sweep_steps=[100],
                     validation_episodes=20, test_episodes=60, rounds=2, round_episodes=15,
                     round_test_episodes=60, out="demo_out"),
     "full": dict(out="study_out"),

@@ -44,6 +44,15 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 
 METHODS = ("dagger", "sirius", "kto", "tpo", "apo", "fresh")  # "fresh": bc on new expert demos
+TRAINABLE = ("bc", "dagger", "sirius", "kto", "tpo", "apo")  # what a variant can be a variant of
+VARIANTS: dict[str, dict] = {"apo_mean": {"method": "apo", "apo_weight_norm": "mean"}}
+# Fields whose change makes cached job results wrong (the job keys do not hold them): a study
+# resumes only with the same values. The others (tasks, seeds, methods, lrs, rounds, workers...)
+# only add or select jobs.
+RESULT_FIELDS = ("policy_kind", "policy", "demo_episodes", "demo_noise", "operator_noise", "base_steps",
+                 "base_lr", "batch_size", "interaction_episodes", "sweep_steps", "validation_episodes",
+                 "test_episodes", "round_episodes", "round_test_episodes", "max_steps", "method_overrides",
+                 "variants")
 LIFELONG_METHODS = ("apo", "dagger")
 VALIDATION_SEED0 = 300_000
 TEST_SEED0 = 100_000
@@ -59,8 +68,11 @@ class StudyConfig:
     # (the CNN image policy, both cameras rendered: about ten times the cost per episode).
     policy_kind: str = "state"
     # Build options of the base policy (train --policy.* options): one action per prediction,
-    # 64 bins per dimension (about 0.5 mm for a translation), a 128-wide MLP.
-    policy: dict = field(default_factory=lambda: {"chunk_size": 1, "hidden": 128, "n_bins": 64})
+    # 64 bins per dimension (about 0.5 mm for a translation), a 128-wide MLP, actions decoded as
+    # the expected value of each arm dimension's bins (argmax: a base at ~0.25 instead of ~0.6;
+    # docs/demo_study.md).
+    policy: dict = field(default_factory=lambda: {"chunk_size": 1, "hidden": 128, "n_bins": 64,
+                                                  "decode": "mean"})
     # Seeds of the whole pipeline (demos, base, deployment, methods).
     pipeline_seeds: int = 3
     # Expert demonstrations per pipeline seed, and their action noise. Noise-free: with argmax
@@ -70,16 +82,16 @@ class StudyConfig:
     # Action noise of the simulated operator's corrections (same reason as demo_noise).
     operator_noise: float = 0.0
     # The base: bc steps and learning rate.
-    base_steps: int = 3000
+    base_steps: int = 8000
     base_lr: float = 1e-3
     # Samples per optimizer step (every method).
     batch_size: int = 64
     # Base deployments with the simulated operator (round 0), per pipeline seed.
     interaction_episodes: int = 20
     # Methods compared (each trained from the base on the same data).
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: [*METHODS, *VARIANTS])
     # The tuning sweep, the same for every method: learning rates x step counts.
-    sweep_lrs: list[float] = field(default_factory=lambda: [1e-4, 5e-4])
+    sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4])
     sweep_steps: list[int] = field(default_factory=lambda: [100, 300])
     # Validation episodes per sweep checkpoint (seeds from 300000) and test episodes per policy
     # (seeds from 100000), the same initial states for every policy and pipeline seed.
@@ -100,6 +112,11 @@ class StudyConfig:
     bootstrap_draws: int = 4000
     # Extra TrainConfig fields per method (e.g. {"apo": {"beta": 0.2}}), for every run of it.
     method_overrides: dict = field(default_factory=dict)
+    # Named variants of a method, compared as methods of their own and tuned the same way: name ->
+    # {"method": one of TRAINABLE, TrainConfig field: value, ...}; list the name in `methods`.
+    # The default one, apo_mean, is APO with its adaptive weights normalized by the group's mean
+    # error instead of its sum (the desirable side then weighs more; see adaptive_weights).
+    variants: dict = field(default_factory=lambda: dict(VARIANTS))
 
     def __post_init__(self) -> None:
         from apo_ros.sim import TASKS
@@ -107,9 +124,14 @@ class StudyConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
             raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
-        bad = [m for m in self.methods if m not in METHODS]
+        for name, v in self.variants.items():
+            if name in METHODS or not isinstance(v, dict) or v.get("method") not in TRAINABLE:
+                raise ValueError(f"variant {name!r} must be a new name with a 'method' in {list(TRAINABLE)}, "
+                                 f"got {v!r}")
+        bad = [m for m in self.methods if m not in METHODS and m not in self.variants]
         if bad:
-            raise ValueError(f"unknown method(s) {bad}; choose from {list(METHODS)}")
+            raise ValueError(f"unknown method(s) {bad}; choose from {list(METHODS)} or the variants "
+                             f"{list(self.variants)}")
         checks = [(self.pipeline_seeds >= 1, "pipeline_seeds must be >= 1"),
                   (self.workers >= 1, "workers must be >= 1"),
                   (self.rounds >= 0, "rounds must be >= 0"),
@@ -129,6 +151,56 @@ class StudyConfig:
     @property
     def render(self) -> bool:
         return self.policy_kind != "state"
+
+    def trainer(self, name: str) -> tuple[str, dict]:
+        """A compared method's name -> (the trainer's method, its TrainConfig overrides)."""
+        if name in self.variants:
+            v = dict(self.variants[name])
+            method = v.pop("method")
+            return method, {**self.method_overrides.get(method, {}), **v}
+        return ("bc" if name == "fresh" else name), dict(self.method_overrides.get(name, {}))
+
+
+def choice_tag(chosen: dict, task: str, method: str) -> str:
+    """The chosen setting of a method on a task, as it appears in job keys and directories."""
+    ch = chosen[f"{task}/{method}"]
+    return f"{method}_lr{_lr_name(ch['lr'])}_s{ch['steps']}"
+
+
+def test_key(task: str, p: int, method: str, chosen: dict) -> str:
+    """The test evaluation of the checkpoint chosen for `method` (its setting is in the key: a
+    study resumed with another sweep that chooses differently evaluates the new choice)."""
+    if method == "base":
+        return f"{task}/seed{p}/test/base"
+    return f"{task}/seed{p}/test/{choice_tag(chosen, task, method)}"
+
+
+def lifelong_key(task: str, p: int, method: str, chosen: dict) -> str:
+    return f"{task}/seed{p}/lifelong/{choice_tag(chosen, task, method)}"
+
+
+def check_resumable(out: str, config: StudyConfig) -> None:
+    """Record the result-shaping fields in OUT/study_config.json, or refuse to resume a study
+    made with other values (its cached jobs would be silently reused)."""
+    from dataclasses import asdict
+
+    from apo_ros.errors import ConfigError
+
+    mine = {k: v for k, v in asdict(config).items() if k in RESULT_FIELDS}
+    path = os.path.join(out, "study_config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        differ = [k for k in RESULT_FIELDS if k in before and json.dumps(before[k], sort_keys=True)
+                  != json.dumps(mine[k], sort_keys=True)]
+        if differ:
+            detail = "; ".join(f"{k}: {before[k]!r} there, {mine[k]!r} now" for k in differ)
+            raise ConfigError(f"{out} holds a study made with other settings ({detail}): its cached "
+                              "results would be reused. Use another --out, or the same settings")
+    os.makedirs(out, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(mine, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,20 +493,21 @@ class Study:
                 jobs.append(self._eval_job(f"{k}/test/base", task, self.base_policy(task, p),
                                            c.test_episodes, TEST_SEED0, (f"{k}/base",)))
                 for m in c.methods:
+                    method, overrides = c.trainer(m)
                     for lr in c.sweep_lrs:
                         run = f"{k}/sweep/{m}_lr{_lr_name(lr)}"
                         if m == "fresh":
-                            method, demos, data = "bc", [self.demos(task, p), self.fresh_demos(task, p)], []
+                            demos, data = [self.demos(task, p), self.fresh_demos(task, p)], []
                             deps = (f"{k}/base", f"{k}/fresh_demos")
                         else:
-                            method, demos, data = m, [self.demos(task, p)], [self.round_dir(task, p, 0)]
+                            demos, data = [self.demos(task, p)], [self.round_dir(task, p, 0)]
                             deps = (f"{k}/base", f"{k}/round0")
                         jobs.append(Job(run, job_train, dict(
                             method=method, demos=demos, data=data, init=self.base_policy(task, p),
                             out=os.path.join(self.seed_dir(task, p), "sweep", f"{m}_lr{_lr_name(lr)}"),
                             steps=max_steps, lr=lr, batch_size=c.batch_size, seed=p, cache_dir=self.cache,
                             policy=c.policy, checkpoint_steps=sorted(c.sweep_steps),
-                            overrides=c.method_overrides.get(m, {})), "train",
+                            overrides=overrides), "train",
                             self._train_cost(max_steps), deps=deps))
                         for s in c.sweep_steps:
                             jobs.append(self._eval_job(
@@ -477,36 +550,40 @@ class Study:
                 for m in c.methods:
                     ch = chosen[f"{task}/{m}"]
                     run = f"{k}/sweep/{m}_lr{_lr_name(ch['lr'])}"
-                    jobs.append(self._eval_job(f"{k}/test/{m}", task, ("result", run, str(ch["steps"])),
-                                               c.test_episodes, TEST_SEED0, ()))
+                    jobs.append(self._eval_job(test_key(task, p, m, chosen), task,
+                                               ("result", run, str(ch["steps"])), c.test_episodes,
+                                               TEST_SEED0, ()))
                 for m in (x for x in LIFELONG_METHODS if x in c.methods):
                     ch = chosen[f"{task}/{m}"]
+                    method, overrides = c.trainer(m)
+                    tag = choice_tag(chosen, task, m)
+                    lk = lifelong_key(task, p, m, chosen)
                     current = ("result", f"{k}/sweep/{m}_lr{_lr_name(ch['lr'])}", str(ch["steps"]))
                     lineage = [self.round_dir(task, p, 0)]
                     prev_train: tuple[str, ...] = ()
                     for r in range(1, c.rounds + 1):
-                        sess_key = f"{k}/lifelong/{m}/round{r}"
+                        sess_key = f"{lk}/round{r}"
                         jobs.append(Job(sess_key, job_session_ref, dict(
                             task=task, policy=current, operator="scripted", episodes=c.round_episodes,
-                            bags_dir=self.round_dir(task, p, r, m), seed=2_000_000 + 10_000 * p + 1000 * r,
+                            bags_dir=self.round_dir(task, p, r, tag), seed=2_000_000 + 10_000 * p + 1000 * r,
                             expert_noise=0.0, max_steps=c.max_steps, render=c.render,
                             jobs_dir=os.path.join(self.out, "jobs"), operator_noise=c.operator_noise),
                             "session",
                             self._ep_cost() * 2 * c.round_episodes, deps=prev_train))
-                        lineage = lineage + [self.round_dir(task, p, r, m)]
+                        lineage = lineage + [self.round_dir(task, p, r, tag)]
                         if r > 1:  # generation 1 is the comparison's checkpoint, tested above
-                            jobs.append(self._eval_job(f"{k}/lifelong/{m}/test{r}", task, current,
+                            jobs.append(self._eval_job(f"{lk}/test{r}", task, current,
                                                        c.round_test_episodes, TEST_SEED0, prev_train))
                         if r == c.rounds:
                             break
-                        train_key = f"{k}/lifelong/{m}/gen{r + 1}"
+                        train_key = f"{lk}/gen{r + 1}"
                         init = current
                         jobs.append(Job(train_key, job_train_ref, dict(
-                            method=m, demos=[self.demos(task, p)], data=list(lineage), init=init,
-                            out=os.path.join(self.seed_dir(task, p), "lifelong", m, f"gen{r + 1}"),
+                            method=method, demos=[self.demos(task, p)], data=list(lineage), init=init,
+                            out=os.path.join(self.seed_dir(task, p), "lifelong", tag, f"gen{r + 1}"),
                             steps=ch["steps"], lr=ch["lr"], batch_size=c.batch_size, seed=p,
                             cache_dir=self.cache, policy=c.policy, checkpoint_steps=[ch["steps"]],
-                            overrides=c.method_overrides.get(m, {}),
+                            overrides=overrides,
                             jobs_dir=os.path.join(self.out, "jobs")), "train",
                             self._train_cost(ch["steps"]), deps=(sess_key,) + prev_train))
                         current = ("result", train_key, str(ch["steps"]))
@@ -572,7 +649,7 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
 
     t_start = time.time()
     study = Study(config)
-    os.makedirs(study.out, exist_ok=True)
+    check_resumable(study.out, config)
     runner = JobRunner(study.out, config.workers, _Display(progress, log))
     try:
         jobs_a = study.phase_a()

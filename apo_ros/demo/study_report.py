@@ -10,9 +10,23 @@ from dataclasses import asdict
 import numpy as np
 
 from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
+from apo_ros.demo.study import lifelong_key, test_key
 
 POLICY_ORDER = ("base", "dagger", "sirius", "kto", "tpo", "apo", "fresh")
 POLICY_LABEL = {"fresh": "fresh-expert control (bc)"}
+
+
+def _ordered(names) -> list[str]:
+    """The compared policies in the tables' order: the known ones, then the variants."""
+    return [n for n in POLICY_ORDER if n in names] + sorted(n for n in names if n not in POLICY_ORDER)
+
+
+def _label(name: str, variants: dict) -> str:
+    if name in variants:
+        v = variants[name]
+        extra = ", ".join(f"{k}={x}" for k, x in v.items() if k != "method")
+        return f"{name} ({v['method']}{': ' + extra if extra else ''})"
+    return POLICY_LABEL.get(name, name)
 
 
 def _matrix(results: dict, keys: list[str], field: str = "success") -> np.ndarray:
@@ -27,7 +41,7 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
                  "policy_kind": c.policy_kind}
     for ti, task in enumerate(c.tasks):
         names = ["base", *c.methods]
-        mats = {n: _matrix(results, [f"{task}/seed{p}/test/{n}" for p in seeds]) for n in names}
+        mats = {n: _matrix(results, [test_key(task, p, n, chosen) for p in seeds]) for n in names}
         policies = {}
         for n in names:
             entry = bootstrap_mean(mats[n], draws=draws, seed=ti)
@@ -50,9 +64,9 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
                 if r == 0:
                     succ, sessions = mats["base"], r0
                 else:
-                    key = "test/" + m if r == 1 else f"lifelong/{m}/test{r}"
-                    succ = _matrix(results, [f"{task}/seed{p}/{key}" for p in seeds])
-                    sessions = [results[f"{task}/seed{p}/lifelong/{m}/round{r}"] for p in seeds]
+                    succ = _matrix(results, [test_key(task, p, m, chosen) if r == 1 else
+                                             f"{lifelong_key(task, p, m, chosen)}/test{r}" for p in seeds])
+                    sessions = [results[f"{lifelong_key(task, p, m, chosen)}/round{r}"] for p in seeds]
                 human = np.asarray([[e["human_steps"] for e in s["per_episode"]] for s in sessions], float)
                 steps = np.asarray([[e["steps"] for e in s["per_episode"]] for s in sessions], float)
                 rows.append({"round": r, "success": bootstrap_mean(succ, draws=draws, seed=ti),
@@ -104,13 +118,11 @@ def study_markdown(res: dict) -> str:
         lines += [f"## {task}", "",
                   "| policy | success [95% CI] | per pipeline seed | lr | steps | validation |",
                   "|---|---|---|---|---|---|"]
-        for n in POLICY_ORDER:
-            if n not in t["policies"]:
-                continue
+        for n in _ordered(t["policies"]):
             e = t["policies"][n]
             seeds = ", ".join(f"{v:.2f}" for v in e["per_seed"])
             tuned = (f"{e['lr']:g} | {e['steps']} | {e['validation']:.2f}" if n != "base" else "- | - | -")
-            lines.append(f"| {POLICY_LABEL.get(n, n)} | {_ci(e)} | {seeds} | {tuned} |")
+            lines.append(f"| {_label(n, c.get('variants', {}))} | {_ci(e)} | {seeds} | {tuned} |")
         lines += ["", "| paired difference | mean [95% CI] | P(> 0) | per pipeline seed |",
                   "|---|---|---|---|"]
         for name, d in t["paired"].items():
@@ -143,7 +155,7 @@ def plot_study(res: dict, path: str) -> str:
     fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 3.8 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
         t = res["tasks"][task]
-        names = [n for n in POLICY_ORDER if n in t["policies"]]
+        names = _ordered(t["policies"])
         means = [t["policies"][n]["mean"] for n in names]
         lo = [m - t["policies"][n]["ci95"][0] for n, m in zip(names, means)]
         hi = [t["policies"][n]["ci95"][1] - m for n, m in zip(names, means)]

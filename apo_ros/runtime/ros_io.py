@@ -145,27 +145,6 @@ class ObservationAssembler:
         return out
 
 
-class CommandTimeout:
-    """The latest command and when it arrived; older than `timeout_s` reads as None. What a real
-    arm driver (MoveIt Servo) does with its input, so the sim arm stops like one."""
-
-    def __init__(self, timeout_s: float):
-        self.timeout_ns = int(timeout_s * NS)
-        self._value: Any = None
-        self._rx_ns = 0
-        self._lock = threading.Lock()
-
-    def set(self, value: Any, now_ns: int) -> None:
-        with self._lock:
-            self._value, self._rx_ns = value, now_ns
-
-    def get(self, now_ns: int) -> Any:
-        with self._lock:
-            if self._value is None or now_ns - self._rx_ns > self.timeout_ns:
-                return None
-            return self._value
-
-
 class CommandOnce:
     """Each command is executed once, then expires (the sim arm's input): `put` queues a command,
     `take` (once per control period) returns the oldest one not yet executed. Nothing queued, or

@@ -147,6 +147,9 @@ class TrainConfig:
     # apo: rows per micro-group of the adaptive weights and the sum (the paper's per-device
     # batch; 0 = the whole batch)
     apo_weight_group: int = 8
+    # apo: the adaptive weights divide each error by its group's error sum (the paper's formula:
+    # lambda_D ~0.15, lambda_U ~0.65 in groups of 8) or mean (lambda_D ~0.63, lambda_U ~0.37)
+    apo_weight_norm: str = "sum"
     # cached (reference log-probs once per data set) or online (every step)
     reference: str = "cached"
     # batch size of the one-off reference pass and of validation passes
@@ -250,6 +253,7 @@ class TrainConfig:
             (self.patience == 0 or self.val_fraction > 0,
              "patience (early stopping) needs validation episodes: set val_fraction > 0"),
             (self.apo_weight_group >= 0, "apo_weight_group must be >= 0"),
+            (self.apo_weight_norm in ("sum", "mean"), "apo_weight_norm must be 'sum' or 'mean'"),
             (self.demo_mix in ("all", "equal") or self.demo_mix.isdigit(),
              "demo_mix must be 'all', 'equal' or a number of demo episodes"),
             (self.reference_batch_size >= 1, "reference_batch_size must be >= 1"),

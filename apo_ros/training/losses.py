@@ -92,7 +92,8 @@ def apo_step(b: Batches, rows: np.ndarray, step: int) -> StepOutput:
                        decode_ok=ok, beta=c.beta, z0_min=c.z0_min, z0_max=c.z0_max,
                        mask_gripper=c.mask_gripper, reweight=c.reweight,
                        desirable_weight=c.desirable_weight, undesirable_weight=c.undesirable_weight,
-                       reduction=c.apo_reduction, group_size=c.apo_weight_group, kl_estimate=estimate)
+                       reduction=c.apo_reduction, group_size=c.apo_weight_group,
+                       weight_norm=c.apo_weight_norm, kl_estimate=estimate)
     return StepOutput(terms.loss, {**terms.metrics(), "z0_unclamped": float(estimate)}, len(rows))
 
 

@@ -210,9 +210,12 @@ def micro_groups(batch: int, group_size: int | None, device=None) -> torch.Tenso
     return torch.arange(batch, device=device) // int(group_size)
 
 
+WEIGHT_NORMS = ("sum", "mean")
+
+
 def adaptive_weights(errors: torch.Tensor, desirable: torch.Tensor,
                      decode_ok: torch.Tensor | None = None, eps: float = 1e-4,
-                     group_size: int | None = APO_WEIGHT_GROUP) -> torch.Tensor:
+                     group_size: int | None = APO_WEIGHT_GROUP, norm: str = "sum") -> torch.Tensor:
     """APO's adaptive weights.
 
     errors float [B]: l_i = mean over action dims |decoded argmax action - target| (normalized
@@ -229,7 +232,16 @@ def adaptive_weights(errors: torch.Tensor, desirable: torch.Tensor,
     Computing it over consecutive micro-groups of `group_size` (default 8) rows keeps that
     balance whatever the batch size: the weights of a batch of 64 are exactly those of eight
     batches of 8 (tested). group_size None / 0 = the whole batch (the formula taken literally).
+
+    norm "mean" divides by the group's mean error instead of its sum: w_i = (l_i + eps) /
+    (mean_{j in g and m} l_j + eps), so the average w is 1 whatever the group's size and
+    lambda_D ~ 0.63, lambda_U ~ 0.37 on average (the desirable side weighs more, as KTO's
+    recommended weights do), while the ranking within a group - the adaptive part - is the
+    paper's. With per-device groups of 8 the sum form leaves the undesirable side dominant
+    (about 0.15 x 6 desirable against 0.65 x 2 undesirable per group).
     """
+    if norm not in WEIGHT_NORMS:
+        raise ValueError(f"norm must be one of {WEIGHT_NORMS}, got {norm!r}")
     errors = errors.detach().to(torch.float32)
     desirable = desirable.bool()
     ok = torch.ones_like(desirable) if decode_ok is None else decode_ok.bool()
@@ -242,6 +254,10 @@ def adaptive_weights(errors: torch.Tensor, desirable: torch.Tensor,
             continue
         sums = torch.zeros(n_groups, dtype=errors.dtype, device=errors.device)
         sums = sums.index_add(0, groups, torch.where(members, errors, torch.zeros_like(errors)))
+        if norm == "mean":
+            counts = torch.zeros(n_groups, dtype=errors.dtype, device=errors.device)
+            counts = counts.index_add(0, groups, members.to(errors.dtype))
+            sums = sums / counts.clamp(min=1)
         w = (errors + eps) / (sums[groups] + eps)
         value = 1 - torch.exp(-w) if is_desirable else torch.exp(-w)
         lam = torch.where(members, value, lam)
@@ -255,7 +271,7 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
              z0_max: float | None = None, mask_gripper: bool = True, reweight: bool = True,
              desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
              reduction: str = "sum", group_size: int | None = APO_WEIGHT_GROUP,
-             kl_estimate: torch.Tensor | None = None) -> PreferenceTerms:
+             weight_norm: str = "sum", kl_estimate: torch.Tensor | None = None) -> PreferenceTerms:
     """APO loss (the paper's objective, with the released code's options).
 
     policy_token_logps, ref_token_logps: float [B, L] per-token log-probs of each sample's own
@@ -271,7 +287,8 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
     samples when `mask_gripper`; z0 = clamp(mean(kl_policy - kl_ref), z0_min, z0_max), detached;
     L_i = 1 - sigmoid(beta (r - z0)) (desirable) or 1 - sigmoid(beta (z0 - r)) (undesirable);
     lambda_i = adaptive weights when `reweight` (needs action_errors) else the static
-    desirable/undesirable weights, over micro-groups of `group_size` rows (see adaptive_weights);
+    desirable/undesirable weights, over micro-groups of `group_size` rows, normalized by the
+    group's error sum or mean (`weight_norm`; see adaptive_weights);
     loss = "sum" (the paper's total): the sum of lambda_i L_i within each micro-group, averaged
     over the micro-groups - what data-parallel training on devices of `group_size` samples
     computes, so the scale does not grow with the batch (group_size None / 0: the sum over the
@@ -296,7 +313,8 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
     if reweight:
         if action_errors is None:
             raise ValueError("apo_loss(reweight=True) needs action_errors")
-        weights = adaptive_weights(action_errors, desirable, decode_ok, group_size=group_size)
+        weights = adaptive_weights(action_errors, desirable, decode_ok, group_size=group_size,
+                                   norm=weight_norm)
         weights = weights.to(losses.dtype)
     else:
         weights = torch.where(desirable, torch.full_like(losses, desirable_weight),
