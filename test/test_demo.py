@@ -104,7 +104,7 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
                              **_tiny(out).policy)
         fresh_w = torch.cat([x.detach().flatten() for x in fresh.parameters()])
         for m in (*METHODS, "apo_mean"):
-            run = out / "lemon_on_plate" / f"seed{p}" / "sweep" / f"{m}_lr1e-3"
+            run = out / "lemon_on_plate" / f"seed{p}" / "sweep" / f"{m}_lr1e-3_to4"
             facts = json.loads((run / "train_config.json").read_text())
             init, config = facts["init"], facts["config"]
             if m.startswith("apo"):  # the variant is apo with its own weights, tuned the same way

@@ -19,7 +19,7 @@ PRESETS: dict[str, dict] = {
                   validation_episodes=10, test_episodes=30, rounds=1, round_episodes=10,
                   round_test_episodes=30, out="demo_out"),
     "default": dict(tasks=["lemon_on_plate"], pipeline_seeds=2, demo_episodes=100,
-                    interaction_episodes=20, sweep_steps=[100],
+                    interaction_episodes=20, sweep_lrs=[3e-5, 1e-4], sweep_steps=[300],
                     validation_episodes=20, test_episodes=60, rounds=2, round_episodes=15,
                     round_test_episodes=60, out="demo_out"),
     "full": dict(out="study_out"),

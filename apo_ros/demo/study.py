@@ -50,7 +50,7 @@ VARIANTS: dict[str, dict] = {"apo_mean": {"method": "apo", "apo_weight_norm": "m
 # resumes only with the same values. The others (tasks, seeds, methods, lrs, rounds, workers...)
 # only add or select jobs.
 RESULT_FIELDS = ("policy_kind", "policy", "demo_episodes", "demo_noise", "operator_noise", "base_steps",
-                 "base_lr", "batch_size", "interaction_episodes", "sweep_steps", "validation_episodes",
+                 "base_lr", "batch_size", "interaction_episodes", "validation_episodes",
                  "test_episodes", "round_episodes", "round_test_episodes", "max_steps", "method_overrides",
                  "variants")
 LIFELONG_METHODS = ("apo", "dagger")
@@ -91,8 +91,8 @@ class StudyConfig:
     # Methods compared (each trained from the base on the same data).
     methods: list[str] = field(default_factory=lambda: [*METHODS, *VARIANTS])
     # The tuning sweep, the same for every method: learning rates x step counts.
-    sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4])
-    sweep_steps: list[int] = field(default_factory=lambda: [100, 300])
+    sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4])
+    sweep_steps: list[int] = field(default_factory=lambda: [100, 300, 1000])
     # Validation episodes per sweep checkpoint (seeds from 300000) and test episodes per policy
     # (seeds from 100000), the same initial states for every policy and pipeline seed.
     validation_episodes: int = 10
@@ -450,6 +450,11 @@ class Study:
         d = os.path.join(self.seed_dir(task, p), "rounds", f"round{r}")
         return os.path.join(d, method) if method else d
 
+    def sweep_name(self, method: str, lr: float) -> str:
+        """One sweep run: a method at one lr, trained to the longest step count of the sweep (a
+        study resumed with other step counts trains new runs)."""
+        return f"{method}_lr{_lr_name(lr)}_to{max(self.c.sweep_steps)}"
+
     def base_policy(self, task: str, p: int) -> str:
         return os.path.join(self.seed_dir(task, p), "base", "policy")
 
@@ -495,7 +500,7 @@ class Study:
                 for m in c.methods:
                     method, overrides = c.trainer(m)
                     for lr in c.sweep_lrs:
-                        run = f"{k}/sweep/{m}_lr{_lr_name(lr)}"
+                        run = f"{k}/sweep/{self.sweep_name(m, lr)}"
                         if m == "fresh":
                             demos, data = [self.demos(task, p), self.fresh_demos(task, p)], []
                             deps = (f"{k}/base", f"{k}/fresh_demos")
@@ -504,7 +509,7 @@ class Study:
                             deps = (f"{k}/base", f"{k}/round0")
                         jobs.append(Job(run, job_train, dict(
                             method=method, demos=demos, data=data, init=self.base_policy(task, p),
-                            out=os.path.join(self.seed_dir(task, p), "sweep", f"{m}_lr{_lr_name(lr)}"),
+                            out=os.path.join(self.seed_dir(task, p), "sweep", self.sweep_name(m, lr)),
                             steps=max_steps, lr=lr, batch_size=c.batch_size, seed=p, cache_dir=self.cache,
                             policy=c.policy, checkpoint_steps=sorted(c.sweep_steps),
                             overrides=overrides), "train",
@@ -532,7 +537,7 @@ class Study:
                 table = []
                 for lr in c.sweep_lrs:
                     for s in sorted(c.sweep_steps):
-                        rates = [results[f"{task}/seed{p}/sweep/{m}_lr{_lr_name(lr)}/val{s}"]["successes"]
+                        rates = [results[f"{task}/seed{p}/sweep/{self.sweep_name(m, lr)}/val{s}"]["successes"]
                                  / c.validation_episodes for p in range(c.pipeline_seeds)]
                         table.append({"lr": lr, "steps": s, "validation": sum(rates) / len(rates),
                                       "per_seed": rates})
@@ -549,7 +554,7 @@ class Study:
                 k = f"{task}/seed{p}"
                 for m in c.methods:
                     ch = chosen[f"{task}/{m}"]
-                    run = f"{k}/sweep/{m}_lr{_lr_name(ch['lr'])}"
+                    run = f"{k}/sweep/{self.sweep_name(m, ch['lr'])}"
                     jobs.append(self._eval_job(test_key(task, p, m, chosen), task,
                                                ("result", run, str(ch["steps"])), c.test_episodes,
                                                TEST_SEED0, ()))
@@ -558,7 +563,7 @@ class Study:
                     method, overrides = c.trainer(m)
                     tag = choice_tag(chosen, task, m)
                     lk = lifelong_key(task, p, m, chosen)
-                    current = ("result", f"{k}/sweep/{m}_lr{_lr_name(ch['lr'])}", str(ch["steps"]))
+                    current = ("result", f"{k}/sweep/{self.sweep_name(m, ch['lr'])}", str(ch["steps"]))
                     lineage = [self.round_dir(task, p, 0)]
                     prev_train: tuple[str, ...] = ()
                     for r in range(1, c.rounds + 1):
