@@ -129,6 +129,9 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
     # a study made with other result-shaping settings is not resumed from its cache
     with pytest.raises(ConfigError, match="base_steps: 3 there, 5 now"):
         run_study(_tiny(out, base_steps=5), progress=False, log=lambda m: None)
+    with pytest.raises(ConfigError, match="variants"):  # a variant redefined under its old name
+        run_study(_tiny(out, variants={"apo_mean": {"method": "apo", "k": 3}}), progress=False,
+                  log=lambda m: None)
     with pytest.raises(ValueError, match="variant 'x'"):
         _tiny(out, variants={"x": {"method": "nonsense"}})
 

@@ -167,7 +167,7 @@ def choice_tag(chosen: dict, task: str, method: str) -> str:
     return f"{method}_lr{_lr_name(ch['lr'])}_s{ch['steps']}"
 
 
-def test_key(task: str, p: int, method: str, chosen: dict) -> str:
+def evaluation_key(task: str, p: int, method: str, chosen: dict) -> str:
     """The test evaluation of the checkpoint chosen for `method` (its setting is in the key: a
     study resumed with another sweep that chooses differently evaluates the new choice)."""
     if method == "base":
@@ -191,12 +191,17 @@ def check_resumable(out: str, config: StudyConfig) -> None:
     if os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
-        differ = [k for k in RESULT_FIELDS if k in before and json.dumps(before[k], sort_keys=True)
-                  != json.dumps(mine[k], sort_keys=True)]
+        def same(k: str) -> bool:
+            if k == "variants":  # a new variant only adds jobs; a changed one would reuse them
+                return all(before[k][n] == mine[k][n] for n in set(before[k]) & set(mine[k]))
+            return json.dumps(before[k], sort_keys=True) == json.dumps(mine[k], sort_keys=True)
+
+        differ = [k for k in RESULT_FIELDS if k in before and not same(k)]
         if differ:
             detail = "; ".join(f"{k}: {before[k]!r} there, {mine[k]!r} now" for k in differ)
             raise ConfigError(f"{out} holds a study made with other settings ({detail}): its cached "
                               "results would be reused. Use another --out, or the same settings")
+        mine["variants"] = {**before.get("variants", {}), **mine["variants"]}
     os.makedirs(out, exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(mine, f, indent=1, sort_keys=True)
@@ -555,7 +560,7 @@ class Study:
                 for m in c.methods:
                     ch = chosen[f"{task}/{m}"]
                     run = f"{k}/sweep/{self.sweep_name(m, ch['lr'])}"
-                    jobs.append(self._eval_job(test_key(task, p, m, chosen), task,
+                    jobs.append(self._eval_job(evaluation_key(task, p, m, chosen), task,
                                                ("result", run, str(ch["steps"])), c.test_episodes,
                                                TEST_SEED0, ()))
                 for m in (x for x in LIFELONG_METHODS if x in c.methods):

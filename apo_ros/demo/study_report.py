@@ -10,7 +10,7 @@ from dataclasses import asdict
 import numpy as np
 
 from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
-from apo_ros.demo.study import lifelong_key, test_key
+from apo_ros.demo.study import evaluation_key, lifelong_key
 
 POLICY_ORDER = ("base", "dagger", "sirius", "kto", "tpo", "apo", "fresh")
 POLICY_LABEL = {"fresh": "fresh-expert control (bc)"}
@@ -41,7 +41,7 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
                  "policy_kind": c.policy_kind}
     for ti, task in enumerate(c.tasks):
         names = ["base", *c.methods]
-        mats = {n: _matrix(results, [test_key(task, p, n, chosen) for p in seeds]) for n in names}
+        mats = {n: _matrix(results, [evaluation_key(task, p, n, chosen) for p in seeds]) for n in names}
         policies = {}
         for n in names:
             entry = bootstrap_mean(mats[n], draws=draws, seed=ti)
@@ -64,7 +64,7 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
                 if r == 0:
                     succ, sessions = mats["base"], r0
                 else:
-                    succ = _matrix(results, [test_key(task, p, m, chosen) if r == 1 else
+                    succ = _matrix(results, [evaluation_key(task, p, m, chosen) if r == 1 else
                                              f"{lifelong_key(task, p, m, chosen)}/test{r}" for p in seeds])
                     sessions = [results[f"{lifelong_key(task, p, m, chosen)}/round{r}"] for p in seeds]
                 human = np.asarray([[e["human_steps"] for e in s["per_episode"]] for s in sessions], float)
