@@ -115,7 +115,7 @@ class StudyConfig:
     # Named variants of a method, compared as methods of their own and tuned the same way: name ->
     # {"method": one of TRAINABLE, TrainConfig field: value, ...}; list the name in `methods`.
     # The default one, apo_mean, is APO with its adaptive weights normalized by the group's mean
-    # error instead of its sum (the desirable side then weighs more; see adaptive_weights).
+    # error instead of its sum (the undesirable side no longer dominates; see adaptive_weights).
     variants: dict = field(default_factory=lambda: dict(VARIANTS))
 
     def __post_init__(self) -> None:

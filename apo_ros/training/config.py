@@ -148,7 +148,7 @@ class TrainConfig:
     # batch; 0 = the whole batch)
     apo_weight_group: int = 8
     # apo: the adaptive weights divide each error by its group's error sum (the paper's formula:
-    # lambda_D ~0.15, lambda_U ~0.65 in groups of 8) or mean (lambda_D ~0.63, lambda_U ~0.37)
+    # lambda_D ~0.15, lambda_U ~0.65 in groups of 8) or mean (both ~0.45 in training here)
     apo_weight_norm: str = "sum"
     # cached (reference log-probs once per data set) or online (every step)
     reference: str = "cached"
