@@ -14,12 +14,12 @@ def pytest_collection_modifyitems(config, items):
     """
     if not getattr(config.option, "loadgroup", False):
         return
+    from _pytest.nodeid import coerce_node_id
+
     for item in items:
         names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
                         for m in item.iter_markers("xdist_group")})
         if names and "@" not in item.nodeid and hasattr(item, "_id"):
-            from _pytest.nodeid import coerce_node_id
-
             item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
 
 

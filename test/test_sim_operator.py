@@ -76,14 +76,16 @@ def test_drifting_policy_gets_corrected_late_and_handed_back(task):
     assert terminated  # after the correction the (now well-behaved) policy finishes the task
 
 
-def test_early_gripper_close_is_a_grasp_miss():
-    def close_early(step, action):  # closes the gripper long before reaching the lemon
-        if step >= 6:
-            a = action.copy()
-            a[6] = 0.0
-            return a
-        return None
+def close_early(step, action):
+    """A bad policy that closes the gripper long before reaching the lemon."""
+    if step >= 6:
+        a = action.copy()
+        a[6] = 0.0
+        return a
+    return None
 
+
+def test_early_gripper_close_is_a_grasp_miss():
     sources, operator, terminated, went_wrong = run_with_operator("lemon_on_plate", 2, close_early)
     first = operator.history[0]
     assert first.rule == "grasp_miss" and first.failed_stage == 0
@@ -217,13 +219,6 @@ def test_interventions_record_their_outcome_and_the_operator_gives_up():
 
 
 def test_a_correction_that_succeeds_is_recorded_as_recovered():
-    def close_early(step, action):
-        if step >= 6:
-            a = action.copy()
-            a[6] = 0.0
-            return a
-        return None
-
     _sources, operator, succeeded, _w = run_with_operator("lemon_on_plate", 2, close_early)
     operator.end_episode(succeeded)
     assert operator.history[0].outcome == "recovered"
