@@ -42,6 +42,7 @@ __all__ = ["DataError", "GROUPS", "LabelConfig", "SOURCE_CODE", "SOURCE_NAMES", 
 class LabelConfig:
     k: int = 10  # policy steps before each intervention labeled undesirable (APO's K)
     noop_filter: bool = False  # drop no-op policy actions before counting K (released code)
+    noop_threshold: float = 0.05  # sum |a[:6]| below this (normalized actions) is a no-op
     sirius_window: int = 15  # steps before an intervention that form Sirius' pre-intervention class
 
 
@@ -131,6 +132,7 @@ class SampleSet:
                 continue
             lab = label_sources([SOURCE_NAMES[c] for c in self.source[lo:hi]], self.actions[lo:hi],
                                 k=config.k, noop_filter=config.noop_filter,
+                                noop_threshold=config.noop_threshold,
                                 sirius_window=config.sirius_window, stats=stats)
             self.desirable[lo:hi] = lab.desirable
             self.undesirable[lo:hi] = lab.undesirable
