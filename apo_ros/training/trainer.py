@@ -129,8 +129,8 @@ def prepare_run(config: TrainConfig, samples: SampleSet, init: str, out: str, *,
         problem = samples.object_state_problem(policy.object_dim)
         if problem:
             raise DataError(problem)
-    samples.label(LabelConfig(config.k, config.drop_noop, config.sirius_window, config.noop_threshold),
-                  stats=policy.stats)
+    samples.label(LabelConfig(k=config.k, noop_filter=config.drop_noop, sirius_window=config.sirius_window,
+                              noop_threshold=config.noop_threshold), stats=policy.stats)
     check_method_data(config.method, samples, config)
     _check_smoothing(config, policy)
     params = policy.trainable_parameters()
