@@ -178,7 +178,8 @@ class TrainConfig:
     # drop no-op policy steps (sum over the six arm dims of |normalized action| < noop_threshold)
     # from the data and skip them when counting the k undesirable steps, as the released code
     drop_noop: bool = False
-    # no-op threshold, in normalized action units (q01..q99 -> -1..1; released code: 0.05)
+    # no-op threshold (released code: 0.05) on sum over the arm dims of |a| / max(|q01|, |q99|):
+    # the policy's action scale, with zero kept at zero
     noop_threshold: float = 0.05
     # Sirius pre-intervention window
     sirius_window: int = 15

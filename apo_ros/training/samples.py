@@ -42,7 +42,7 @@ __all__ = ["DataError", "GROUPS", "LabelConfig", "SOURCE_CODE", "SOURCE_NAMES", 
 class LabelConfig:
     k: int = 10  # policy steps before each intervention labeled undesirable (APO's K)
     noop_filter: bool = False  # drop no-op policy actions before counting K (released code)
-    noop_threshold: float = 0.05  # sum |a[:6]| below this (normalized actions) is a no-op
+    noop_threshold: float = 0.05  # sum |a[:6]| below this (recording.labels.noop_units) is a no-op
     sirius_window: int = 15  # steps before an intervention that form Sirius' pre-intervention class
 
 
