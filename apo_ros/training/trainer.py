@@ -211,7 +211,7 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
     if resume and existing:
         last_step, last_dir = existing[-1]
         saved = read_state(last_dir)
-        for name in ("method", "batch_size", "seed"):
+        for name in ("method", "batch_size", "seed", "sampling"):
             if saved["config"].get(name) != getattr(config, name):
                 raise TrainingError(f"cannot resume {out}: it was trained with {name}="
                                     f"{saved['config'].get(name)!r}, now {getattr(config, name)!r}")
