@@ -175,8 +175,8 @@ class TrainConfig:
     ratio_undesirable: float = 0.25
     # policy steps before an intervention labeled undesirable
     k: int = 10
-    # drop no-op policy steps (sum over the six arm dims of |normalized action| < noop_threshold)
-    # from the data and skip them when counting the k undesirable steps, as the released code
+    # drop no-op policy steps (arm motion below noop_threshold) from the data and skip them when
+    # counting the k undesirable steps, as the released code
     drop_noop: bool = False
     # no-op threshold (released code: 0.05) on sum over the arm dims of |a| / max(|q01|, |q99|):
     # the policy's action scale, with zero kept at zero
