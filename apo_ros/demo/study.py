@@ -102,6 +102,10 @@ class StudyConfig:
     # The tuning sweep, the same for every method: learning rates x step counts.
     sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4])
     sweep_steps: list[int] = field(default_factory=lambda: [100, 300, 1000])
+    # "constant": one run per lr at a constant rate, checkpointed at every step count (cheap);
+    # "cosine": one run per setting, the rate decayed to zero over its steps, as the base is
+    # trained ("train until the new data is learned").
+    sweep_schedule: str = "constant"
     # Validation episodes per sweep checkpoint (seeds from 300000) and test episodes per policy
     # (seeds from 100000), the same initial states for every policy and pipeline seed.
     validation_episodes: int = 10
@@ -160,7 +164,9 @@ class StudyConfig:
                    "sweep_steps must be >= 1"),
                   (self.validation_episodes >= 1 and self.test_episodes >= 1,
                    "validation_episodes and test_episodes must be >= 1"),
-                  (self.policy_kind in ("state", "small"), "policy_kind must be 'state' or 'small'")]
+                  (self.policy_kind in ("state", "small"), "policy_kind must be 'state' or 'small'"),
+                  (self.sweep_schedule in ("constant", "cosine"),
+                   "sweep_schedule must be 'constant' or 'cosine'")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -508,10 +514,20 @@ class Study:
         d = os.path.join(self.seed_dir(task, p), "rounds", f"round{r}")
         return os.path.join(d, method) if method else d
 
-    def sweep_name(self, method: str, lr: float) -> str:
-        """One sweep run: a method at one lr, trained to the longest step count of the sweep (a
-        study resumed with other step counts trains new runs)."""
+    def sweep_name(self, method: str, lr: float, steps: int | None = None) -> str:
+        """The sweep run that gives a method's checkpoint at (lr, steps). Constant schedule: one run
+        per lr, trained to the longest step count of the sweep with a checkpoint at every count
+        (a study resumed with other step counts trains new runs). Cosine: one run per setting,
+        its learning rate decayed to zero over exactly that many steps."""
+        if self.c.sweep_schedule == "cosine":
+            return f"{method}_lr{_lr_name(lr)}_s{steps}_cosine"
         return f"{method}_lr{_lr_name(lr)}_to{max(self.c.sweep_steps)}"
+
+    def sweep_runs(self, method: str, lr: float) -> list[tuple[str, list[int]]]:
+        """(run name, the step counts it checkpoints) for every run of a method at one lr."""
+        if self.c.sweep_schedule == "cosine":
+            return [(self.sweep_name(method, lr, st), [st]) for st in sorted(self.c.sweep_steps)]
+        return [(self.sweep_name(method, lr), sorted(self.c.sweep_steps))]
 
     def base_policy(self, task: str, p: int) -> str:
         return os.path.join(self.seed_dir(task, p), "base", "policy")
@@ -527,7 +543,6 @@ class Study:
     # ---- phase A: per task and pipeline seed, up to the validation of the sweep ---------------
     def phase_a(self) -> list[Job]:
         c, jobs = self.c, []
-        max_steps = max(c.sweep_steps)
         for task in c.tasks:
             for p in range(c.pipeline_seeds):
                 k = f"{task}/seed{p}"
@@ -561,21 +576,21 @@ class Study:
                                            c.test_episodes, TEST_SEED0, (f"{k}/base",)))
                 for m in c.methods:
                     method, overrides = c.trainer(m)
+                    demos, data, sources = self.method_data(task, p, m)
+                    deps = (f"{k}/base", *sources)
                     for lr in c.sweep_lrs:
-                        run = f"{k}/sweep/{self.sweep_name(m, lr)}"
-                        demos, data, sources = self.method_data(task, p, m)
-                        deps = (f"{k}/base", *sources)
-                        jobs.append(Job(run, job_train, dict(
-                            method=method, demos=demos, data=data, init=self.base_policy(task, p),
-                            out=os.path.join(self.seed_dir(task, p), "sweep", self.sweep_name(m, lr)),
-                            steps=max_steps, lr=lr, batch_size=c.batch_size, seed=p, cache_dir=self.cache,
-                            policy=c.policy, checkpoint_steps=sorted(c.sweep_steps),
-                            overrides=overrides), "train",
-                            self._train_cost(max_steps), deps=deps))
-                        for s in c.sweep_steps:
-                            jobs.append(self._eval_job(
-                                f"{run}/val{s}", task, ("result", run, str(s)), c.validation_episodes,
-                                VALIDATION_SEED0, (run,)))
+                        for name, steps in self.sweep_runs(m, lr):
+                            run = f"{k}/sweep/{name}"
+                            jobs.append(Job(run, job_train, dict(
+                                method=method, demos=demos, data=data, init=self.base_policy(task, p),
+                                out=os.path.join(self.seed_dir(task, p), "sweep", name),
+                                steps=max(steps), lr=lr, batch_size=c.batch_size, seed=p,
+                                cache_dir=self.cache, policy=c.policy, checkpoint_steps=steps,
+                                overrides=overrides), "train", self._train_cost(max(steps)), deps=deps))
+                            for st in steps:
+                                jobs.append(self._eval_job(
+                                    f"{run}/val{st}", task, ("result", run, str(st)), c.validation_episodes,
+                                    VALIDATION_SEED0, (run,)))
         return jobs
 
     def _eval_job(self, key: str, task: str, policy, episodes: int, seed0: int, deps) -> Job:
@@ -595,7 +610,8 @@ class Study:
                 table = []
                 for lr in c.sweep_lrs:
                     for s in sorted(c.sweep_steps):
-                        rates = [results[f"{task}/seed{p}/sweep/{self.sweep_name(m, lr)}/val{s}"]["successes"]
+                        run = self.sweep_name(m, lr, s)
+                        rates = [results[f"{task}/seed{p}/sweep/{run}/val{s}"]["successes"]
                                  / c.validation_episodes for p in range(c.pipeline_seeds)]
                         table.append({"lr": lr, "steps": s, "validation": sum(rates) / len(rates),
                                       "per_seed": rates})
@@ -621,7 +637,7 @@ class Study:
                 k = f"{task}/seed{p}"
                 for m in c.methods:
                     ch = chosen[f"{task}/{m}"]
-                    run = f"{k}/sweep/{self.sweep_name(m, ch['lr'])}"
+                    run = f"{k}/sweep/{self.sweep_name(m, ch['lr'], ch['steps'])}"
                     jobs.append(self._eval_job(evaluation_key(task, p, m, chosen), task,
                                                ("result", run, str(ch["steps"])), c.test_episodes,
                                                TEST_SEED0, ()))
@@ -630,7 +646,8 @@ class Study:
                     method, overrides = c.trainer(m)
                     tag = choice_tag(chosen, task, m)
                     lk = lifelong_key(task, p, m, chosen)
-                    current = ("result", f"{k}/sweep/{self.sweep_name(m, ch['lr'])}", str(ch["steps"]))
+                    current = ("result", f"{k}/sweep/{self.sweep_name(m, ch['lr'], ch['steps'])}",
+                               str(ch["steps"]))
                     lineage = [self.round_dir(task, p, 0)]
                     prev_train: tuple[str, ...] = ()
                     for r in range(1, c.rounds + 1):
