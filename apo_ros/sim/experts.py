@@ -324,3 +324,130 @@ def make_expert(task: str, *, noise: float = 0.0, seed: int = 0) -> Expert:
     1 = about 1 cm / 3 degrees per step at full speed, less when moving slowly), `seed` seeds
     that noise."""
     return Expert(task, noise=noise, seed=seed)
+
+
+class StateExpert(Expert):
+    """The scripted expert as a function of the current state: `act(env)` infers the phase from
+    what is observable (object in hand, gripper opening, where the TCP and the object are) instead
+    of remembering it, so the same state always gives the same action, whatever happened before.
+
+    At the states the scripted `Expert` visits in its own demos the inferred phase is its phase, so
+    the action is the demo's action (a handful of steps differ per episode, around the moments the
+    gripper closes and opens). Off the demos it does what the expert does after `replan` from
+    that state, with every phase the state already satisfies skipped. What it cannot do without
+    memory: back up and retry a square jammed on the stick (it keeps pushing), and keep the wrist
+    on a side of the grasp direction by hysteresis (it takes the nearer side; the wrist turning
+    towards it keeps the choice stable)."""
+
+    def reset(self, env) -> None:
+        self.phase = self.infer_phase(env)
+
+    def replan(self, env) -> None:
+        self.phase = self.infer_phase(env)
+
+    def infer_phase(self, env) -> str:
+        """The expert phase that fits the current state (see PHASES)."""
+        c, task = self.config, self.task
+        tcp = env.tcp_pos()
+        if task.is_success(env):
+            return "done" if tcp[2] > 0.21 else "retreat"
+        if env.is_grasped(task.object_body):
+            grasp, _ = task.grasp_target(env)
+            off_centre = abs(float(env.tcp_mat()[:, 0] @ (grasp - tcp))) > c.grasp_centre_tolerance
+            path = task.place_path(env)
+            obj = task.object_point(env)
+            on_path = self._waypoint_from_state(env, path, obj) > 0
+            if off_centre and not on_path and obj[2] < path[0][2] - c.waypoint_tolerance:
+                return "approach"  # held at the edge of the pads, still low: let go and regrasp
+            if float(np.linalg.norm(path[-1] - obj)) < c.position_tolerance and self._yaw_ok(env):
+                return "release"
+            if on_path or obj[2] > path[0][2] - c.waypoint_tolerance:
+                return "transport"
+            return "lift"
+        # Not holding it. Still at the goal (opening the gripper, or about to): finish the release.
+        path = task.place_path(env)
+        obj = task.object_point(env)
+        if float(np.linalg.norm(path[-1] - obj)) < c.waypoint_tolerance and \
+                float(np.linalg.norm(tcp - obj)) < 0.1 and env.gripper_command >= 0.5:
+            return "release"
+        grasp, closing = task.grasp_target(env)
+        if float(np.linalg.norm(tcp - grasp)) < c.position_tolerance or (
+                env.gripper_command < 0.5 and float(np.linalg.norm(tcp - grasp)) < 2 * c.position_tolerance
+                and env.gripper_opening() > 0.05):
+            return "close"  # there (or closing on it): close without moving
+        pre_z = grasp[2] + c.approach_height
+        closing, _ = _aligned(closing, env.tcp_mat()[:, 1])
+        aligned = abs(_yaw_between(env.tcp_mat()[:, 1], closing)) < c.yaw_tolerance
+        if np.linalg.norm(tcp[:2] - grasp[:2]) < 2 * c.position_tolerance and \
+                tcp[2] < pre_z + 2 * c.position_tolerance and aligned and env.gripper_opening() > 0.8:
+            return "descend"
+        return "approach"
+
+    def _yaw_ok(self, env) -> bool:
+        closing_now = env.tcp_mat()[:, 1]
+        closing = self._carry_closing(env, closing_now)
+        return abs(_yaw_between(closing_now, closing)) < self.config.yaw_tolerance
+
+    def _waypoint_from_state(self, env, path: list[np.ndarray], obj: np.ndarray) -> int:
+        """The placing-path waypoint the object is heading for: past waypoint j once it is within
+        the waypoint tolerance of the segment from j to j + 1 (and, for the first, within the
+        tolerance of j itself or beyond it along the segment), with the wrist turned as the
+        carry needs. 0 = not on the path yet: go to its start."""
+        c = self.config
+        if not self._yaw_ok(env):
+            # Turning the object comes first: stay at the waypoint it is nearest to.
+            dists = [float(np.linalg.norm(p - obj)) for p in path]
+            j = int(np.argmin(dists))
+            return j if dists[j] < c.waypoint_tolerance else 0
+        best = 0
+        for j in range(len(path) - 1):
+            a, b = path[j], path[j + 1]
+            ab = b - a
+            t = float(np.dot(obj - a, ab) / max(float(np.dot(ab, ab)), 1e-12))
+            dist = float(np.linalg.norm(obj - (a + np.clip(t, 0.0, 1.0) * ab)))
+            at_start = float(np.linalg.norm(obj - a)) < c.waypoint_tolerance
+            if dist < c.waypoint_tolerance and (t > 0.0 or at_start):
+                best = j + 1
+        return best
+
+    def _plan(self, env) -> np.ndarray:
+        c, task = self.config, self.task
+        phase = self.phase = self.infer_phase(env)
+        tcp, mat = env.tcp_pos(), env.tcp_mat()
+        closing_now = mat[:, 1]
+        if phase == "approach":
+            grasp, closing = task.grasp_target(env)
+            closing, _ = _aligned(closing, closing_now)
+            pre = grasp + [0, 0, c.approach_height]
+            target = pre.copy()
+            if np.linalg.norm(tcp[:2] - pre[:2]) > 0.03 and tcp[2] < pre[2] - 0.03:
+                target = np.array([tcp[0], tcp[1], pre[2]])
+            return self._move(env, target, closing, 1.0)
+        if phase == "descend":
+            grasp, closing = task.grasp_target(env)
+            closing, _ = _aligned(closing, closing_now)
+            return self._move(env, grasp, closing, 1.0)
+        if phase == "close":
+            return self._hold(0.0)
+        if phase == "lift":
+            first = task.place_path(env)[0]
+            obj = task.object_point(env)
+            target = tcp + [0.0, 0.0, first[2] - obj[2]]
+            target[:2] = tcp[:2]
+            return self._move(env, target, self._carry_closing(env, closing_now), 0.0)
+        if phase == "transport":
+            path = task.place_path(env)
+            obj = task.object_point(env)
+            j = self._waypoint_from_state(env, path, obj)
+            return self._move(env, tcp + (path[j] - obj), self._carry_closing(env, closing_now), 0.0)
+        if phase == "release":
+            return self._hold(1.0)
+        if phase == "retreat":
+            target = np.array([tcp[0], tcp[1], max(tcp[2], 0.22)])
+            return self._move(env, target, closing_now, 1.0)
+        return self._hold(1.0)  # done
+
+
+def make_state_expert(task: str, *, noise: float = 0.0, seed: int = 0) -> StateExpert:
+    """The scripted expert as a function of the current state (see `StateExpert`)."""
+    return StateExpert(task, noise=noise, seed=seed)
