@@ -233,3 +233,14 @@ def test_restored_states_give_the_live_expert_action(tmp_path):
         same += int(np.allclose(expert.act(env), step.action, atol=2e-3))
     env.close()
     assert same / len(ep.steps) >= 0.85
+
+
+def test_session_operator_noise_flag(capsys):
+    from apo_ros.cli import main as cli_main
+    from apo_ros.runtime.session import _make_operator
+
+    assert _make_operator("scripted", TASK, 0).config.human_noise == 0.0
+    assert _make_operator("scripted", TASK, 0, 0.5).config.human_noise == 0.5
+    assert cli_main(["session", "--task", TASK, "--policy", "expert", "--bags", "/nonexistent-never",
+                     "--operator-noise", "-1"]) != 0
+    assert "--operator-noise must be >= 0" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apo_ros.sim.kinematics import rotation_error
-from apo_ros.sim.tasks import Task, get_task
+from apo_ros.sim.tasks import PLATE_RADIUS, LemonOnPlate, Task, get_task
 
 PHASES = ("approach", "descend", "close", "lift", "transport", "release", "retreat", "done")
 
@@ -28,6 +28,8 @@ class ExpertConfig:
     position_tolerance: float = 0.006  # m, final approach to the grasp point / release point
     waypoint_tolerance: float = 0.012  # m, intermediate waypoints
     yaw_tolerance: float = 0.06  # rad, finger alignment before descending / threading
+    descend_xy_tolerance: float = 0.025  # m: a descent goes on while the TCP is this close (across)
+    # to the grasp point; farther, the object moved: line up again above it
     grasp_centre_tolerance: float = 0.008  # m across the pad width; beyond it, let go and regrasp
     stuck_steps: int = 6  # transport steps without progress before backing up and retrying
     noise_translation: float = 0.01  # m, std of action noise at noise = 1 and full speed
@@ -223,7 +225,7 @@ class Expert:
         if self.phase == "descend":
             grasp, closing = task.grasp_target(env)
             closing, self._closing_sign = _aligned(closing, closing_now, self._closing_sign)
-            if np.linalg.norm(tcp[:2] - grasp[:2]) > 0.025:  # the object moved: line up again
+            if np.linalg.norm(tcp[:2] - grasp[:2]) > c.descend_xy_tolerance:  # it moved: line up again
                 self._set("approach")
                 return self._plan(env)
             if np.linalg.norm(tcp - grasp) < c.position_tolerance:
@@ -352,13 +354,12 @@ class StateExpert(Expert):
         if task.is_success(env):
             return "done" if tcp[2] > 0.21 else "retreat"
         if env.is_grasped(task.object_body):
-            grasp, _ = task.grasp_target(env)
-            off_centre = abs(float(env.tcp_mat()[:, 0] @ (grasp - tcp))) > c.grasp_centre_tolerance
+            # Held is held: an object gripped off the pads' centre is carried (the scripted expert
+            # regrasps those right after closing; a policy's off-centre grasp that holds is no
+            # failure, and one that slips is caught as a drop).
             path = task.place_path(env)
             obj = task.object_point(env)
             on_path = self._waypoint_from_state(env, path, obj) > 0
-            if off_centre and not on_path and obj[2] < path[0][2] - c.waypoint_tolerance:
-                return "approach"  # held at the edge of the pads, still low: let go and regrasp
             if float(np.linalg.norm(path[-1] - obj)) < c.position_tolerance and self._yaw_ok(env):
                 return "release"
             if on_path or obj[2] > path[0][2] - c.waypoint_tolerance:
@@ -378,8 +379,14 @@ class StateExpert(Expert):
         pre_z = grasp[2] + c.approach_height
         closing, _ = _aligned(closing, env.tcp_mat()[:, 1])
         aligned = abs(_yaw_between(env.tcp_mat()[:, 1], closing)) < c.yaw_tolerance
-        if np.linalg.norm(tcp[:2] - grasp[:2]) < 2 * c.position_tolerance and \
-                tcp[2] < pre_z + 2 * c.position_tolerance and aligned and env.gripper_opening() > 0.8:
+        # At the pre-grasp point, lined up: descend. Already well below it (a descent under way),
+        # keep descending while the expert would: within its descent tolerance across (the
+        # descent turns the fingers into line as it goes).
+        across = float(np.linalg.norm(tcp[:2] - grasp[:2]))
+        at_pre = across < 2 * c.position_tolerance and tcp[2] < pre_z + 2 * c.position_tolerance \
+            and aligned
+        below_pre = across < c.descend_xy_tolerance and tcp[2] < pre_z - 2 * c.position_tolerance
+        if (at_pre or below_pre) and env.gripper_opening() > 0.8:
             return "descend"
         return "approach"
 
@@ -408,7 +415,22 @@ class StateExpert(Expert):
             at_start = float(np.linalg.norm(obj - a)) < c.waypoint_tolerance
             if dist < c.waypoint_tolerance and (t > 0.0 or at_start):
                 best = j + 1
+        # Lowered early, but over a goal that takes the object anywhere near its centre (a plate):
+        # put it down from here rather than lift it back to the carry height first.
+        radius = self.final_approach_radius()
+        last = path[-1]
+        if best == 0 and radius > 0 and float(np.linalg.norm(obj[:2] - last[:2])) < radius \
+                and last[2] - c.waypoint_tolerance < obj[2] < path[0][2] - c.waypoint_tolerance:
+            best = len(path) - 1
         return best
+
+    def final_approach_radius(self) -> float:
+        """How far across from the release point a lowered object may be put down directly: on a
+        plate, anywhere that still ends well inside its rim; elsewhere (a stick, a peg) 0: only
+        along the placing path."""
+        if isinstance(self.task, LemonOnPlate):
+            return PLATE_RADIUS - 0.035
+        return 0.0
 
     def _plan(self, env) -> np.ndarray:
         c, task = self.config, self.task

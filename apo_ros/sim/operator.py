@@ -35,9 +35,16 @@ class OperatorConfig:
     # reaction time: ~0.3 s at 10 Hz); the policy keeps driving meanwhile
     # --- rule: the policy's action deviates from a good action at this state ---------------------
     deviation_enabled: bool = True
-    deviation_translation: float = 0.01  # m: |policy dx,dy,dz - expert dx,dy,dz| above this ...
-    deviation_rotation: float = 0.15  # rad: ... or |rotation difference| above this ...
-    # ... or the gripper commands disagree (one < 0.5, the other >= 0.5) counts as a deviating step
+    # A policy step deviates when the gripper commands disagree (one < 0.5, the other >= 0.5), or
+    # the rotation differs by more than deviation_rotation, or the translation differs by more
+    # than deviation_translation AND the policy either goes against the expert's direction
+    # (cosine below deviation_cosine) or nearly stalls (under deviation_stall of the expert's
+    # speed). A different but forward-going route (x first, then y; carrying a little lower) is
+    # not a failure a person steps in for.
+    deviation_translation: float = 0.02  # m, |policy dx,dy,dz - expert dx,dy,dz|
+    deviation_cosine: float = 0.0  # cosine between the two translations
+    deviation_stall: float = 0.25  # fraction of the expert's translation
+    deviation_rotation: float = 0.2  # rad, |rotation-vector difference|
     deviation_steps: int = 5  # deviating steps needed ...
     deviation_window: int = 6  # ... among the last this many policy steps
     # --- rule: grasp about to miss ------------------------------------------------------------------
@@ -80,6 +87,22 @@ class Intervention:
     outcome: str | None = None
     wait_steps: int = 0  # steps the person held still waiting for the object to settle
     trigger_step: int | None = None  # env.step_count when the rule fired (start - reaction time)
+
+
+def deviates(policy_action, expert_action, config: OperatorConfig) -> bool:
+    """Whether a policy action is off the expert's action at the same state (OperatorConfig's
+    deviation_* thresholds); a malformed action always is."""
+    dt, dr, dg = action_deviation(policy_action, expert_action)
+    if dg or dr > config.deviation_rotation:
+        return True
+    if dt <= config.deviation_translation:
+        return False
+    p = np.asarray(policy_action, dtype=float).reshape(-1)[:3]
+    e = np.asarray(expert_action, dtype=float).reshape(-1)[:3]
+    speed_p, speed_e = float(np.linalg.norm(p)), float(np.linalg.norm(e))
+    if speed_e < 1e-3 or speed_p < config.deviation_stall * speed_e:
+        return True
+    return float(p @ e) / (speed_p * speed_e) < config.deviation_cosine
 
 
 def action_deviation(policy_action, expert_action) -> tuple[float, float, bool]:
@@ -155,9 +178,7 @@ class SimulatedOperator:
 
     def deviates(self, proposed_action, expert_action) -> bool:
         """Whether a policy action is off the expert's action at this state (the thresholds)."""
-        cfg = self.config
-        dt, dr, dg = action_deviation(proposed_action, expert_action)
-        return dt > cfg.deviation_translation or dr > cfg.deviation_rotation or dg
+        return deviates(proposed_action, expert_action, self.config)
 
     def correction(self, env) -> np.ndarray:
         """What the person commands at this state (a function of the state; plus noise if set)."""

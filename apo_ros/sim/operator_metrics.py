@@ -28,7 +28,7 @@ import json
 
 import numpy as np
 
-from apo_ros.sim.operator import OperatorConfig, action_deviation
+from apo_ros.sim.operator import OperatorConfig, deviates
 
 SIGN_EPS = 1e-3  # m: an axis moving less than this has no meaningful sign
 
@@ -116,8 +116,7 @@ def operator_metrics(deployment_dirs, demo_dirs=(), *, k: int = 10, match_radius
                 previous_gripper = float(step.action[6])
                 good = expert.act(env)
                 if step.source == "policy":
-                    dev = action_deviation(step.action, good)
-                    off = dev[0] > cfg.deviation_translation or dev[1] > cfg.deviation_rotation or dev[2]
+                    off = deviates(step.action, good, cfg)
                     c["policy_steps"] += 1
                     c["policy_deviated"] += int(off)
                     if labels.undesirable[i]:
