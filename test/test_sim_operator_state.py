@@ -244,3 +244,10 @@ def test_session_operator_noise_flag(capsys):
     assert cli_main(["session", "--task", TASK, "--policy", "expert", "--bags", "/nonexistent-never",
                      "--operator-noise", "-1"]) != 0
     assert "--operator-noise must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [dict(deviation_steps=7, deviation_window=6), dict(reaction_steps=-1),
+                                 dict(human_noise=-0.1), dict(on_track_steps=0)])
+def test_operator_config_rejects_nonsense(bad):
+    with pytest.raises(ValueError, match="OperatorConfig"):
+        OperatorConfig(**bad)

@@ -69,6 +69,19 @@ class OperatorConfig:
     give_up_after_timeouts: int = 2  # interventions that time out before the person gives up on
     # the episode (it ends as a failure with reason "operator_gave_up", so it can be excluded)
 
+    def __post_init__(self):
+        for name in ("min_policy_steps_before_takeover", "reaction_steps", "miss_steps",
+                     "min_intervention_steps", "max_wait_steps", "give_up_after_timeouts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"OperatorConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 1 <= self.deviation_steps <= self.deviation_window:
+            raise ValueError(f"OperatorConfig needs 1 <= deviation_steps <= deviation_window, got "
+                             f"{self.deviation_steps} and {self.deviation_window}")
+        if self.on_track_steps < 1 or self.max_intervention_steps < 1:
+            raise ValueError("OperatorConfig.on_track_steps and max_intervention_steps must be >= 1")
+        if self.human_noise < 0:
+            raise ValueError(f"OperatorConfig.human_noise must be >= 0, got {self.human_noise}")
+
 
 INTERVENTION_OUTCOMES = ("recovered", "timed_out", "task_done", "episode_ended")
 RULES = ("deviation", "grasp_miss", "dropped", "knocked")
