@@ -166,13 +166,13 @@ def _resolve_policy(policy: Any, task: str, env: Any, seed: int, device: str | N
     return policy, str(pid), False
 
 
-def _make_operator(operator: Any, task: str, seed: int) -> Any:
+def _make_operator(operator: Any, task: str, seed: int, noise: float = 0.0) -> Any:
     if operator in (None, "none"):
         return None
     if operator == "scripted":
-        from apo_ros.sim.operator import SimulatedOperator
+        from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
 
-        return SimulatedOperator(task, seed=seed)
+        return SimulatedOperator(task, OperatorConfig(human_noise=noise), seed=seed)
     if hasattr(operator, "step") and hasattr(operator, "reset"):
         return operator  # an operator object (tests, custom operators)
     raise ValueError(f"operator must be 'scripted' or 'none', got {operator!r}")
@@ -214,13 +214,14 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                 image_size: int = 64, cameras: tuple[str, ...] = CAMERAS, control_hz: float = 10.0,
                 image_format: str = "raw", safety_config: str = "", device: str | None = None,
                 expert_noise: float = 0.0, replan_every: int = 0, progress: bool = False,
-                render: bool = True) -> SessionSummary:
+                render: bool = True, operator_noise: float = 0.0) -> SessionSummary:
     """Run `episodes` episodes of `task` and record one bag each in `bags_dir`.
 
     policy: "expert" (scripted expert; actions recorded with source "expert"), a checkpoint
         directory, a policy server URL ws://HOST:PORT, or a policy object (TokenPolicy or anything
         with select_action/reset).
-    operator: "scripted" (the simulated operator intervenes when the policy goes wrong) or "none".
+    operator: "scripted" (the simulated operator intervenes when the policy goes wrong; its
+        corrections carry `operator_noise`) or "none".
     Episode k uses seed `seed + k`.
     """
     from apo_ros.sim.env import make_env
@@ -234,7 +235,7 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
     pol, pid, is_expert = _resolve_policy(policy, task, env, seed, device, expert_noise)
     runner = PolicyRunner(pol, safety, RunnerConfig(rate_hz=control_hz, replan_every=replan_every),
                           policy_id=pid)
-    op = _make_operator(operator, task, seed)
+    op = _make_operator(operator, task, seed, operator_noise)
     op_name = operator if isinstance(operator, str) else type(operator).__name__
     max_delta = tuple(safety.config.max_delta)
     device_adapter = OperatorDevice(max_delta)
