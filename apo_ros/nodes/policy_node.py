@@ -10,6 +10,8 @@ Subscribes  camera/<name>/image_raw (sensor_msgs/Image) for the policy's cameras
             policy/checkpoint (String, latched: a checkpoint dir to hot-swap to)
 Publishes   policy/command (JointState action: header.stamp = observation stamp, frame_id policy)
             action/proposed (the same, before the safety filter)
+            action/tokens (JointState: the token ids of that proposal, frame_id = token space;
+            see apo_ros.recording.schema.ACTION_TOKENS)
             policy/active (String, latched: JSON {policy_id, stats_id, checkpoint} of the policy
             acting now, announced when it starts acting)
 Services    policy/replan (std_srvs/Trigger)
@@ -76,6 +78,7 @@ class PolicyNode(ApoNode):
                                    policy_id=str(getattr(policy, "policy_id", p["checkpoint"])))
         self.command_pub = self.create_publisher(JointState, "policy/command", RECORD_QOS)
         self.proposed_pub = self.create_publisher(JointState, "action/proposed", RECORD_QOS)
+        self.tokens_pub = self.create_publisher(JointState, "action/tokens", RECORD_QOS)
         self.active_pub = self.create_publisher(String, "policy/active", LATCHED_QOS)
         for cam in cameras:
             self.subscribe(Image, f"camera/{cam}/image_raw",
@@ -126,6 +129,9 @@ class PolicyNode(ApoNode):
         if bool(np.all(np.isfinite(step.proposed))):
             safe_publish(self.proposed_pub,
                          M.make_action(self.types, step.obs_stamp_ns, step.proposed, "policy"))
+            if step.tokens is not None:  # right after its proposal: the recorder pairs them in order
+                safe_publish(self.tokens_pub, M.make_action_tokens(self.types, step.obs_stamp_ns,
+                                                                   step.tokens, step.token_space))
 
     def announce(self, checkpoint: str) -> None:
         self.announced = self.runner.policy_id

@@ -61,6 +61,8 @@ class RunnerStep:
     reasons: list[str] = field(default_factory=list)  # why the filter acted ("decode_failed" too)
     policy_id: str = ""  # which policy produced it (changes on hot-swap)
     inference_ns: int = 0  # time spent in the policy at this step (0 when it did not plan)
+    tokens: np.ndarray | None = None  # the token ids the policy produced for `proposed`, if it names them
+    token_space: str = ""  # what those ids mean (TokenPolicy.action_token_space)
 
 
 class PolicyRunner:
@@ -79,6 +81,8 @@ class PolicyRunner:
         self._chunk_obs_stamp = 0
         self._chunk_error = ""  # why the current chunk failed ("" when it did not)
         self._chunk_reason = "decode_failed"  # why a not-ok chunk is held
+        self._chunk_tokens: np.ndarray | None = None  # [T, ids per step] the policy produced
+        self._chunk_token_space = ""
         self._latencies_ns: deque[int] = deque(maxlen=self.config.latency_window)
         self.steps = 0
         self.plans = 0
@@ -123,7 +127,7 @@ class PolicyRunner:
     def _plan(self, observation: Observation) -> int:
         t0 = time.perf_counter_ns()
         try:
-            chunk, ok = self.policy.select_action(observation)
+            chunk, ok, tokens, space = _select(self.policy, observation)
             chunk = np.asarray(chunk, dtype=np.float64)
             if chunk.ndim == 1:
                 chunk = chunk[None, :]
@@ -134,8 +138,11 @@ class PolicyRunner:
         except Exception as err:  # noqa: BLE001 - any policy code: stop the arm, not the loop
             # A policy that crashes on one observation stops the arm for this step, not the loop;
             # the cause travels with the step so the caller can log it.
-            chunk, ok = np.full((1, ACTION_DIM), np.nan), False
+            chunk, ok, tokens, space = np.full((1, ACTION_DIM), np.nan), False, None, ""
             self._chunk_error = f"{type(err).__name__}: {err}"
+        if tokens is not None and len(tokens) != len(chunk):
+            tokens = None  # ids that do not cover the chunk action by action are not recorded
+        self._chunk_tokens, self._chunk_token_space = tokens, space
         # A remote policy says why it failed ("policy_unavailable") and which policy answered
         # (the server may hot-swap); a local one has neither and keeps the id it was given.
         self._chunk_reason = str(getattr(self.policy, "failure_reason", "") or "decode_failed")
@@ -173,8 +180,10 @@ class PolicyRunner:
         if not result.ok:
             self._chunk = None  # never continue a chunk that produced a rejected action
         self.steps += 1
+        tokens = None if self._chunk_tokens is None else self._chunk_tokens[index]
         return RunnerStep(result.action, proposed, result.ok, self._chunk_obs_stamp, planned, index,
-                          list(result.reasons), self.policy_id, inference_ns)
+                          list(result.reasons), self.policy_id, inference_ns, tokens,
+                          self._chunk_token_space if tokens is not None else "")
 
     # ---- figures -----------------------------------------------------------------------------
     def latency_ms(self) -> dict[str, float]:
@@ -206,6 +215,18 @@ def provenance(policy: Any, policy_id: str) -> dict[str, str]:
     if getattr(policy, "reports_policy_id", False) and getattr(policy, "policy_id", ""):
         policy_id = policy.policy_id
     return {"policy_id": str(policy_id), "stats_id": str(stats_id)}
+
+
+def _select(policy: Any, observation: Observation) -> tuple[Any, bool, np.ndarray | None, str]:
+    """(chunk, ok, token ids [T, per step] or None, token space): a TokenPolicy says which ids it
+    produced (`select_action_with_tokens`); any other action source only gives actions."""
+    space = policy.action_token_space() if hasattr(policy, "action_token_space") else None
+    if space and hasattr(policy, "select_action_with_tokens"):
+        chunk, ok, tokens = policy.select_action_with_tokens(observation)
+        return chunk, ok, (None if tokens is None else np.asarray(tokens, dtype=np.int64).reshape(
+            -1, np.asarray(tokens).shape[-1])), str(space)
+    chunk, ok = policy.select_action(observation)
+    return chunk, ok, None, ""
 
 
 def _hold(gripper: float) -> float:

@@ -291,7 +291,8 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                             recorder.record_event(event.stamp_ns, event.kind)
                     proposed = rs.proposed if np.all(np.isfinite(rs.proposed)) else None
                     recorder.record_action(obs.stamp_ns, executed, source, out.obs_stamp_ns,
-                                           proposed=None if is_expert else proposed)
+                                           proposed=None if is_expert else proposed,
+                                           tokens=rs.tokens, token_space=rs.token_space)
                     t5 = time.perf_counter()
                     obs, _r, terminated, truncated, info = env.step(executed)
                     t6 = time.perf_counter()
