@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,9 @@ class Step:
     stamp_ns: int  # when the action was executed
     proposed: np.ndarray | None = None  # (7,) what the policy proposed at this step, if it ran
     human: np.ndarray | None = None  # (7,) the operator's command for this observation, if recorded
+    # chunk provenance of a policy action (recording/chunks.py ChunkInfo: index in its chunk,
+    # inference latency, merge rule, the tick it ran at); None for human / expert / older bags
+    chunk: Any = None
 
 
 @dataclass
