@@ -45,6 +45,12 @@ class ChunkInfo:
                 float(self.tick_stamp_ns // NS), float(self.tick_stamp_ns % NS)]
 
 
+def of_step(step: Any) -> ChunkInfo:
+    """The provenance of a PolicyRunner step (apo_ros.runtime.policy_runner.RunnerStep)."""
+    return ChunkInfo(int(step.chunk_index), int(step.latency_ns), str(step.merge),
+                     int(step.tick_stamp_ns))
+
+
 def names_and_values(action: Any, chunk: ChunkInfo | None) -> tuple[list[str], np.ndarray]:
     """The JointState names and positions of an action, with its provenance when given."""
     a = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -87,3 +93,17 @@ def make_policy_action(types: Any, obs_stamp_ns: int, action: Any, source: str,
         raise ValueError(f"action source must be one of {SOURCES}, got {source!r}")
     names, values = names_and_values(action, chunk)
     return M.make_joint_state(types, obs_stamp_ns, names, values, frame_id=source)
+
+
+def at_tick(chunk: ChunkInfo | None, tick_stamp_ns: int) -> ChunkInfo | None:
+    """The same provenance, naming the tick that executed the action."""
+    if chunk is None:
+        return None
+    return ChunkInfo(chunk.chunk_index, chunk.latency_ns, chunk.merge, int(tick_stamp_ns))
+
+
+def command_tick(names: Any, positions: Any, obs_stamp_ns: int) -> tuple[int, ChunkInfo | None]:
+    """The tick a policy command is for (its provenance's tick stamp, else its header stamp: a
+    command without provenance is for its own observation's tick) and the provenance."""
+    chunk = split(names, positions)
+    return (chunk.tick_stamp_ns if chunk is not None and chunk.tick_stamp_ns else obs_stamp_ns), chunk

@@ -84,6 +84,14 @@ class RunnerConfig:
             raise ValueError("RunnerConfig.delay_ticks simulates latency for in-step inference; "
                              "a background thread has real latency")
 
+    @classmethod
+    def from_parameters(cls, params: dict[str, Any], **overrides: Any) -> RunnerConfig:
+        """From a node's parameters (the fields present in `params`, then `overrides`)."""
+        names = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in params.items() if k in names}
+        values.update(overrides)
+        return cls(**values)
+
     def queue_config(self) -> QueueConfig:
         return QueueConfig(self.merge, self.horizon_s, self.ensemble_decay, self.crossfade_steps)
 
@@ -152,6 +160,8 @@ class PolicyRunner:
         self._failure: tuple[str, str] | None = None  # (reason, error) of a failed chunk
         self._latencies_ns: deque[int] = deque(maxlen=self.config.latency_window)
         self._wall_latency_ns: deque[int] = deque(maxlen=16)
+        self._active = True
+        self._resume_after_ns: int | None = None
         self.on_result: Any = None  # called (no arguments) from the worker when a chunk is ready
         self.steps = 0
         self.plans = 0
@@ -202,6 +212,29 @@ class PolicyRunner:
             self._wake.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=5.0)
+
+    def set_active(self, active: bool, now_ns: int) -> None:
+        """Whether the policy drives (the arbiter's mode is autonomous). Inactive, `tick()` does
+        nothing; becoming active again (a hand-back) flushes the queue and the first chunk must
+        come from an observation stamped at or after `now_ns`. Thread-safe."""
+        with self._lock:
+            if active and not self._active:
+                self._resume_after_ns = int(now_ns)
+            self._active = bool(active)
+
+    def tick(self, observation: Observation | None, now_ns: int) -> RunnerStep | None:
+        """An event-driven caller's loop (policy_node): a new observation is a new tick
+        (`step`), None retries the current tick (`retry`: a chunk may have landed). Returns the
+        step to publish, or None (inactive, or nothing planned)."""
+        with self._lock:
+            resume, self._resume_after_ns = self._resume_after_ns, None
+            active = self._active
+        if resume is not None:
+            self.flush(not_before_ns=resume)
+        if not active:
+            return None
+        step = self.step(observation, now_ns) if observation is not None else self.retry(now_ns)
+        return None if step is None or step.empty else step
 
     # ---- the loop ----------------------------------------------------------------------------
     def _take_pending(self) -> bool:
