@@ -211,3 +211,25 @@ def test_background_inference_never_blocks_the_tick_and_keeps_the_arm_fed():
     assert all(s.latency_ns > 0 for s in served)
     assert slowest < 0.15  # a tick never waited for the 150 ms inference
     assert runner.queue.late >= 1  # chunks did arrive late, and their past actions were dropped
+
+
+# ---- the arbiter node's clock with a command that overtakes its observation ----------------
+
+def test_a_command_that_arrives_before_its_observation_waits_for_its_step():
+    from apo_ros.runtime.ros_io import ControlSteps
+
+    steps = ControlSteps(deadline_s=0.06)
+    steps.observe(1 * S, 1 * S)
+    steps.close()
+    assert not steps.accept(2 * S, 1 * S + 90 * 1_000_000)  # step 2 is not open yet: not now ...
+    assert steps.early(2 * S, "cmd2")  # ... but kept for it
+    assert not steps.early(1 * S, "old")  # one for a step already past is not kept
+    assert steps.take_early() is None  # step 2 has not opened
+    steps.observe(2 * S, 2 * S)
+    assert steps.take_early() == (2 * S, "cmd2") and steps.accept(2 * S, 2 * S + 1)
+    steps.close()
+    steps.early(4 * S, "cmd4")
+    steps.observe(3 * S, 3 * S)
+    assert steps.take_early() is None  # for step 4: still waiting
+    steps.observe(5 * S, 5 * S)
+    assert steps.take_early() is None  # step 4 never opened: the command is dropped, not shifted

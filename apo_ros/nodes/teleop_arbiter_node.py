@@ -4,18 +4,15 @@ Core: apo_ros.teleop.TeleopArbiter (modes, take-over / hand-back, device loss) a
 SafetyFilter on whatever is executed. The SpaceMouse is read directly (pyspacemouse,
 device:=spacemouse) or through the `spacenav` driver's Joy messages (device:=joy).
 Timing: a new ee_pose (the arm's observation) opens a control step, decided once: on the
-policy's command for that step (the tick its provenance names, recording/chunks.py), at once when
-the operator drives or the arm holds, or after decision_deadline_s without a command (then no
-twist: no motion). Each policy command runs at most once; a late or repeated one is dropped.
-Subscribes  policy/command (JointState action), ee_pose (PoseStamped), gripper/state (JointState),
-            spacenav/joy (sensor_msgs/Joy, device:=joy)
-Publishes   arm/delta_twist_cmds (TwistStamped, current stamp: MoveIt Servo's input),
-            gripper/command (std_msgs/Float64, 0 closed .. 1 open),
-            action/executed (JointState action: frame_id = source, header.stamp = observation),
-            action/human (the operator's command), episode/events (String: intervention_start |
-            intervention_end | hold | resume), teleop/mode (String: autonomous | intervention | hold)
-Services    teleop/hold, teleop/resume (std_srvs/Trigger)
-Parameters  config/teleop_arbiter_node.yaml
+policy's command for that step (the tick its provenance names, recording/chunks.py; one that came
+before the ee_pose waits for it), at once when the operator drives or the arm holds, or after
+decision_deadline_s without a command (no twist). A command runs at most once, late ones never.
+Subscribes  policy/command, ee_pose, gripper/state, spacenav/joy (sensor_msgs/Joy, device:=joy)
+Publishes   arm/delta_twist_cmds (TwistStamped, current stamp: MoveIt Servo's input), gripper/command
+            (Float64, 0 closed .. 1 open), action/executed (frame_id = source, header.stamp =
+            observation), action/human, episode/events (intervention_start | intervention_end |
+            hold | resume), teleop/mode (autonomous | intervention | hold)
+Services    teleop/hold, teleop/resume (std_srvs/Trigger); parameters: config/teleop_arbiter_node.yaml
 """
 
 from __future__ import annotations
@@ -98,14 +95,20 @@ class TeleopArbiterNode(ApoNode):
         self.ee = pose[:3]
         if self.arbiter.mode is not Mode.AUTONOMOUS:
             self.decide(None)  # the operator drives (or the arm holds): no policy to wait for
+        elif (early := self.steps.take_early()) is not None:
+            self.on_command(*early)  # the command for this step came before its observation
 
     def on_policy(self, msg: Any) -> None:
         action, _source, obs_stamp = M.joint_state_to_action(msg)
         tick, chunk = chunks.command_tick(*M.joint_state_arrays(msg), obs_stamp)
+        if not self.steps.early(tick, (PolicyCommand(action, obs_stamp), chunk)):
+            self.on_command(tick, (PolicyCommand(action, obs_stamp), chunk))
+
+    def on_command(self, tick: int, command: tuple[PolicyCommand, Any]) -> None:
         if not self.steps.accept(tick, self.now_ns()):
             self.count("policy/command", "late or repeated command dropped")
             return
-        self.decide(PolicyCommand(action, obs_stamp), chunk)
+        self.decide(*command)
 
     def on_deadline(self) -> None:
         if self.steps.expired(self.now_ns()):
