@@ -207,6 +207,30 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _graph_takeover(probe, M, trials: int = 3) -> dict:
+    """The operator deflects the puck (a Joy message, as the spacenav driver sends) while the
+    policy drives: control steps (ee_pose) that opened after the message was sent, up to and
+    including the first human step. 1 = the first step after the input is the operator's."""
+    from sensor_msgs.msg import Joy
+
+    steps_to_human = []
+    probe.publish("spacenav/joy", Joy(axes=[0.0] * 6, buttons=[0, 0]))  # the publisher matched first
+    for _ in range(trials):
+        probe.wait_for("teleop/mode", lambda m: m.data == "autonomous", since_ns=time.time_ns(),
+                       timeout=30)
+        t_in = time.time_ns()
+        joy = Joy(axes=[0.8, 0.0, 0.0, 0.0, 0.0, 0.0], buttons=[0, 0])
+        joy.header.stamp.sec, joy.header.stamp.nanosec = divmod(t_in, 1_000_000_000)
+        probe.publish("spacenav/joy", joy)
+        first = probe.wait_for("action/executed", lambda m: m.header.frame_id == "human",
+                               since_ns=t_in, timeout=30)
+        steps_to_human.append(sum(1 for r in probe.messages("ee_pose", t_in)
+                                  if M.stamp_to_ns(r.msg.header) <= M.stamp_to_ns(first.msg.header)))
+        joy.axes = [0.0] * 6
+        probe.publish("spacenav/joy", joy)  # released: the idle hand-back returns control
+    return {"trials": trials, "steps_to_first_human_step": steps_to_human}
+
+
 def graph_figures(seconds: float, chunk_size: int = 1, remote_delay_s: float | None = None,
                   execution: str = "async") -> dict:
     """Start the sim graph (sim_arm_node, policy_node, teleop_arbiter_node with device:=joy,
@@ -252,6 +276,7 @@ def graph_figures(seconds: float, chunk_size: int = 1, remote_delay_s: float | N
                 wall = time.monotonic() - wall0
                 cpu = {n: round((_cpu_s(p) - cpu0[n]) / wall, 3) for n, p in pids.items()}
                 rss = {n: round(_rss_mb(p), 1) for n, p in pids.items()}
+                takeover = _graph_takeover(probe, M)
                 dead = graph.dead()
             finally:
                 probe.close()
@@ -303,6 +328,7 @@ def graph_figures(seconds: float, chunk_size: int = 1, remote_delay_s: float | N
         "observations_per_s": round(observations / seconds, 2),
         "executed_actions_per_s": round(executed / seconds, 2),
         "steps_with_policy_action": round(executed / observations, 3) if observations else 0.0,
+        "takeover": takeover,
         "cpu_share_of_one_core": cpu,
         "rss_mb": rss,
         "nodes_died": dead,

@@ -188,6 +188,8 @@ class PolicyRunner:
         with self._lock:
             self._generation += 1
             self._results.clear()
+            if not self.config.background:
+                self._in_flight = False  # in-step results were all pending ones; none left
             self._not_before_ns = max(self._not_before_ns, int(not_before_ns))
             self.queue.flush()
             self._failure = None
@@ -197,6 +199,8 @@ class PolicyRunner:
         with self._lock:
             self._generation += 1
             self._results.clear()
+            if not self.config.background:
+                self._in_flight = False  # in-step results were all pending ones; none left
             self.queue.flush()
             self._replan_requested = False
             self._not_before_ns = 0
@@ -245,6 +249,8 @@ class PolicyRunner:
             with self._lock:
                 self._generation += 1
                 self._results.clear()
+            if not self.config.background:
+                self._in_flight = False  # in-step results were all pending ones; none left
                 self.queue.flush()
                 self._failure = None
             with self._policy_lock:
