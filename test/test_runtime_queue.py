@@ -233,3 +233,15 @@ def test_a_command_that_arrives_before_its_observation_waits_for_its_step():
     assert steps.take_early() is None  # for step 4: still waiting
     steps.observe(5 * S, 5 * S)
     assert steps.take_early() is None  # step 4 never opened: the command is dropped, not shifted
+
+
+def test_inactive_runner_does_not_act_and_resumes_from_a_newer_observation():
+    policy = TracePolicy(T=8)
+    runner = PolicyRunner(policy, SafetyFilter(), RunnerConfig(delay_ticks=0))
+    assert runner.tick(obs(0), obs(0).stamp_ns) is not None  # acting
+    runner.set_active(False, obs(1).stamp_ns)  # the operator takes over
+    assert runner.tick(obs(1), obs(1).stamp_ns) is None and policy.calls == 1  # no inference
+    runner.set_active(True, obs(3).stamp_ns)  # hand-back, after observation 2 was taken
+    assert runner.tick(obs(2), obs(2).stamp_ns) is None  # the old plan is gone; obs 2 is too old
+    step = runner.tick(obs(3), obs(3).stamp_ns)
+    assert step is not None and step.obs_stamp_ns == obs(3).stamp_ns and step.chunk_index == 0

@@ -236,6 +236,7 @@ class PolicyRunner:
         if resume is not None:
             self.flush(not_before_ns=resume)
         if not active:
+            self._tick_served = True  # nothing to serve while the operator drives
             return None
         step = self.step(observation, now_ns) if observation is not None else self.retry(now_ns)
         return None if step is None or step.empty else step
@@ -253,9 +254,10 @@ class PolicyRunner:
                 self._in_flight = False  # in-step results were all pending ones; none left
                 self.queue.flush()
                 self._failure = None
-            with self._policy_lock:
-                self.policy, self.policy_id = pending
-                self.policy.reset()
+            # the new policy is reset before anyone uses it; a chunk the old one is still
+            # computing comes back with the old generation and is discarded (no waiting here)
+            pending[0].reset()
+            self.policy, self.policy_id = pending
             self.swaps += 1
             replan = True
         return replan
