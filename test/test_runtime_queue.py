@@ -83,9 +83,13 @@ def test_merge_rules_on_the_overlap():
     assert [g.merge for g in got] == ["replace"] * 3 + [""] * 2  # ticks 3-5 overlapped the old plan
 
     fade = ActionQueue(QueueConfig("crossfade"))
-    fade.merge(old, 0, 100, 0)
+    closed = old.copy()
+    closed[:, 6] = 0.0  # the old plan closes the gripper, the new one opens it
+    fade.merge(closed, 0, 100, 0)
     fade.merge(new, 2, 200, 3)  # overlap: ticks 3, 4, 5 -> 1/4, 2/4, 3/4 of the way, then new
-    assert [fade.take(t).action[0] for t in range(3, 8)] == pytest.approx([0.25, 0.5, 0.75, 1, 1])
+    faded = [fade.take(t).action for t in range(3, 8)]
+    assert [a[0] for a in faded] == pytest.approx([0.25, 0.5, 0.75, 1, 1])
+    assert [a[6] for a in faded] == [1.0] * 5  # never a half-closed gripper: the newest plan decides
 
     ens = ActionQueue(QueueConfig("ensemble", ensemble_decay=0.5))
     ens.merge(old, 0, 100, 0)

@@ -10,6 +10,8 @@ rest is merged with what the queue still holds for those ticks by one of the rul
   action is their weighted mean, weight exp(-m * i) for the i-th oldest (m = ``ensemble_decay``);
 - ``crossfade``: over the overlap (or ``crossfade_steps`` ticks) the action moves linearly from
   the old plan to the new one, then follows the new chunk.
+Both blends leave the gripper to the newest plan: it is an absolute open / close command, and a
+blend of the two is a half-closed hand.
 
 Safety: an action whose chunk was computed from an observation older than ``horizon_s`` is never
 executed (counted ``expired``); a tick with nothing planned is zero motion for the caller (counted
@@ -23,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from apo_ros.actions.space import GRIPPER_INDEX
 
 MERGE_RULES: tuple[str, ...] = ("replace", "ensemble", "crossfade")
 
@@ -114,6 +118,9 @@ class ActionQueue:
                 elif j < fade:  # crossfade: linear from the old plan to the new over `fade` ticks
                     alpha = (j + 1) / (fade + 1)
                     entry.action = (1.0 - alpha) * old.action + alpha * action
+                # the gripper is an absolute open / close command: a blend of "open" and "close"
+                # is a half-closed hand that drops the object, so the newest plan decides it
+                entry.action[GRIPPER_INDEX] = action[GRIPPER_INDEX]
                 entry.merge = cfg.merge
             elif old is not None:
                 entry.merge = "replace"
@@ -129,7 +136,9 @@ class ActionQueue:
     def _ensemble(self, predictions: list[tuple[np.ndarray, int]]) -> np.ndarray:
         w = np.exp(-self.config.ensemble_decay * np.arange(len(predictions)))
         values = np.stack([p for p, _ in predictions])
-        return (w[:, None] * values).sum(axis=0) / w.sum()
+        out = (w[:, None] * values).sum(axis=0) / w.sum()
+        out[GRIPPER_INDEX] = values[-1, GRIPPER_INDEX]  # the newest plan decides the gripper
+        return out
 
     def take(self, tick: int, now_ns: int | None = None) -> Planned | None:
         """The action planned for `tick` (removed), or None: nothing planned, or planned from an
