@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,9 @@ class Step:
     # has none (recorded before tokens were, by an expert, or by a policy without per-step ids)
     tokens: np.ndarray | None = None
     token_space: str = ""
+    # chunk provenance of a policy action (recording/chunks.py ChunkInfo: index in its chunk,
+    # inference latency, merge rule, the tick it ran at); None for human / expert / older bags
+    chunk: Any = None
 
 
 @dataclass

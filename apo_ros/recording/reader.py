@@ -20,7 +20,7 @@ import numpy as np
 
 from apo_ros.errors import UserError
 from apo_ros.observation import Observation
-from apo_ros.recording import cdr, schema
+from apo_ros.recording import cdr, chunks, schema
 from apo_ros.recording import messages as M
 from apo_ros.recording.episode import OUTCOMES, Episode, Step
 
@@ -235,7 +235,7 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     # = its k-th proposal's): (ids, token space)
     tokens: dict[int, list[tuple[np.ndarray, str]]] = {}
     human: dict[int, np.ndarray] = {}
-    executed: list[tuple[int, int, np.ndarray, str]] = []
+    executed: list[tuple[int, int, np.ndarray, str, chunks.ChunkInfo | None]] = []
     instructions: list[tuple[int, str]] = []
     events: list[tuple[int, str]] = []
     info: dict = {}
@@ -259,14 +259,21 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
         for conn, bagtime, raw in reader.messages(connections=selected):
             topic = conn.topic
             if topic in action_topics:
+                chunk_info = None
                 try:
                     obs_stamp, source, names, action = cdr.joint_state(raw, name_cache[topic])
                     if names != action_names:
-                        raise cdr.CdrLayoutError("names")
+                        # chunk provenance appended after the action (recording/chunks.py)
+                        if names[:len(action_names)] != action_names or len(action) != len(names):
+                            raise cdr.CdrLayoutError("names")
+                        chunk_info = chunks.split(names, action)
+                        action = action[:len(action_names)]
                 except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
-                    action, source, obs_stamp = M.joint_state_to_action(decode(raw, conn.msgtype))
+                    msg = decode(raw, conn.msgtype)
+                    action, source, obs_stamp = M.joint_state_to_action(msg)
+                    chunk_info = chunks.split(*M.joint_state_arrays(msg))
                 if topic == schema.ACTION_EXECUTED:
-                    executed.append((bagtime, obs_stamp, action, source))
+                    executed.append((bagtime, obs_stamp, action, source, chunk_info))
                 elif topic == schema.ACTION_PROPOSED:
                     proposed.setdefault(obs_stamp, []).append(action)
                 else:
@@ -347,7 +354,7 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     steps: list[Step] = []
     dropped = 0
     empty = np.zeros(0)
-    for bagtime, obs_stamp, action, source in executed:
+    for bagtime, obs_stamp, action, source, chunk_info in executed:
         obs = observations.get(obs_stamp, False)
         if obs is False:
             obs = _observation(obs_stamp, images if load_images else {}, joints, poses, grippers,
@@ -361,7 +368,7 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
             continue
         steps.append(Step(observation=obs, action=action, source=source, stamp_ns=bagtime,
                           proposed=proposal, human=human.get(obs_stamp), tokens=ids,
-                          token_space=space))
+                          token_space=space, chunk=chunk_info))
     return Episode(path=str(bag), steps=steps, metadata=metadata, outcome=outcome, truncated=truncated,
                    events=events, dropped_steps=dropped)
 

@@ -60,6 +60,18 @@ ACTION_TOKENS = "action/tokens"  # JointState: the token ids the policy produced
 # The k-th token message of an observation belongs to its k-th proposal, as the k-th proposal
 # belongs to its k-th executed action: a chunk's executed action i carries its own ids.
 
+# --- chunk provenance of policy actions (action queue) -------------------------------------------
+# A policy action (executed, source "policy"; and policy/command in the graph) may append five
+# names after the seven above, values in `position` (apo_ros/recording/chunks.py builds and reads
+# them; the reader exposes them as Step.chunk):
+#   chunk_index          its index in the chunk computed from the header.stamp observation
+#   inference_latency_s  observation -> chunk ready
+#   merge_rule           0 one chunk, 1 replace, 2 ensemble (ACT temporal ensembling), 3 crossfade
+#   tick_stamp_sec, tick_stamp_nanosec   the observation of the control tick it was executed at
+# So header.stamp stays the observation the policy saw (training pairs the action with it) and
+# the executing tick is known exactly. Readers matching action values by name are unaffected.
+# --- end chunk provenance ------------------------------------------------------------------------
+
 BASE_FRAME = "base_link"  # frame_id of ee_pose
 GRIPPER_JOINT = "gripper"  # the single name in gripper/state
 

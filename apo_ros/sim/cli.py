@@ -77,9 +77,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if policy != "expert" and hasattr(policy, "eval"):
         policy.eval()
+    runner = None
+    if args.latency_ms or args.execution or args.merge:  # the action queue's settings
+        from apo_ros.runtime.policy_runner import RunnerConfig
+
+        if args.latency_ms < 0:
+            raise _user_error(f"--latency-ms must be >= 0, got {args.latency_ms}")
+        runner = RunnerConfig(execution=args.execution or "sync", merge=args.merge or "replace",
+                              delay_ticks=int(round(args.latency_ms / 100.0)))  # 10 Hz ticks
     result = evaluate(task, policy, episodes=args.episodes, seed0=args.seed,
                       image_size=args.image_size, max_steps=args.max_steps,
-                      expert_noise=args.noise, progress=progress)
+                      expert_noise=args.noise, progress=progress, runner=runner)
     summary = {k: result[k] for k in ("task", "episodes", "successes", "success_rate", "mean_steps")}
     if args.json:
         print(json.dumps(summary))
@@ -142,6 +150,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-steps", type=int, default=None, help="episode length (task default)")
     e.add_argument("--image-size", type=int, default=64, help="camera size for learned policies")
     e.add_argument("--noise", type=float, default=0.0, help="expert action noise scale")
+    e.add_argument("--latency-ms", type=float, default=0.0,
+                   help="simulated inference latency: each chunk arrives this much later, in "
+                   "whole 100 ms control ticks (default 0)")
+    e.add_argument("--execution", choices=("sync", "async"), default=None,
+                   help="sync: the arm waits (zero motion) for each chunk (the default); async: "
+                   "the next chunk is computed while the queue runs, late actions dropped")
+    e.add_argument("--merge", choices=("replace", "ensemble", "crossfade"), default=None,
+                   help="async: how a new chunk joins the queued actions (default replace)")
     e.add_argument("--json", action="store_true", help="print one JSON line")
     e.set_defaults(func=cmd_eval)
 
