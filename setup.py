@@ -50,6 +50,7 @@ setup(
         "spacemouse": ["pyspacemouse>=2.1"],
         "tensorboard": ["tensorboard>=2.14"],
         "multigpu": ["accelerate>=0.30"],
+        "media": ["av>=14", "pyarrow>=15"],  # bags video (H.264 through PyAV), bags export (parquet)
         "dev": [
             "pytest>=7",
             "pytest-xdist>=3",
@@ -60,6 +61,8 @@ setup(
             "pyspacemouse>=2.1",
             "tensorboard>=2.14",
             "accelerate>=0.30",
+            "av>=14",
+            "pyarrow>=15",
         ],
     },
     zip_safe=True,
