@@ -21,6 +21,7 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         _data("launch", "*.launch.py"),
         _data("config", "*.yaml"),
+        _data("config", "*.json"),  # the Foxglove layout for episode bags
         _data("urdf", "*"),
     ],
     package_data={PACKAGE: ["py.typed"]},
