@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "one video per initial state.")
     vid.add_argument("paths", nargs="+", metavar="PATH", help="bag directories or folders of bags")
     vid.add_argument("-o", "--output", required=True,
-                     help="the .mp4 (one bag, or one --grid group) or a directory for several")
+                     help="the .mp4 (one bag, or one --grid group) or a directory for several; a .png "
+                     "writes one still frame instead (a few steps into the first take-over)")
     vid.add_argument("--grid", action="store_true",
                      help="episodes with the same task and seed side by side (one video per seed)")
     vid.add_argument("--columns", type=int, default=0, help="grid columns (default: up to 3)")
@@ -199,7 +200,9 @@ def run_video(args: argparse.Namespace) -> int:
         group_by_initial_state,
         video_name,
         write_episode_video,
+        write_grid_still,
         write_grid_video,
+        write_still,
     )
 
     if args.k < 0:
@@ -215,7 +218,8 @@ def run_video(args: argparse.Namespace) -> int:
         print(f"apo-ros bags: bad bag {path}: {problem}", file=sys.stderr)
     if not found.bags:
         raise UserError(f"no bags found in {' '.join(args.paths)}")
-    to_file = args.output.lower().endswith(".mp4")
+    to_png = args.output.lower().endswith(".png")
+    to_file = to_png or args.output.lower().endswith(".mp4")
     root = args.paths[0] if os.path.isdir(args.paths[0]) else os.path.dirname(args.paths[0])
     bad = len(found.skipped)
     written = []
@@ -237,6 +241,10 @@ def run_video(args: argparse.Namespace) -> int:
             name = f"{task or 'task'}_seed{seed or 'x'}.mp4"
             out = args.output if to_file else os.path.join(args.output, name)
             check_writable(out, "-o")
+            if to_png:
+                i = write_grid_still(eps, out, config)
+                written.append((out, 0, f"still: frame {i + 1}, {len(eps)} episodes"))
+                continue
             n = write_grid_video(eps, out, config, columns=args.columns, progress=progress)
             written.append((out, n, f"{len(eps)} episodes"))
     else:
@@ -256,11 +264,15 @@ def run_video(args: argparse.Namespace) -> int:
                 print(f"apo-ros bags: {bag}: no executed steps, no video", file=sys.stderr)
                 bad += 1
                 continue
+            if to_png:
+                i = write_still(ep, out, config)
+                written.append((out, 0, f"still: frame {i + 1} of {len(ep.steps)} steps"))
+                continue
             n = write_episode_video(ep, out, config, progress=progress)
             written.append((out, n, f"{len(ep.steps)} steps, {len(ep.interventions())} take-over(s), "
                             f"{ep.outcome}"))
     for out, n, what in written:
-        print(f"wrote {out} ({n} frames; {what})")
+        print(f"wrote {out} ({f'{n} frames; ' if n else ''}{what})")
     if not written:
         raise UserError("no video written")
     return 1 if bad else 0

@@ -448,3 +448,53 @@ def video_name(bag_path: str, root: str) -> str:
     if rel in (".", ""):
         rel = os.path.basename(os.path.abspath(bag_path))
     return rel.replace(os.sep, "__") + ".mp4"
+
+
+def takeover_index(plan: Sequence[FrameSpec], into: int = 3) -> int:
+    """A frame that shows a take-over: `into` frames after the first human frame (the middle of
+    the episode when nobody took over)."""
+    for j, spec in enumerate(plan):
+        if spec.source == "human":
+            run_end = j
+            while run_end + 1 < len(plan) and plan[run_end + 1].source == "human":
+                run_end += 1
+            return min(j + into, run_end)
+    return len(plan) // 2
+
+
+def write_still(episode: Episode | str, out: str, config: VideoConfig | None = None,
+                index: int | None = None) -> int:
+    """One frame of the episode's video as a PNG (default: a few steps into the first take-over).
+    Returns the frame index written."""
+    import cv2
+
+    ep = _as_episode(episode)
+    if not ep.steps:
+        raise UserError(f"{ep.path}: no executed steps, nothing to show")
+    frames = EpisodeFrames(ep, config)
+    i = takeover_index(frames.plan) if index is None else index
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if not cv2.imwrite(out, cv2.cvtColor(frames.frame(i), cv2.COLOR_RGB2BGR)):
+        raise UserError(f"could not write image {out} (is the extension .png or .jpg?)")
+    return i
+
+
+def write_grid_still(episodes: Sequence[Episode | str], out: str, config: VideoConfig | None = None, *,
+                     labels: Sequence[str] | None = None, index: int | None = None) -> int:
+    """One frame of a grid video as a PNG (default: a few steps into the first take-over of any
+    cell). Returns the frame index written."""
+    import cv2
+
+    eps = [_as_episode(e) for e in episodes]
+    cells = [EpisodeFrames(ep, config, labels[j] if labels is not None else _cell_title(ep))
+             for j, ep in enumerate(eps) if ep.steps]
+    if not cells:
+        raise UserError("no episode with executed steps to show")
+    frame, _ = grid_frames(cells)
+    if index is None:
+        human = [takeover_index(c.plan) for c in cells if any(s.source == "human" for s in c.plan)]
+        index = min(human) if human else max(len(c) for c in cells) // 2
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if not cv2.imwrite(out, cv2.cvtColor(frame(index), cv2.COLOR_RGB2BGR)):
+        raise UserError(f"could not write image {out} (is the extension .png or .jpg?)")
+    return index
