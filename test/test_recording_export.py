@@ -209,3 +209,42 @@ def test_pandas_reads_tasks_as_lerobot_does(exported):
     tasks = pd.read_parquet(out / "meta" / "tasks.parquet")
     assert sorted(tasks.index) == ["lift the red cube", "put the cube down"]
     assert list(tasks.columns) == ["task_index"]
+
+
+# LeRobot's own reader, where a venv with lerobot exists (lerobot 0.4.4 pins torch < 2.11, so it
+# cannot live in this project's venv): APO_ROS_LEROBOT_PYTHON=/path/to/venv/bin/python.
+_LEROBOT_SCRIPT = r"""
+import json, sys
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+ds = LeRobotDataset("local/apo_ros_export", root=sys.argv[1], video_backend="pyav")
+out = {"len": len(ds), "episodes": ds.meta.total_episodes, "fps": ds.fps, "items": []}
+for i in (0, len(ds) - 1):
+    item = ds[i]
+    out["items"].append({"index": int(item["index"]), "action": item["action"].tolist(),
+                         "is_intervention": bool(item["complementary_info.is_intervention"]),
+                         "task": item["task"], "front": list(item["observation.images.front"].shape),
+                         "front_mean": float(item["observation.images.front"].mean())})
+print(json.dumps(out))
+"""
+
+
+def test_lerobot_itself_loads_the_export(exported):
+    import subprocess
+
+    python = os.environ.get("APO_ROS_LEROBOT_PYTHON", "")
+    if not python or not os.path.exists(python):
+        pytest.skip("no venv with lerobot (set APO_ROS_LEROBOT_PYTHON to its python)")
+    out, episodes = exported
+    proc = subprocess.run([python, "-c", _LEROBOT_SCRIPT, str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = [s for e in episodes for s in e.steps]
+    assert (doc["len"], doc["episodes"], doc["fps"]) == (len(steps), 3, 15)
+    for item, step in zip(doc["items"], (steps[0], steps[-1])):
+        np.testing.assert_allclose(item["action"], step.action.astype(np.float32), rtol=1e-6)
+        assert item["is_intervention"] == (step.source == "human")
+        assert item["task"] == step.observation.instruction
+        assert item["front"] == [3, 32, 32]  # LeRobot returns channel-first float images
+        expected = step.observation.images["front"].astype(float).mean() / 255
+        assert abs(item["front_mean"] - expected) < 0.03

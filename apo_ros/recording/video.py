@@ -151,7 +151,7 @@ class EpisodeFrames:
         self.width = width + width % 2  # H.264 with 4:2:0 chroma needs even sizes
         height = self.header + h + self.strip + 2 * self.pad
         self.height = height + height % 2
-        self._resize = cv2.resize
+        self._resize, self._linear = cv2.resize, cv2.INTER_LINEAR
         self._strip = self._timeline_strip()
 
     def __len__(self) -> int:
@@ -197,7 +197,7 @@ class EpisodeFrames:
             obs = self.episode.steps[spec.step].observation
             for cam, pw in zip(self.cameras, self.panel_widths):
                 panel = self._resize(np.ascontiguousarray(obs.images[cam]), (pw, h),
-                                     interpolation=1)  # cv2.INTER_LINEAR
+                                     interpolation=self._linear)
                 img[y0:y0 + h, x:x + pw] = panel
                 _text(img, cam, (x + 4, y0 + int(16 * self.scale) + 2), 0.45 * self.scale * 1.4,
                       (255, 255, 255), 1)
