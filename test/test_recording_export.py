@@ -248,3 +248,19 @@ def test_lerobot_itself_loads_the_export(exported):
         assert item["front"] == [3, 32, 32]  # LeRobot returns channel-first float images
         expected = step.observation.images["front"].astype(float).mean() / 255
         assert abs(item["front_mean"] - expected) < 0.03
+
+
+def test_bags_without_cameras_export_without_videos(tmp_path):
+    """The demo's state-policy bags have no camera topics: data and meta only, video_path null."""
+    write_synthetic_episode(str(tmp_path / "bags" / "a"), ["policy"] * 5 + ["human"] * 3, size=8, cameras=())
+    write_synthetic_episode(str(tmp_path / "bags" / "b"), ["expert"] * 4, size=8, cameras=(), seed=4)
+    out = tmp_path / "ds"
+    assert main(["bags", "export", str(tmp_path / "bags"), "-o", str(out)]) == 0
+    info = _info(out)
+    assert info["video_path"] is None and not (out / "videos").exists()
+    assert not any(ft["dtype"] == "video" for ft in info["features"].values())
+    data = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet").to_pydict()
+    episodes = [read_episode(str(tmp_path / "bags" / n)) for n in ("a", "b")]
+    expected = np.concatenate([e.actions() for e in episodes]).astype(np.float32)
+    np.testing.assert_array_equal(np.array(data["action"], np.float32), expected)
+    assert info["total_frames"] == len(expected) == 12
