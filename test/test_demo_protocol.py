@@ -59,7 +59,7 @@ def test_choice_stability_and_recovery_in_the_report(tmp_path):
                     rounds=0, out=str(tmp_path), bootstrap_draws=200)
     study = Study(c)
     val = {1e-4: [4, 0], 1e-3: [3, 3]}  # pooled best 1e-3 (6 of 8); seed 0 alone prefers 1e-4
-    results = {f"lemon_on_plate/seed{p}/sweep/{study.sweep_name('dagger', lr)}/val10": {"successes": v[p]}
+    results = {f"lemon_on_plate/seed{p}/sweep/{study.sweep_name('dagger', lr, 10)}/val10": {"successes": v[p]}
                for lr, v in val.items() for p in range(2)}
     chosen = study.choose(results)
     ch = chosen["lemon_on_plate/dagger"]

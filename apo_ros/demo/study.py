@@ -49,7 +49,9 @@ from multiprocessing import get_context
 METHODS = ("dagger", "sirius", "kto", "tpo", "apo", "fresh", "fresh_matched")
 CONTROLS = ("fresh", "fresh_matched")
 TRAINABLE = ("bc", "dagger", "sirius", "kto", "tpo", "apo")  # what a variant can be a variant of
-VARIANTS: dict[str, dict] = {"apo_mean": {"method": "apo", "apo_weight_norm": "mean"}}
+# apo_natural: APO drawing its batches at the data's natural shares instead of the released
+# 0.5 / 0.25 / 0.25 mix (the sampling setting, shown both ways in every table).
+VARIANTS: dict[str, dict] = {"apo_natural": {"method": "apo", "sampling": "natural"}}
 # Fields whose change makes cached job results wrong (the job keys do not hold them): a study
 # resumes only with the same values. The others (tasks, seeds, methods, lrs, rounds, workers...)
 # only add or select jobs.
@@ -81,7 +83,9 @@ class StudyConfig:
     pipeline_seeds: int = 3
     # Expert demonstrations per pipeline seed, and their action noise. Noise-free: with argmax
     # decoding over narrow bins, noisy demos make a state policy freeze (docs/demo_study.md).
-    demo_episodes: int = 100
+    # 30 demos: a base that more data of the deployment distribution still improves (100 demos
+    # gave a data-saturated base that no method could move; docs/demo_study.md).
+    demo_episodes: int = 30
     demo_noise: float = 0.0
     # The task whose demos train the base (None: the deployment task). A narrower task (e.g.
     # lemon_on_plate_easy) gives a base that has not seen the deployment distribution.
@@ -100,21 +104,21 @@ class StudyConfig:
     # Methods compared (each trained from the base on the same data).
     methods: list[str] = field(default_factory=lambda: [*METHODS, *VARIANTS])
     # The tuning sweep, the same for every method: learning rates x step counts.
-    sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4])
-    sweep_steps: list[int] = field(default_factory=lambda: [100, 300, 1000])
+    sweep_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
+    sweep_steps: list[int] = field(default_factory=lambda: [1000, 4000])
     # "constant": one run per lr at a constant rate, checkpointed at every step count (cheap);
     # "cosine": one run per setting, the rate decayed to zero over its steps, as the base is
     # trained ("train until the new data is learned").
-    sweep_schedule: str = "constant"
+    sweep_schedule: str = "cosine"
     # Validation episodes per sweep checkpoint (seeds from 300000) and test episodes per policy
     # (seeds from 100000), the same initial states for every policy and pipeline seed.
-    validation_episodes: int = 10
+    validation_episodes: int = 50
     test_episodes: int = 100
     # Lifelong rounds after round 0 (apo and dagger), deployments per round, test episodes per
     # round's policy.
     rounds: int = 3
     round_episodes: int = 10
-    round_test_episodes: int = 50
+    round_test_episodes: int = 100
     # Parallel worker processes, one torch thread each.
     workers: int = 2
     # Episodes evaluated side by side in one process (batched policy forward passes).
@@ -246,7 +250,7 @@ def _job_init() -> None:
 
 def job_session(task: str, policy: str, operator: str, episodes: int, bags_dir: str, seed: int,
                 expert_noise: float, max_steps: int | None, render: bool,
-                operator_noise: float = 0.3, operator_config: dict | None = None) -> dict:
+                operator_noise: float = 0.0, operator_config: dict | None = None) -> dict:
     from apo_ros.runtime.session import run_session
     from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
 
@@ -762,3 +766,20 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
     out = build_results(config, results, chosen, wall_s=wall, job_s=job_seconds)
     write_study_results(out, study.out)
     return out
+
+
+def method_videos_for(config: StudyConfig, results: dict, *, log: Callable[[str], None] = print) -> dict:
+    """One video per compared policy (pipeline seed 0 of the first task) on the first test state,
+    with the simulated operator, and a grid of them side by side: OUT/videos/."""
+    from apo_ros.demo.videos import method_videos
+
+    study = Study(config)
+    task = config.tasks[0]
+    jobs_dir = os.path.join(study.out, "jobs")
+    policies: dict[str, str] = {"base": study.base_policy(task, 0)}
+    for m in config.methods:
+        e = results["tasks"][task]["policies"][m]
+        run = f"{task}/seed0/sweep/{study.sweep_name(m, e['lr'], e['steps'])}"
+        policies[m] = _resolve(("result", run, str(e["steps"])), jobs_dir)
+    return method_videos(task, TEST_SEED0, policies, os.path.join(study.out, "videos"),
+                         max_steps=config.max_steps, log=log)

@@ -130,6 +130,18 @@ def winner_line(task: str, w: dict) -> str:
             f"the base [{w['ci95'][0]:+.3f}, {w['ci95'][1]:+.3f}]): {verdict}.")
 
 
+def sampling_note(c: dict) -> str:
+    """Which batch sampling each compared method used (the tables' stated setting)."""
+    shared = (c.get("train_overrides") or {}).get("sampling")
+    if shared:
+        return f"Batch sampling: {shared} for every method."
+    named = [f"{n}: {v['sampling']}" for n, v in (c.get("variants") or {}).items()
+             if "sampling" in v and n in c.get("methods", [])]
+    return ("Batch sampling: each method's default (bc, dagger, sirius, tpo: the data's natural "
+            "shares; kto, apo: the released 0.5 desirable / 0.25 human / 0.25 undesirable mix)"
+            + (f"; {', '.join(named)}" if named else "") + ".")
+
+
 def _ci(e: dict, key: str = "mean") -> str:
     return f"{e[key]:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]"
 
@@ -146,7 +158,8 @@ def study_markdown(res: dict) -> str:
              f"then {c['test_episodes']} test episodes per policy and seed on the same initial states. "
              "Intervals: 95% bootstrap over pipeline seeds and test episodes. Settings shared by every "
              f"method: {c.get('train_overrides') or 'the trainer defaults'}"
-             + (f"; base demos from {c['demo_task']}" if c.get("demo_task") else "") + ".", ""]
+             + (f"; base demos from {c['demo_task']}" if c.get("demo_task") else "") + ". "
+             + sampling_note(c), ""]
     for task, t in res["tasks"].items():
         lines += [f"## {task}", "", f"**{winner_line(task, t.get('winner', {}))}**", "",
                   "| policy | success [95% CI] | per pipeline seed | recovery | retention | lr | steps | "
