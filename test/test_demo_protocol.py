@@ -78,3 +78,25 @@ def test_choice_stability_and_recovery_in_the_report(tmp_path):
     assert d["retention"]["mean"] == pytest.approx(2 / 3)
     assert d["seeds_agreeing"] == 1
     assert np.isclose(out["tasks"]["lemon_on_plate"]["winner"]["minus_base"], 2 / 8)
+
+
+def test_demo_films_every_compared_policy_on_one_test_state(tmp_path):
+    import av
+
+    from apo_ros.demo.study import method_videos_for, run_study
+
+    c = StudyConfig(tasks=["lemon_on_plate"], out=str(tmp_path / "s"), pipeline_seeds=1, demo_episodes=2,
+                    base_steps=3, batch_size=8, interaction_episodes=1, methods=["dagger"],
+                    lifelong_methods=[], sweep_lrs=[1e-3], sweep_steps=[2], validation_episodes=1,
+                    test_episodes=2, rounds=0, workers=1, max_steps=12, bootstrap_draws=50, eval_batch=2)
+    results = run_study(c, progress=False, log=lambda m: None)
+    videos = method_videos_for(c, results, log=lambda m: None)
+    assert set(videos) >= {"base", "dagger", "grid", "still"}
+    with av.open(videos["grid"]) as f:
+        stream = f.streams.video[0]
+        frames = sum(1 for _ in f.decode(stream))
+        # two policies side by side: wider than one policy's own video
+        grid_width = stream.codec_context.width
+    with av.open(videos["base"]) as f:
+        assert grid_width > f.streams.video[0].codec_context.width
+    assert frames >= 12
