@@ -104,7 +104,7 @@ class StudyConfig:
     # Methods compared (each trained from the base on the same data).
     methods: list[str] = field(default_factory=lambda: [*METHODS, *VARIANTS])
     # The tuning sweep, the same for every method: learning rates x step counts.
-    sweep_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
+    sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3])
     sweep_steps: list[int] = field(default_factory=lambda: [1000, 4000])
     # "constant": one run per lr at a constant rate, checkpointed at every step count (cheap);
     # "cosine": one run per setting, the rate decayed to zero over its steps, as the base is
