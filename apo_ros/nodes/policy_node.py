@@ -1,16 +1,14 @@
 """policy_node: runs a policy checkpoint on the live observation stream.
 
-Core: apo_ros.runtime.PolicyRunner (action queue, SafetyFilter, hot-swap, inference in a
-background thread) fed by an ObservationAssembler. Each new observation is a control tick: the
-action planned for it is published at once (none: nothing, so no motion; counted). Paused unless
-teleop/mode is autonomous; at the hand-back the queue is flushed.
-Subscribes  camera/<name>/image_raw (Image) for the policy's cameras, joint_states, ee_pose,
-            gripper/state, object_poses (state policies), instruction (latched),
-            policy/checkpoint (String, latched: a checkpoint dir to hot-swap to), teleop/mode
-Publishes   policy/command (JointState action: header.stamp = the observation its chunk came
-            from, frame_id policy, + chunk provenance incl. the tick: recording/chunks.py),
-            action/proposed (before the safety filter), policy/active (String, latched: JSON
-            {policy_id, stats_id, checkpoint} of the policy acting now)
+Core: apo_ros.runtime.PolicyRunner (action queue, SafetyFilter, hot-swap, background inference)
+fed by an ObservationAssembler. Each new observation is a control tick: the action planned for it
+is published at once (none: no motion, counted). Paused unless teleop/mode is autonomous; the
+queue is flushed at the hand-back.
+Subscribes  camera/<name>/image_raw, joint_states, ee_pose, gripper/state, object_poses, instruction,
+            policy/checkpoint (latched: a checkpoint dir to hot-swap to), teleop/mode
+Publishes   policy/command (JointState: stamp = its chunk's observation, frame_id policy, chunk
+            provenance: recording/chunks.py), action/proposed (before the filter), action/tokens
+            (the proposal's token ids), policy/active (latched JSON {policy_id, stats_id, checkpoint})
 Services    policy/replan (std_srvs/Trigger); parameters: config/policy_node.yaml
 """
 
