@@ -147,6 +147,8 @@ def _declared_parameters(executable: str) -> dict:
         if isinstance(node, ast.Dict):
             for k, v in zip(node.keys, node.values):
                 if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                    if isinstance(v, ast.Call) and getattr(v.func, "id", "") == "Param" and v.args:
+                        v = v.args[0]  # Param(default, ...)
                     try:
                         declared[k.value] = ast.literal_eval(v)
                     except ValueError:
