@@ -401,9 +401,16 @@ def run(make_node: Callable[[], ApoNode], name: str, args: list[str] | None = No
     try:
         try:
             node = make_node()
-        except (StartupError, RuntimeError, ValueError, OSError) as err:
-            get_logger(name).fatal(f"cannot start: {err}")
-            return 1
+        except Exception as err:
+            if not rclpy.ok():
+                # Ctrl-C / SIGTERM while starting: rclpy shut the context down, and whatever was
+                # running failed for it (an RCLError, or "ImportError: initialization failed"
+                # when it landed in an extension module's import). A normal end, not a crash.
+                return 0
+            if isinstance(err, (StartupError, RuntimeError, ValueError, OSError)):
+                get_logger(name).fatal(f"cannot start: {err}")
+                return 1
+            raise
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # Ctrl-C / SIGTERM: a normal end
