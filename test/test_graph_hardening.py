@@ -27,7 +27,7 @@ from std_msgs.msg import String  # noqa: E402
 from apo_ros.nodes.common import LATCHED_QOS, RECORD_QOS  # noqa: E402
 from apo_ros.nodes.local_launch import LocalGraph  # noqa: E402
 from apo_ros.nodes.probe import GraphProbe  # noqa: E402
-from apo_ros.nodes.wiring import SIM, resolve  # noqa: E402
+from apo_ros.nodes.wiring import SIM, TRAIN, resolve  # noqa: E402
 from apo_ros.recording import messages as M  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("ros_graph_hardening")
@@ -71,6 +71,7 @@ def stack(tmp_path_factory):
     nodes = [n for n in resolve(SIM, {"checkpoint": "unused", "bags_dir": str(tmp / "bags")},
                                 extra_parameters={"recorder_node": {"end_on_task_success": False}})
              if n.name in NODES]
+    nodes += resolve(TRAIN, {"init_checkpoint": str(tmp / "unused"), "bags_dir": str(tmp / "bags")})
     with LocalGraph(nodes, str(tmp / "run")) as graph:
         graph.start()
         probe = GraphProbe(graph.domain_id, watched=WATCHED)
@@ -276,6 +277,9 @@ def test_every_node_publishes_diagnostics(stack):
     recorder = {kv.key: kv.value for kv in status("/recorder_node").values}
     assert int(recorder["dropped camera/front/image_raw / encoding"]) >= 1
     assert float(recorder["rate ee_pose (Hz)"]) > 0
+    trainer = status("/trainer_node")
+    assert trainer.message == "idle"
+    assert {kv.key for kv in trainer.values} >= {"rounds finished", "checkpoint"}
 
 
 def test_ctrl_c_after_bad_messages_and_while_starting_exits_0(stack):
@@ -283,10 +287,10 @@ def test_ctrl_c_after_bad_messages_and_while_starting_exits_0(stack):
                 twist(time.time_ns(), [0.01, 0, 0], frame_id="nowhere")):
         stack.probe.publish("arm/delta_twist_cmds", msg)
     stack.wait_ticks(2)
-    for name in NODES:
+    for name in stack.graph.procs:
         stack.graph.send(name, signal.SIGINT)
-    codes = {name: stack.graph.wait(name, WAIT) for name in NODES}
-    assert codes == {name: 0 for name in NODES}, f"{codes}\n{stack.logs()}"
+    codes = {name: stack.graph.wait(name, WAIT) for name in stack.graph.procs}
+    assert codes == {name: 0 for name in codes}, f"{codes}\n{stack.logs()}"
     # Ctrl-C while the arm is still starting (rclpy up, MuJoCo loading) is a normal end too: it
     # once surfaced as "ImportError: initialization failed" and exit 1
     names = stack.probe.node.get_node_names
