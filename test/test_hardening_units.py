@@ -137,3 +137,14 @@ def test_package_xml_lists_what_the_nodes_import():
     listed_msgs = {d for d in deps if d.endswith("_msgs") or d.endswith("_srvs")}
     assert listed_msgs <= imported, f"in package.xml but never imported: {listed_msgs - imported}"
     assert {"ros2bag", "rosbag2_storage_mcap"} <= deps  # `ros2 bag info` on the MCAP episodes
+
+
+def test_an_unknown_instruction_is_reported_in_a_line_not_a_megabyte():
+    from apo_ros.policies import build_policy
+    from apo_ros.policies.testing import default_statistics
+
+    policy = build_policy("small", default_statistics(0.03), instructions=["put the lemon on the plate"],
+                          device="cpu", channels=(4, 4), hidden=16)
+    with pytest.raises(ValueError) as err:
+        policy.instruction_ids(["x" * 5_000_000])
+    assert len(str(err.value)) < 400 and "5000000 characters" in str(err.value)
