@@ -282,6 +282,37 @@ def test_every_node_publishes_diagnostics(stack):
     assert {kv.key for kv in trainer.values} >= {"rounds finished", "checkpoint"}
 
 
+def test_intervention_events_carry_the_first_human_steps_stamp(stack):
+    """The probe plays the arbiter: an intervention announced after its first human step, and one
+    announced before it. Both events must carry that step's stamp (they used to carry the
+    recorder's arrival time, 11-19 ms later)."""
+    from apo_ros.nodes.common import EVENTS_QOS
+    from apo_ros.recording.reader import read_episode
+
+    def executed(source: str) -> int:
+        stamp = M.stamp_to_ns(stack.next_pose(time.time_ns()).msg.header)
+        stack.probe.publish("action/executed", M.make_action(T, stamp, np.zeros(7), source))
+        return stamp
+
+    def event(kind: str) -> None:
+        stack.probe.publish("episode/events", String(data=kind), EVENTS_QOS)
+
+    path = stack.call("episode/start")
+    executed("policy")
+    first = executed("human")  # the step first ...
+    time.sleep(0.05)
+    event("intervention_start")  # ... then its announcement
+    executed("human")
+    event("intervention_end")  # the announcement first ...
+    time.sleep(0.05)
+    back = executed("policy")  # ... then the step
+    stack.wait_ticks(2)
+    stack.call("episode/failure")
+    events = {kind: t for t, kind in read_episode(path, load_images=False).events}
+    assert events["intervention_start"] == first, (events, first)
+    assert events["intervention_end"] == back, (events, back)
+
+
 def test_ctrl_c_after_bad_messages_and_while_starting_exits_0(stack):
     for msg in (twist(time.time_ns(), [math.nan, 0, 0]), twist(time.time_ns(), [1e9, 0, 0]),
                 twist(time.time_ns(), [0.01, 0, 0], frame_id="nowhere")):
@@ -304,5 +335,6 @@ def test_ctrl_c_after_bad_messages_and_while_starting_exits_0(stack):
             assert time.monotonic() < deadline, stack.logs()
             time.sleep(0.01)
         stack.graph.send("sim_arm_node", signal.SIGINT)
-        assert stack.graph.wait("sim_arm_node", WAIT) == 0, stack.logs()
+        code = stack.graph.wait("sim_arm_node", WAIT)
+        assert code == 0, f"exit {code}\n{stack.logs()}"
     assert "Traceback" not in stack.logs()

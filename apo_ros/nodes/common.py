@@ -393,6 +393,18 @@ def safe_publish(publisher: Any, msg: Any) -> bool:
         return False
 
 
+def _interrupted(err: BaseException) -> bool:
+    """Did Ctrl-C / SIGTERM cause this error (somewhere down its chain of causes)?"""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (KeyboardInterrupt, ExternalShutdownException)):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def run(make_node: Callable[[], ApoNode], name: str, args: list[str] | None = None) -> int:
     """rclpy.init, build the node, spin until Ctrl-C / SIGTERM (exit 0), clean up. A node that
     cannot start (bad configuration, no SpaceMouse, bad checkpoint) logs why and exits 1."""
@@ -402,7 +414,7 @@ def run(make_node: Callable[[], ApoNode], name: str, args: list[str] | None = No
         try:
             node = make_node()
         except Exception as err:
-            if not rclpy.ok():
+            if not rclpy.ok() or _interrupted(err):
                 # Ctrl-C / SIGTERM while starting: rclpy shut the context down, and whatever was
                 # running failed for it (an RCLError, or "ImportError: initialization failed"
                 # when it landed in an extension module's import). A normal end, not a crash.

@@ -1,17 +1,14 @@
-"""recorder_node: records the stack's topics into one rosbag2 bag per episode (core:
-apo_ros.runtime.EpisodeRecorder). Stream topics are subscribed raw: the bytes go to the bag at
-the message's header stamp. Raw images go in as rgb8: bgr8 / rgba8 / bgra8 / mono8 converted (as
-cv_bridge would), anything else (depth, empty, oversized, bad step) not written, counted and
-logged per kind (apo_ros.recording.images). A message stamped before the episode began or more
-than stamp_tolerance_s in the future is not written. Sensor inputs follow best-effort drivers
+"""recorder_node: one rosbag2 bag per episode (core: apo_ros.runtime.EpisodeRecorder). Stream topics
+are subscribed raw and written at their header stamp; raw images as rgb8 (bgr8 / rgba8 / bgra8 /
+mono8 converted as cv_bridge would; the rest counted per kind, not written: recording.images);
+nothing stamped before the episode or beyond stamp_tolerance_s ahead. Intervention events get the
+stamp of their step (recording.event_stamps). Sensor inputs follow best-effort drivers
 (sensor_qos). Ctrl-C / SIGTERM close an open episode as "abort" (the bag is finalized).
 Records     camera/<name>/image_raw, joint_states, ee_pose, gripper/state, object_poses,
-            action/executed, action/proposed, action/human (raw); instruction; episode/events
-Provenance  policy/active (String JSON from policy_node): policy_id and stats_id of the next bags
-Lifecycle   services episode/start|success|failure|abort (std_srvs/Trigger); device buttons on
-            spacenav/joy (*_button); task/success ends the episode when end_on_task_success
-Parameters  config/recorder_node.yaml (cameras, image_format, auto_start, sensor_qos: at start;
-            the rest at run time too: bags_dir, task, operator from the next episode)
+            action/executed|proposed|human (raw); instruction; episode/events
+Provenance  policy/active (JSON from policy_node): policy_id and stats_id of the next bags
+Lifecycle   episode/start|success|failure|abort (Trigger); spacenav/joy buttons; task/success
+Parameters  config/recorder_node.yaml (cameras, image_format, auto_start, sensor_qos: at start)
 """
 
 from __future__ import annotations
@@ -37,16 +34,15 @@ from apo_ros.nodes.common import (
     trigger_reply,
 )
 from apo_ros.recording import images, schema
+from apo_ros.recording.intake import RawIntake
 from apo_ros.runtime.recorder import EpisodeRecorder, RecorderConfig
-from apo_ros.runtime.ros_io import cdr_header_stamp_ns
 from apo_ros.teleop.joy import joy_to_state
 
-MSG_CLASSES = {schema.IMAGE: Image, schema.COMPRESSED_IMAGE: CompressedImage,
-               schema.JOINT_STATE: JointState, schema.POSE_STAMPED: PoseStamped,
-               schema.POSE_ARRAY: PoseArray}
+MSG_CLASSES = {schema.IMAGE: Image, schema.COMPRESSED_IMAGE: CompressedImage, schema.JOINT_STATE:
+               JointState, schema.POSE_STAMPED: PoseStamped, schema.POSE_ARRAY: PoseArray}
 RAW_SKIP = (schema.INSTRUCTION, schema.EPISODE_INFO, schema.EPISODE_EVENTS)  # handled by the core
 RECORDED_EVENTS = ("intervention_start", "intervention_end", "hold", "resume")
-SENSORS = (schema.JOINT_STATES, schema.EE_POSE, schema.GRIPPER_STATE)  # + cameras; object_poses: sim only
+SENSORS = (schema.JOINT_STATES, schema.EE_POSE, schema.GRIPPER_STATE, schema.OBJECT_POSES)  # + cameras
 
 
 class RecorderNode(ApoNode):
@@ -55,6 +51,7 @@ class RecorderNode(ApoNode):
         config_fields = ("bags_dir", "task", "operator", "start_button", "success_button",
                          "failure_button", "abort_button")
         button = Param(-1, low=-1, high=63)
+        cfg, self.intake = RecorderConfig(), RawIntake()
         p = self.declare({"bags_dir": "bags", "task": "task", "cameras": ["front", "wrist"],
                           "image_format": Param("raw", choices=("raw", "jpeg")), "operator": "",
                           "start_button": button, "success_button": button,
@@ -63,28 +60,27 @@ class RecorderNode(ApoNode):
                           "stamp_tolerance_s": Param(1.0, low=0.0, high=3600.0),
                           "max_image_pixels": Param(images.MAX_PIXELS, low=1, high=2**31 - 1),
                           "sensor_qos": Param("auto", choices=SENSOR_QOS_CHOICES)},
-                         appliers={**{f: functools.partial(self.set_config, f) for f in config_fields},
-                                   "end_on_task_success": self.setter("end_on_success", bool),
-                                   "stamp_tolerance_s": self.setter("tolerance_ns", _ns),
-                                   "max_image_pixels": self.setter("max_pixels", int)})
-        cfg = RecorderConfig(**{f: p[f] for f in config_fields}, cameras=tuple(p["cameras"]),
-                             image_format=str(p["image_format"]))
+                         appliers={  # buttons at once; bags_dir, task, operator: from the next episode
+                             **{f: functools.partial(setattr, cfg, f) for f in config_fields},
+                             **{k: functools.partial(self.intake.set, k) for k in RawIntake.SETTINGS},
+                             "end_on_task_success": self.setter("end_on_success", bool)})
+        for f in config_fields:
+            setattr(cfg, f, p[f])
+        cfg.cameras, cfg.image_format = tuple(p["cameras"]), str(p["image_format"])
         self.recorder = EpisodeRecorder(cfg)
-        self.tolerance_ns = _ns(p["stamp_tolerance_s"])
-        self.max_pixels = int(p["max_image_pixels"])
+        for k in RawIntake.SETTINGS:
+            self.intake.set(k, p[k])
         self.provenance = {"policy_id": "", "stats_id": ""}  # from policy/active
-        self.end_on_success = bool(p["end_on_task_success"])
-        self.instruction = ""
+        self.end_on_success, self.instruction = bool(p["end_on_task_success"]), ""
         self.sensor_inputs(str(p["sensor_qos"]))
         for spec in schema.topics(cfg.cameras, cfg.image_format):
             if spec.topic in RAW_SKIP:
                 continue
             self.subscribe(MSG_CLASSES[spec.msgtype], spec.topic,
                            functools.partial(self.on_raw, spec.topic, spec.msgtype), RECORD_QOS,
-                           raw=True, sensor=spec.topic in SENSORS or spec.topic.startswith("camera/")
-                           or spec.topic == schema.OBJECT_POSES)
-        self.expect([t.topic for t in schema.topics(cfg.cameras, cfg.image_format)
-                     if t.topic in SENSORS or t.topic.startswith("camera/")])
+                           raw=True, sensor=_sensor(spec.topic))
+        self.expect([t.topic for t in schema.topics(cfg.cameras, cfg.image_format)  # not in a robot's
+                     if _sensor(t.topic) and t.topic != schema.OBJECT_POSES])  # graph: object_poses
         self.subscribe(String, "instruction", self.on_instruction, LATCHED_QOS)
         self.subscribe(String, "episode/events", self.on_event, EVENTS_QOS)
         self.subscribe(String, "policy/active", self.on_policy_active, LATCHED_QOS)
@@ -96,9 +92,6 @@ class RecorderNode(ApoNode):
             self.start_episode()
         self.start_diagnostics()
 
-    def set_config(self, field: str, value: Any) -> None:
-        setattr(self.recorder.config, field, value)  # the buttons at once, the rest from the next episode
-
     def start_episode(self) -> str:
         path = self.recorder.start(self.now_ns(), instruction=self.instruction,
                                    policy_id=self.provenance["policy_id"],
@@ -108,18 +101,24 @@ class RecorderNode(ApoNode):
 
     def on_raw(self, topic: str, msgtype: str, cdr: bytes) -> None:
         if self.recorder.active:
-            if msgtype == schema.IMAGE:
-                try:
-                    cdr, encoding = images.as_rgb8_cdr(cdr, self.max_pixels)
-                except images.ImageProblem as err:
-                    self.count(topic, f"image not recorded: {err}", err.kind)
-                    return
-                if encoding != "rgb8":
-                    self.count(topic, f"{encoding} images are recorded as rgb8", f"convert {encoding}")
-            stamp = cdr_header_stamp_ns(cdr)
-            if stamp > self.now_ns() + self.tolerance_ns:
-                raise ValueError(f"stamp {stamp / 1e9:.3f} s is in the future; not written")
-            self.recorder.record_serialized(topic, msgtype, stamp, cdr)
+            try:
+                got = self.intake.admit(topic, msgtype, cdr, self.now_ns())
+            except images.ImageProblem as err:
+                self.count(topic, f"image not recorded: {err}", err.kind)
+                return
+            if got.converted_from:
+                self.count(topic, f"{got.converted_from} images are recorded as rgb8", got.converted_from)
+            self.recorder.record_serialized(topic, msgtype, got.stamp_ns, got.data)
+            self.write_events(got.events)
+
+    def write_events(self, events: list[tuple[int, str]]) -> None:
+        for stamp, kind in events:
+            self.recorder.record_event(stamp, kind)
+
+    def settle_events(self) -> None:
+        """Before the episode ends: events no step confirmed, at their arrival time."""
+        if self.recorder.active:
+            self.write_events(self.intake.events.flush(self.now_ns()))
 
     def on_instruction(self, msg: Any) -> None:
         self.instruction = str(msg.data)
@@ -133,17 +132,18 @@ class RecorderNode(ApoNode):
     def on_event(self, msg: Any) -> None:
         if msg.data not in RECORDED_EVENTS:
             raise ValueError(f"unknown event {msg.data!r} (expected one of {RECORDED_EVENTS})")
-        if self.recorder.active:
-            self.recorder.record_event(self.now_ns(), str(msg.data))
+        if self.recorder.active:  # intervention events at their step's stamp
+            self.write_events(self.intake.events.on_event(str(msg.data), self.now_ns()))
 
     def on_joy(self, msg: Any) -> None:
         now = self.now_ns()
         happened = self.recorder.on_device(joy_to_state(msg, now / 1e9), now)
-        if happened:
+        if happened:  # a button started or ended the episode
             self.get_logger().info(f"episode {happened} (device button)")
 
     def on_task_success(self, msg: Any) -> None:
         if msg.data and self.end_on_success and self.recorder.active:
+            self.settle_events()
             record = self.recorder.success(self.now_ns())
             self.get_logger().info(f"success: {record.path} ({record.interventions} interventions)")
 
@@ -151,11 +151,11 @@ class RecorderNode(ApoNode):
         try:
             if name == "start":
                 return trigger_reply(response, True, self.start_episode())
+            self.settle_events()
             record = self.recorder.finish(name, self.now_ns())
         except RuntimeError as err:  # no episode open / one already open
             return trigger_reply(response, False, str(err))
-        return trigger_reply(response, True, f"{record.path}: {name}, "
-                                             f"{record.interventions} interventions")
+        return trigger_reply(response, True, f"{record.path}: {name}, {record.interventions} interventions")
 
     def diagnostic_values(self) -> dict[str, Any]:
         return {"recording": self.recorder.path or "(no episode)"}
@@ -167,8 +167,8 @@ class RecorderNode(ApoNode):
             self.get_logger().info(f"{path}: closed as abort (shutdown)")
 
 
-def _ns(seconds: Any) -> int:
-    return int(float(seconds) * 1e9)
+def _sensor(topic: str) -> bool:
+    return topic in SENSORS or topic.startswith("camera/")
 
 
 def main(args: list[str] | None = None) -> int:
