@@ -21,6 +21,7 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         _data("launch", "*.launch.py"),
         _data("config", "*.yaml"),
+        _data("config", "*.json"),  # the Foxglove layout for episode bags
         _data("urdf", "*"),
     ],
     package_data={PACKAGE: ["py.typed"]},
@@ -50,6 +51,7 @@ setup(
         "spacemouse": ["pyspacemouse>=2.1"],
         "tensorboard": ["tensorboard>=2.14"],
         "multigpu": ["accelerate>=0.30"],
+        "media": ["av>=14", "pyarrow>=15"],  # bags video (H.264 through PyAV), bags export (parquet)
         "dev": [
             "pytest>=7",
             "pytest-xdist>=3",
@@ -60,6 +62,8 @@ setup(
             "pyspacemouse>=2.1",
             "tensorboard>=2.14",
             "accelerate>=0.30",
+            "av>=14",
+            "pyarrow>=15",
         ],
     },
     zip_safe=True,

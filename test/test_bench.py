@@ -83,6 +83,13 @@ def test_runtime_section():
     _check({"overhead": overhead, "takeover": takeover, "drain": drain},
            ["overhead.control_ms.mean", "overhead.total_ms.mean", "drain.drain_read_us"])
     assert drain["drained_read_sees_deflection"]
+    # the action queue: a 0.3 s policy on a real 10 Hz clock, sync against async; merge rules
+    rates = bench.queue_rates(1.5, delay_s=0.3)
+    steps = bench.merge_step_changes(ticks=80)
+    _check({"rates": rates, "steps": steps},
+           ["rates.async.executed_actions_per_s", "rates.sync.inference_ms.p50",
+            "steps.replace.max_step_change_m_s", "steps.crossfade.boundaries"])
+    assert rates["async"]["repeated_actions"] == rates["sync"]["repeated_actions"] == 0
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -66,7 +66,8 @@ def test_batched_evaluation_matches_one_at_a_time():
 def _tiny(out, **kw):
     base = dict(tasks=["lemon_on_plate"], out=str(out), pipeline_seeds=2, demo_episodes=3,
                 demo_noise=0.0, base_steps=3, batch_size=8, interaction_episodes=2,
-                sweep_lrs=[1e-4, 1e-3], sweep_steps=[2, 4], validation_episodes=2, test_episodes=3,
+                sweep_lrs=[1e-4, 1e-3], sweep_steps=[2, 4], sweep_schedule="constant",
+                validation_episodes=2, test_episodes=3,
                 rounds=2, round_episodes=1, round_test_episodes=3, workers=1, max_steps=40,
                 bootstrap_draws=200, eval_batch=2)
     base.update(kw)
@@ -82,7 +83,7 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
     results = run_study(_tiny(out), progress=False, log=lambda m: None)
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     t = results["tasks"]["lemon_on_plate"]
-    assert set(t["policies"]) == {"base", *METHODS, "apo_mean"}
+    assert set(t["policies"]) == {"base", *METHODS, "apo_natural"}
     for name, entry in t["policies"].items():
         assert len(entry["per_seed"]) == 2
         assert 0.0 <= entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1] <= 1.0
@@ -103,13 +104,13 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
         fresh = build_policy("state", base.stats, instructions=["put the lemon on the plate"],
                              **_tiny(out).policy)
         fresh_w = torch.cat([x.detach().flatten() for x in fresh.parameters()])
-        for m in (*METHODS, "apo_mean"):
+        for m in (*METHODS, "apo_natural"):
             run = out / "lemon_on_plate" / f"seed{p}" / "sweep" / f"{m}_lr1e-3_to4"
             facts = json.loads((run / "train_config.json").read_text())
             init, config = facts["init"], facts["config"]
             if m.startswith("apo"):  # the variant is apo with its own weights, tuned the same way
                 assert config["method"] == "apo"
-                assert config["apo_weight_norm"] == ("mean" if m == "apo_mean" else "sum"), m
+                assert config["sampling"] == ("natural" if m == "apo_natural" else None), m
             assert init["init_policy_id"] == base.policy_id, m
             trained = load_policy(str(run / "policy"), device="cpu")
             w = torch.cat([x.detach().flatten() for x in trained.parameters()])
@@ -130,7 +131,7 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
     with pytest.raises(ConfigError, match="base_steps: 3 there, 5 now"):
         run_study(_tiny(out, base_steps=5), progress=False, log=lambda m: None)
     with pytest.raises(ConfigError, match="variants"):  # a variant redefined under its old name
-        run_study(_tiny(out, variants={"apo_mean": {"method": "apo", "k": 3}}), progress=False,
+        run_study(_tiny(out, variants={"apo_natural": {"method": "apo", "k": 3}}), progress=False,
                   log=lambda m: None)
     with pytest.raises(ValueError, match="variant 'x'"):
         _tiny(out, variants={"x": {"method": "nonsense"}})

@@ -239,6 +239,21 @@ def test_joy_takeover_episode_is_one_bag_equal_to_what_the_arm_executed(stack):
     assert set(window) <= used, "the arm moved on a command the bag does not have"
 
 
+def test_the_bag_holds_the_token_ids_the_policy_produced(stack):
+    from apo_ros.policies import load_policy
+
+    path, _t0, _t1 = stack.episode(lambda: stack.executed_after(time.time_ns(), n=4))
+    policy = load_policy(stack.checkpoint, device="cpu")
+    steps = [s for s in read_bag(path)["episode"].steps if s.proposed is not None]
+    assert len(steps) >= 3 and all(s.tokens is not None for s in steps), stack.logs()
+    assert {s.token_space for s in steps} == {policy.action_token_space()}
+    import torch
+
+    tokens = torch.as_tensor(np.stack([s.tokens for s in steps]))
+    decoded, ok = policy.decode_tokens(tokens, torch.ones_like(tokens, dtype=torch.bool))
+    assert ok.all() and np.allclose(decoded[:, 0], np.stack([s.proposed for s in steps]))  # argmax decode
+
+
 def test_every_bad_message_leaves_every_node_alive(stack):
     bad = [
         ("spacenav/joy", joy([0.5, 0.5])),  # 2 axes

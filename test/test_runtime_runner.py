@@ -92,7 +92,9 @@ def test_filter_clamps_and_workspace_use_current_state():
 
 
 def test_stale_observation_rejected_when_now_given():
-    runner = PolicyRunner(ChunkPolicy(), SafetyFilter(SafetyConfig(max_input_age_s=0.5)))
+    # (a horizon long enough that the queued action itself is not too old to run)
+    runner = PolicyRunner(ChunkPolicy(), SafetyFilter(SafetyConfig(max_input_age_s=0.5)),
+                          RunnerConfig(horizon_s=5.0))
     assert runner.step(obs(0), now_ns=100_000_000).ok
     s = runner.step(obs(0), now_ns=2_000_000_000)
     assert not s.ok and "stale" in s.reasons

@@ -90,16 +90,16 @@ def test_apo_variants_run(bags, tmp_path):
 
     base = run("base")
     assert len(base) == 3
-    # the clamp is applied: z0 = clamp(z0_unclamped, z0_min, z0_max) at every step, and pinning
+    # the clamp is applied: z0 = clamp(z0_unclamped, -5, 5) (apo default) at every step, and pinning
     # it (min = max = 1) changes the loss
     for row in base:
-        assert row["z0"] == pytest.approx(max(row["z0_unclamped"], 0.0), abs=1e-6)
-    pinned = run("pinned", z0_min=1.0, z0_max=1.0)
+        assert row["z0"] == pytest.approx(min(max(row["z0_unclamped"], -5.0), 5.0), abs=1e-6)
+    pinned = run("pinned", z0_clamp=[1.0, 1.0])
     assert all(r["z0"] == pytest.approx(1.0) for r in pinned)
     assert pinned[0]["loss"] != pytest.approx(base[0]["loss"], rel=1e-6)
     # at step 1 the policy is its reference: every log-ratio (hence z0) is 0; after the first
     # update the exact z0 (mismatched pairs) and the released code's matched estimate differ
-    matched = run("matched", z0_mode="matched", z0_min=None)
+    matched = run("matched", z0_mode="matched", z0_clamp=["-inf", "inf"])
     assert base[0]["z0_unclamped"] == pytest.approx(0.0, abs=1e-5)
     assert matched[2]["z0_unclamped"] != pytest.approx(base[2]["z0_unclamped"], abs=1e-4)
     # online exact z0 pairs batch neighbours instead of the cached fixed partners: another estimate
@@ -386,7 +386,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(bags, tmp_path
     import sys
 
     options = {"method": "apo", "steps": 2, "log_every": 1, "progress": False, "threads": 1,
-               "policy": TINY, "augment": False, "warmup_steps": 0, "lr": 1e-3, "z0_min": -5.0,
+               "policy": TINY, "augment": False, "warmup_steps": 0, "lr": 1e-3, "z0_clamp": [-5.0, "inf"],
                "tensorboard": False}
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(json.dumps({**options, "batch_size": 8}))

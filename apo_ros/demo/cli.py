@@ -14,16 +14,21 @@ import sys
 
 # The three presets (StudyConfig fields over its defaults; the defaults are the full study).
 PRESETS: dict[str, dict] = {
-    "quick": dict(tasks=["lemon_on_plate"], pipeline_seeds=1, demo_episodes=60, base_steps=2000,
-                  interaction_episodes=10, sweep_lrs=[1e-4], sweep_steps=[100],
-                  validation_episodes=10, test_episodes=30, rounds=1, round_episodes=10,
-                  round_test_episodes=30, out="demo_out"),
-    "default": dict(tasks=["lemon_on_plate"], pipeline_seeds=2, demo_episodes=100,
-                    interaction_episodes=20, sweep_lrs=[3e-5, 1e-4], sweep_steps=[300],
-                    validation_episodes=20, test_episodes=60, rounds=2, round_episodes=15,
-                    round_test_episodes=60, out="demo_out"),
+    "quick": dict(tasks=["lemon_on_plate"], pipeline_seeds=1, base_steps=2000,
+                  interaction_episodes=10, methods=["dagger", "apo", "fresh_matched"],
+                  lifelong_methods=["dagger"], sweep_lrs=[1e-3], sweep_steps=[1000],
+                  validation_episodes=10, test_episodes=50, rounds=1, round_episodes=10,
+                  round_test_episodes=50, out="demo_out"),
+    "default": dict(tasks=["lemon_on_plate"], pipeline_seeds=2,
+                    methods=["dagger", "sirius", "kto", "apo", "apo_natural", "fresh", "fresh_matched"],
+                    sweep_lrs=[3e-4, 1e-3], sweep_steps=[2000], validation_episodes=30,
+                    test_episodes=100, rounds=2, round_episodes=10, round_test_episodes=100,
+                    out="demo_out"),
     "full": dict(out="study_out"),
 }
+
+
+TEST_SEED0 = 100_000
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -44,6 +49,16 @@ def run_demo_command(args: argparse.Namespace) -> int:
     results = run_study(config, progress=not args.no_progress and sys.stderr.isatty(),
                         log=lambda m: print(m, file=sys.stderr, flush=True))
     print(study_markdown(results))
+    if args.videos:
+        from apo_ros.demo.study import method_videos_for
+
+        videos = method_videos_for(config, results, log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(f"videos: {videos['grid']} (every policy on test seed {TEST_SEED0}, side by side), "
+              f"{videos['still']}")
+    from apo_ros.demo.study_report import winner_line
+
+    for task, t in results["tasks"].items():
+        print(winner_line(task, t.get("winner", {})))
     print(f"results: {config.out}/results.json, results.md, results.png (bags: "
           f"`apo-ros bags info {config.out}/{config.tasks[0]}/seed0/rounds/round0`)")
     return 0
@@ -65,10 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="the short variant (about 5 minutes)")
+    size.add_argument("--quick", action="store_true", help="the short variant (a few minutes)")
     size.add_argument("--full", action="store_true",
                       help="the powered two-task study behind the README's results (hours of CPU)")
     p.add_argument("--config", metavar="YAML", help="StudyConfig fields from a YAML file")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
+    p.add_argument("--no-videos", dest="videos", action="store_false",
+                   help="skip the videos of every policy on one test state (OUT/videos; a few seconds each)")
     add_config_arguments(p, StudyConfig)
     p.set_defaults(func=run_demo_command)

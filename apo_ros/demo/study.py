@@ -43,17 +43,23 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
-METHODS = ("dagger", "sirius", "kto", "tpo", "apo", "fresh")  # "fresh": bc on new expert demos
+# "fresh": bc on as many new expert episodes as there are deployments (is there headroom?);
+# "fresh_matched": bc on new expert episodes holding as many steps as the operator's corrections
+# (are corrections worth more than the same amount of expert data?).
+METHODS = ("dagger", "sirius", "kto", "tpo", "apo", "fresh", "fresh_matched")
+CONTROLS = ("fresh", "fresh_matched")
 TRAINABLE = ("bc", "dagger", "sirius", "kto", "tpo", "apo")  # what a variant can be a variant of
-VARIANTS: dict[str, dict] = {"apo_mean": {"method": "apo", "apo_weight_norm": "mean"}}
+# apo_natural: APO drawing its batches at the data's natural shares instead of the released
+# 0.5 / 0.25 / 0.25 mix (the sampling setting, shown both ways in every table).
+VARIANTS: dict[str, dict] = {"apo_natural": {"method": "apo", "sampling": "natural"}}
 # Fields whose change makes cached job results wrong (the job keys do not hold them): a study
 # resumes only with the same values. The others (tasks, seeds, methods, lrs, rounds, workers...)
 # only add or select jobs.
-RESULT_FIELDS = ("policy_kind", "policy", "demo_episodes", "demo_noise", "operator_noise", "base_steps",
+RESULT_FIELDS = ("policy_kind", "policy", "demo_task", "demo_episodes", "demo_noise", "operator_noise",
+                 "operator", "train_overrides", "base_steps",
                  "base_lr", "batch_size", "interaction_episodes", "validation_episodes",
                  "test_episodes", "round_episodes", "round_test_episodes", "max_steps", "method_overrides",
                  "variants")
-LIFELONG_METHODS = ("apo", "dagger")
 VALIDATION_SEED0 = 300_000
 TEST_SEED0 = 100_000
 
@@ -77,10 +83,17 @@ class StudyConfig:
     pipeline_seeds: int = 3
     # Expert demonstrations per pipeline seed, and their action noise. Noise-free: with argmax
     # decoding over narrow bins, noisy demos make a state policy freeze (docs/demo_study.md).
-    demo_episodes: int = 100
+    # 30 demos: a base that more data of the deployment distribution still improves (100 demos
+    # gave a data-saturated base that no method could move; docs/demo_study.md).
+    demo_episodes: int = 30
     demo_noise: float = 0.0
+    # The task whose demos train the base (None: the deployment task). A narrower task (e.g.
+    # lemon_on_plate_easy) gives a base that has not seen the deployment distribution.
+    demo_task: str | None = None
     # Action noise of the simulated operator's corrections (same reason as demo_noise).
     operator_noise: float = 0.0
+    # Extra OperatorConfig fields of the simulated operator (apo-ros sim: the operator's rules).
+    operator: dict = field(default_factory=dict)
     # The base: bc steps and learning rate.
     base_steps: int = 8000
     base_lr: float = 1e-3
@@ -91,17 +104,21 @@ class StudyConfig:
     # Methods compared (each trained from the base on the same data).
     methods: list[str] = field(default_factory=lambda: [*METHODS, *VARIANTS])
     # The tuning sweep, the same for every method: learning rates x step counts.
-    sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4])
-    sweep_steps: list[int] = field(default_factory=lambda: [100, 300, 1000])
+    sweep_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
+    sweep_steps: list[int] = field(default_factory=lambda: [1000, 4000])
+    # "constant": one run per lr at a constant rate, checkpointed at every step count (cheap);
+    # "cosine": one run per setting, the rate decayed to zero over its steps, as the base is
+    # trained ("train until the new data is learned").
+    sweep_schedule: str = "cosine"
     # Validation episodes per sweep checkpoint (seeds from 300000) and test episodes per policy
     # (seeds from 100000), the same initial states for every policy and pipeline seed.
-    validation_episodes: int = 10
+    validation_episodes: int = 50
     test_episodes: int = 100
     # Lifelong rounds after round 0 (apo and dagger), deployments per round, test episodes per
     # round's policy.
     rounds: int = 3
     round_episodes: int = 10
-    round_test_episodes: int = 50
+    round_test_episodes: int = 100
     # Parallel worker processes, one torch thread each.
     workers: int = 2
     # Episodes evaluated side by side in one process (batched policy forward passes).
@@ -110,8 +127,12 @@ class StudyConfig:
     max_steps: int | None = None
     # Bootstrap draws for the intervals.
     bootstrap_draws: int = 4000
-    # Extra TrainConfig fields per method (e.g. {"apo": {"beta": 0.2}}), for every run of it.
+    # Extra TrainConfig fields for every method (e.g. the batch sampling, stated in the tables),
+    # then per method (e.g. {"apo": {"beta": 0.2}}), for every run of it.
+    train_overrides: dict = field(default_factory=dict)
     method_overrides: dict = field(default_factory=dict)
+    # Methods whose lifelong rounds are run (each round: deploy, add the deployment, retrain).
+    lifelong_methods: list[str] = field(default_factory=lambda: ["apo", "dagger"])
     # Named variants of a method, compared as methods of their own and tuned the same way: name ->
     # {"method": one of TRAINABLE, TrainConfig field: value, ...}; list the name in `methods`.
     # The default one, apo_mean, is APO with its adaptive weights normalized by the group's mean
@@ -121,7 +142,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         from apo_ros.sim import TASKS
 
-        unknown = [t for t in self.tasks if t not in TASKS]
+        unknown = [t for t in [*self.tasks, *([self.demo_task] if self.demo_task else [])] if t not in TASKS]
         if unknown or not self.tasks:
             raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
         for name, v in self.variants.items():
@@ -132,6 +153,10 @@ class StudyConfig:
         if bad:
             raise ValueError(f"unknown method(s) {bad}; choose from {list(METHODS)} or the variants "
                              f"{list(self.variants)}")
+        bad = [m for m in self.lifelong_methods if m not in self.methods or m in CONTROLS]
+        if bad:
+            raise ValueError(f"lifelong_methods {bad} must be compared methods learning from the "
+                             f"deployments (not the controls {list(CONTROLS)}): {self.methods}")
         checks = [(self.pipeline_seeds >= 1, "pipeline_seeds must be >= 1"),
                   (self.workers >= 1, "workers must be >= 1"),
                   (self.rounds >= 0, "rounds must be >= 0"),
@@ -143,7 +168,9 @@ class StudyConfig:
                    "sweep_steps must be >= 1"),
                   (self.validation_episodes >= 1 and self.test_episodes >= 1,
                    "validation_episodes and test_episodes must be >= 1"),
-                  (self.policy_kind in ("state", "small"), "policy_kind must be 'state' or 'small'")]
+                  (self.policy_kind in ("state", "small"), "policy_kind must be 'state' or 'small'"),
+                  (self.sweep_schedule in ("constant", "cosine"),
+                   "sweep_schedule must be 'constant' or 'cosine'")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -154,11 +181,13 @@ class StudyConfig:
 
     def trainer(self, name: str) -> tuple[str, dict]:
         """A compared method's name -> (the trainer's method, its TrainConfig overrides)."""
+        common = dict(self.train_overrides)
         if name in self.variants:
             v = dict(self.variants[name])
             method = v.pop("method")
-            return method, {**self.method_overrides.get(method, {}), **v}
-        return ("bc" if name == "fresh" else name), dict(self.method_overrides.get(name, {}))
+            return method, {**common, **self.method_overrides.get(method, {}), **v}
+        method = "bc" if name in CONTROLS else name
+        return method, {**common, **self.method_overrides.get(name, {})}
 
 
 def choice_tag(chosen: dict, task: str, method: str) -> str:
@@ -221,13 +250,14 @@ def _job_init() -> None:
 
 def job_session(task: str, policy: str, operator: str, episodes: int, bags_dir: str, seed: int,
                 expert_noise: float, max_steps: int | None, render: bool,
-                operator_noise: float = 0.3) -> dict:
+                operator_noise: float = 0.0, operator_config: dict | None = None) -> dict:
     from apo_ros.runtime.session import run_session
     from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
 
     if os.path.exists(bags_dir):  # a run killed half-way: record the whole set again
         shutil.rmtree(bags_dir)
-    person = (SimulatedOperator(task, OperatorConfig(human_noise=operator_noise), seed=seed)
+    person = (SimulatedOperator(task, OperatorConfig(human_noise=operator_noise,
+                                                             **(operator_config or {})), seed=seed)
               if operator == "scripted" else operator)
     summary = run_session(task, policy, person, episodes, bags_dir, seed, expert_noise=expert_noise,
                           device="cpu", progress=False, max_steps=max_steps, render=render,
@@ -240,6 +270,27 @@ def job_session(task: str, policy: str, operator: str, episodes: int, bags_dir: 
                            "end_reason": e.end_reason, "intervention_outcomes": e.intervention_outcomes}
                           for e in summary.episodes]
     return out
+
+
+def job_match_fresh(fresh_dir: str, corrections: dict, out_dir: str) -> dict:
+    """The matched fresh-expert control's data: whole fresh expert episodes, in recording order,
+    until they hold at least as many steps as the operator's corrections (`corrections`: the
+    round-0 session result). The bags are copied into out_dir."""
+    from apo_ros.recording.reader import find_bags, read_episode
+
+    target = int(corrections["human_steps"])
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir)
+    taken, steps = [], 0
+    for bag in find_bags(fresh_dir).bags:
+        if steps >= target:
+            break
+        n = len(read_episode(bag, load_images=False).steps)
+        shutil.copytree(bag, os.path.join(out_dir, os.path.basename(bag)))
+        taken.append(os.path.basename(bag))
+        steps += n
+    return {"episodes": len(taken), "steps": steps, "target_steps": target, "bags": taken}
 
 
 def job_train(method: str, demos: list[str], data: list[str], init: str, out: str, steps: int,
@@ -451,14 +502,36 @@ class Study:
     def fresh_demos(self, task: str, p: int) -> str:
         return os.path.join(self.seed_dir(task, p), "fresh_demos")
 
+    def matched_demos(self, task: str, p: int) -> str:
+        return os.path.join(self.seed_dir(task, p), "fresh_matched_demos")
+
+    def method_data(self, task: str, p: int, m: str) -> tuple[list[str], list[str], tuple[str, ...]]:
+        """(demo folders, interaction folders, the jobs they come from) a compared method trains on."""
+        k = f"{task}/seed{p}"
+        if m == "fresh":
+            return [self.demos(task, p), self.fresh_demos(task, p)], [], (f"{k}/fresh_demos",)
+        if m == "fresh_matched":
+            return [self.demos(task, p), self.matched_demos(task, p)], [], (f"{k}/fresh_matched",)
+        return [self.demos(task, p)], [self.round_dir(task, p, 0)], (f"{k}/round0",)
+
     def round_dir(self, task: str, p: int, r: int, method: str | None = None) -> str:
         d = os.path.join(self.seed_dir(task, p), "rounds", f"round{r}")
         return os.path.join(d, method) if method else d
 
-    def sweep_name(self, method: str, lr: float) -> str:
-        """One sweep run: a method at one lr, trained to the longest step count of the sweep (a
-        study resumed with other step counts trains new runs)."""
+    def sweep_name(self, method: str, lr: float, steps: int | None = None) -> str:
+        """The sweep run that gives a method's checkpoint at (lr, steps). Constant schedule: one run
+        per lr, trained to the longest step count of the sweep with a checkpoint at every count
+        (a study resumed with other step counts trains new runs). Cosine: one run per setting,
+        its learning rate decayed to zero over exactly that many steps."""
+        if self.c.sweep_schedule == "cosine":
+            return f"{method}_lr{_lr_name(lr)}_s{steps}_cosine"
         return f"{method}_lr{_lr_name(lr)}_to{max(self.c.sweep_steps)}"
+
+    def sweep_runs(self, method: str, lr: float) -> list[tuple[str, list[int]]]:
+        """(run name, the step counts it checkpoints) for every run of a method at one lr."""
+        if self.c.sweep_schedule == "cosine":
+            return [(self.sweep_name(method, lr, st), [st]) for st in sorted(self.c.sweep_steps)]
+        return [(self.sweep_name(method, lr), sorted(self.c.sweep_steps))]
 
     def base_policy(self, task: str, p: int) -> str:
         return os.path.join(self.seed_dir(task, p), "base", "policy")
@@ -474,13 +547,12 @@ class Study:
     # ---- phase A: per task and pipeline seed, up to the validation of the sweep ---------------
     def phase_a(self) -> list[Job]:
         c, jobs = self.c, []
-        max_steps = max(c.sweep_steps)
         for task in c.tasks:
             for p in range(c.pipeline_seeds):
                 k = f"{task}/seed{p}"
                 sd = (p + 1) * 1_000_000
                 jobs.append(Job(f"{k}/demos", job_session, dict(
-                    task=task, policy="expert", operator="none", episodes=c.demo_episodes,
+                    task=c.demo_task or task, policy="expert", operator="none", episodes=c.demo_episodes,
                     bags_dir=self.demos(task, p), seed=sd, expert_noise=c.demo_noise,
                     max_steps=c.max_steps, render=c.render), "session", 0.1 * c.demo_episodes))
                 jobs.append(Job(f"{k}/fresh_demos", job_session, dict(
@@ -497,32 +569,32 @@ class Study:
                     task=task, policy=self.base_policy(task, p), operator="scripted",
                     episodes=c.interaction_episodes, bags_dir=self.round_dir(task, p, 0),
                     seed=2_000_000 + 10_000 * p, expert_noise=0.0, max_steps=c.max_steps,
-                    render=c.render, operator_noise=c.operator_noise), "session",
-                    self._ep_cost() * 2 * c.interaction_episodes,
-                    deps=(f"{k}/base",)))
+                    render=c.render, operator_noise=c.operator_noise, operator_config=c.operator),
+                    "session", self._ep_cost() * 2 * c.interaction_episodes, deps=(f"{k}/base",)))
+                if "fresh_matched" in c.methods:
+                    jobs.append(Job(f"{k}/fresh_matched", job_match_fresh_ref, dict(
+                        fresh_dir=self.fresh_demos(task, p), corrections=("job", f"{k}/round0"),
+                        out_dir=self.matched_demos(task, p), jobs_dir=os.path.join(self.out, "jobs")),
+                        "session", 1.0, deps=(f"{k}/fresh_demos", f"{k}/round0")))
                 jobs.append(self._eval_job(f"{k}/test/base", task, self.base_policy(task, p),
                                            c.test_episodes, TEST_SEED0, (f"{k}/base",)))
                 for m in c.methods:
                     method, overrides = c.trainer(m)
+                    demos, data, sources = self.method_data(task, p, m)
+                    deps = (f"{k}/base", *sources)
                     for lr in c.sweep_lrs:
-                        run = f"{k}/sweep/{self.sweep_name(m, lr)}"
-                        if m == "fresh":
-                            demos, data = [self.demos(task, p), self.fresh_demos(task, p)], []
-                            deps = (f"{k}/base", f"{k}/fresh_demos")
-                        else:
-                            demos, data = [self.demos(task, p)], [self.round_dir(task, p, 0)]
-                            deps = (f"{k}/base", f"{k}/round0")
-                        jobs.append(Job(run, job_train, dict(
-                            method=method, demos=demos, data=data, init=self.base_policy(task, p),
-                            out=os.path.join(self.seed_dir(task, p), "sweep", self.sweep_name(m, lr)),
-                            steps=max_steps, lr=lr, batch_size=c.batch_size, seed=p, cache_dir=self.cache,
-                            policy=c.policy, checkpoint_steps=sorted(c.sweep_steps),
-                            overrides=overrides), "train",
-                            self._train_cost(max_steps), deps=deps))
-                        for s in c.sweep_steps:
-                            jobs.append(self._eval_job(
-                                f"{run}/val{s}", task, ("result", run, str(s)), c.validation_episodes,
-                                VALIDATION_SEED0, (run,)))
+                        for name, steps in self.sweep_runs(m, lr):
+                            run = f"{k}/sweep/{name}"
+                            jobs.append(Job(run, job_train, dict(
+                                method=method, demos=demos, data=data, init=self.base_policy(task, p),
+                                out=os.path.join(self.seed_dir(task, p), "sweep", name),
+                                steps=max(steps), lr=lr, batch_size=c.batch_size, seed=p,
+                                cache_dir=self.cache, policy=c.policy, checkpoint_steps=steps,
+                                overrides=overrides), "train", self._train_cost(max(steps)), deps=deps))
+                            for st in steps:
+                                jobs.append(self._eval_job(
+                                    f"{run}/val{st}", task, ("result", run, str(st)), c.validation_episodes,
+                                    VALIDATION_SEED0, (run,)))
         return jobs
 
     def _eval_job(self, key: str, task: str, policy, episodes: int, seed0: int, deps) -> Job:
@@ -542,13 +614,23 @@ class Study:
                 table = []
                 for lr in c.sweep_lrs:
                     for s in sorted(c.sweep_steps):
-                        rates = [results[f"{task}/seed{p}/sweep/{self.sweep_name(m, lr)}/val{s}"]["successes"]
+                        run = self.sweep_name(m, lr, s)
+                        rates = [results[f"{task}/seed{p}/sweep/{run}/val{s}"]["successes"]
                                  / c.validation_episodes for p in range(c.pipeline_seeds)]
                         table.append({"lr": lr, "steps": s, "validation": sum(rates) / len(rates),
                                       "per_seed": rates})
-                best = max(table, key=lambda r: (r["validation"], -r["steps"], -r["lr"]))
+                def rank(r: dict, v: float) -> tuple:
+                    return (v, -r["steps"], -r["lr"])
+
+                best = max(table, key=lambda r: rank(r, r["validation"]))
+                # How stable the choice is: the setting each pipeline seed alone would choose.
+                per_seed = [max(table, key=lambda r, p=p: rank(r, r["per_seed"][p]))
+                            for p in range(c.pipeline_seeds)]
+                agree = sum((r["lr"], r["steps"]) == (best["lr"], best["steps"]) for r in per_seed)
                 chosen[f"{task}/{m}"] = {"lr": best["lr"], "steps": best["steps"],
-                                         "validation": best["validation"], "sweep": table}
+                                         "validation": best["validation"], "sweep": table,
+                                         "per_seed_choice": [[r["lr"], r["steps"]] for r in per_seed],
+                                         "seeds_agreeing": agree}
         return chosen
 
     # ---- phase B: test evaluations of the chosen checkpoints, lifelong rounds ------------------
@@ -559,16 +641,17 @@ class Study:
                 k = f"{task}/seed{p}"
                 for m in c.methods:
                     ch = chosen[f"{task}/{m}"]
-                    run = f"{k}/sweep/{self.sweep_name(m, ch['lr'])}"
+                    run = f"{k}/sweep/{self.sweep_name(m, ch['lr'], ch['steps'])}"
                     jobs.append(self._eval_job(evaluation_key(task, p, m, chosen), task,
                                                ("result", run, str(ch["steps"])), c.test_episodes,
                                                TEST_SEED0, ()))
-                for m in (x for x in LIFELONG_METHODS if x in c.methods):
+                for m in c.lifelong_methods:
                     ch = chosen[f"{task}/{m}"]
                     method, overrides = c.trainer(m)
                     tag = choice_tag(chosen, task, m)
                     lk = lifelong_key(task, p, m, chosen)
-                    current = ("result", f"{k}/sweep/{self.sweep_name(m, ch['lr'])}", str(ch["steps"]))
+                    current = ("result", f"{k}/sweep/{self.sweep_name(m, ch['lr'], ch['steps'])}",
+                               str(ch["steps"]))
                     lineage = [self.round_dir(task, p, 0)]
                     prev_train: tuple[str, ...] = ()
                     for r in range(1, c.rounds + 1):
@@ -577,7 +660,8 @@ class Study:
                             task=task, policy=current, operator="scripted", episodes=c.round_episodes,
                             bags_dir=self.round_dir(task, p, r, tag), seed=2_000_000 + 10_000 * p + 1000 * r,
                             expert_noise=0.0, max_steps=c.max_steps, render=c.render,
-                            jobs_dir=os.path.join(self.out, "jobs"), operator_noise=c.operator_noise),
+                            jobs_dir=os.path.join(self.out, "jobs"), operator_noise=c.operator_noise,
+                            operator_config=c.operator),
                             "session",
                             self._ep_cost() * 2 * c.round_episodes, deps=prev_train))
                         lineage = lineage + [self.round_dir(task, p, r, tag)]
@@ -588,8 +672,9 @@ class Study:
                             break
                         train_key = f"{lk}/gen{r + 1}"
                         init = current
+                        demos, _, _ = self.method_data(task, p, m)
                         jobs.append(Job(train_key, job_train_ref, dict(
-                            method=method, demos=[self.demos(task, p)], data=list(lineage), init=init,
+                            method=method, demos=demos, data=list(lineage), init=init,
                             out=os.path.join(self.seed_dir(task, p), "lifelong", tag, f"gen{r + 1}"),
                             steps=ch["steps"], lr=ch["lr"], batch_size=c.batch_size, seed=p,
                             cache_dir=self.cache, policy=c.policy, checkpoint_steps=[ch["steps"]],
@@ -605,10 +690,13 @@ class Study:
 # worker from OUT/jobs (the checkpoint directory that job reported).
 
 
-def _resolve(ref, jobs_dir: str) -> str:
-    if isinstance(ref, (list, tuple)) and len(ref) == 3 and ref[0] == "result":
+def _resolve(ref, jobs_dir: str):
+    """("result", job key, step) -> that job's checkpoint at the step; ("job", job key) -> the
+    job's whole result; anything else as it is."""
+    if isinstance(ref, (list, tuple)) and len(ref) in (2, 3) and ref[0] in ("result", "job"):
         with open(os.path.join(jobs_dir, ref[1].replace("/", "__") + ".json")) as f:
-            return json.load(f)["policies"][ref[2]]
+            result = json.load(f)
+        return result["policies"][ref[2]] if ref[0] == "result" else result
     return ref
 
 
@@ -621,9 +709,13 @@ def job_eval_ref(task: str, policy, episodes: int, seed0: int, max_steps: int | 
 
 def job_session_ref(task: str, policy, operator: str, episodes: int, bags_dir: str, seed: int,
                     expert_noise: float, max_steps: int | None, render: bool, jobs_dir: str,
-                    operator_noise: float) -> dict:
+                    operator_noise: float, operator_config: dict | None = None) -> dict:
     return job_session(task, _resolve(policy, jobs_dir), operator, episodes, bags_dir, seed, expert_noise,
-                       max_steps, render, operator_noise)
+                       max_steps, render, operator_noise, operator_config)
+
+
+def job_match_fresh_ref(fresh_dir: str, corrections, out_dir: str, jobs_dir: str) -> dict:
+    return job_match_fresh(fresh_dir, _resolve(corrections, jobs_dir), out_dir)
 
 
 def job_train_ref(init, jobs_dir: str, **kw) -> dict:
@@ -674,3 +766,20 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
     out = build_results(config, results, chosen, wall_s=wall, job_s=job_seconds)
     write_study_results(out, study.out)
     return out
+
+
+def method_videos_for(config: StudyConfig, results: dict, *, log: Callable[[str], None] = print) -> dict:
+    """One video per compared policy (pipeline seed 0 of the first task) on the first test state,
+    with the simulated operator, and a grid of them side by side: OUT/videos/."""
+    from apo_ros.demo.videos import method_videos
+
+    study = Study(config)
+    task = config.tasks[0]
+    jobs_dir = os.path.join(study.out, "jobs")
+    policies: dict[str, str] = {"base": study.base_policy(task, 0)}
+    for m in config.methods:
+        e = results["tasks"][task]["policies"][m]
+        run = f"{task}/seed0/sweep/{study.sweep_name(m, e['lr'], e['steps'])}"
+        policies[m] = _resolve(("result", run, str(e["steps"])), jobs_dir)
+    return method_videos(task, TEST_SEED0, policies, os.path.join(study.out, "videos"),
+                         max_steps=config.max_steps, log=log)

@@ -10,10 +10,11 @@ from dataclasses import asdict
 import numpy as np
 
 from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
-from apo_ros.demo.study import evaluation_key, lifelong_key
+from apo_ros.demo.study import CONTROLS, evaluation_key, lifelong_key
 
-POLICY_ORDER = ("base", "dagger", "sirius", "kto", "tpo", "apo", "fresh")
-POLICY_LABEL = {"fresh": "fresh-expert control (bc)"}
+POLICY_ORDER = ("base", "dagger", "sirius", "kto", "tpo", "apo", "fresh", "fresh_matched")
+POLICY_LABEL = {"fresh": "fresh-expert control (bc, as many episodes as deployments)",
+                "fresh_matched": "matched fresh-expert control (bc, as many steps as the corrections)"}
 
 
 def _ordered(names) -> list[str]:
@@ -47,7 +48,15 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
             entry = bootstrap_mean(mats[n], draws=draws, seed=ti)
             if n != "base":
                 ch = chosen[f"{task}/{n}"]
-                entry.update(lr=ch["lr"], steps=ch["steps"], validation=ch["validation"])
+                entry.update(lr=ch["lr"], steps=ch["steps"], validation=ch["validation"],
+                             seeds_agreeing=ch.get("seeds_agreeing"))
+                # Recovery: success on the test states the base failed; retention: on those it solved.
+                failed = 1.0 - mats["base"]
+                if failed.sum() > 0:
+                    entry["recovery"] = bootstrap_ratio(mats[n] * failed, failed, draws=draws, seed=ti)
+                if mats["base"].sum() > 0:
+                    entry["retention"] = bootstrap_ratio(mats[n] * mats["base"], mats["base"], draws=draws,
+                                                         seed=ti)
             policies[n] = entry
         paired = {}
         for n in c.methods:
@@ -58,7 +67,7 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
                     paired[f"apo - {n}"] = bootstrap_difference(mats["apo"], mats[n], draws=draws, seed=ti)
         rounds: dict = {}
         r0 = [results[f"{task}/seed{p}/round0"] for p in seeds]
-        for m in (x for x in ("apo", "dagger") if x in c.methods):
+        for m in c.lifelong_methods:
             rows = []
             for r in range(0, c.rounds + 1):
                 if r == 0:
@@ -88,6 +97,7 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
                 failures[f or "success_or_time_limit"] = failures.get(f or "success_or_time_limit", 0) + 1
         out["tasks"][task] = {
             "policies": policies, "paired": paired, "rounds": rounds,
+            "winner": winner(policies, paired, c.methods),
             "sweep": {m: chosen[f"{task}/{m}"]["sweep"] for m in c.methods},
             "round0": {"episodes": sum(len(s["per_episode"]) for s in r0),
                        "interventions": int(sum(s["interventions"] for s in r0)),
@@ -97,6 +107,39 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
             "base_test_failures": failures,
         }
     return out
+
+
+def winner(policies: dict, paired: dict, methods) -> dict:
+    """The method a user should run: the learning method (controls aside) with the highest test
+    success, and whether its paired interval against the base lies above zero."""
+    learners = [m for m in methods if m not in CONTROLS]
+    if not learners:
+        return {}
+    best = max(learners, key=lambda m: policies[m]["mean"])
+    d = paired[f"{best} - base"]
+    return {"method": best, "success": policies[best]["mean"], "minus_base": d["diff"],
+            "ci95": d["ci95"], "above_base": bool(d["ci95"][0] > 0)}
+
+
+def winner_line(task: str, w: dict) -> str:
+    if not w:
+        return f"{task}: no learning method was compared."
+    verdict = ("above the base (paired interval above zero)" if w["above_base"] else
+               "not distinguishable from the base" if w["ci95"][1] > 0 else "below the base")
+    return (f"{task}: best method {w['method']} ({w['success']:.3f}, {w['minus_base']:+.3f} against "
+            f"the base [{w['ci95'][0]:+.3f}, {w['ci95'][1]:+.3f}]): {verdict}.")
+
+
+def sampling_note(c: dict) -> str:
+    """Which batch sampling each compared method used (the tables' stated setting)."""
+    shared = (c.get("train_overrides") or {}).get("sampling")
+    if shared:
+        return f"Batch sampling: {shared} for every method."
+    named = [f"{n}: {v['sampling']}" for n, v in (c.get("variants") or {}).items()
+             if "sampling" in v and n in c.get("methods", [])]
+    return ("Batch sampling: each method's default (bc, dagger, sirius, tpo: the data's natural "
+            "shares; kto, apo: the released 0.5 desirable / 0.25 human / 0.25 undesirable mix)"
+            + (f"; {', '.join(named)}" if named else "") + ".")
 
 
 def _ci(e: dict, key: str = "mean") -> str:
@@ -113,16 +156,26 @@ def study_markdown(res: dict) -> str:
              f"deployments per seed; every method tuned the same way (lr in {c['sweep_lrs']} x steps in "
              f"{c['sweep_steps']}, chosen on {c['validation_episodes']} validation episodes per seed), "
              f"then {c['test_episodes']} test episodes per policy and seed on the same initial states. "
-             "Intervals: 95% bootstrap over pipeline seeds and test episodes.", ""]
+             "Intervals: 95% bootstrap over pipeline seeds and test episodes. Settings shared by every "
+             f"method: {c.get('train_overrides') or 'the trainer defaults'}"
+             + (f"; base demos from {c['demo_task']}" if c.get("demo_task") else "") + ". "
+             + sampling_note(c), ""]
     for task, t in res["tasks"].items():
-        lines += [f"## {task}", "",
-                  "| policy | success [95% CI] | per pipeline seed | lr | steps | validation |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"## {task}", "", f"**{winner_line(task, t.get('winner', {}))}**", "",
+                  "| policy | success [95% CI] | per pipeline seed | recovery | retention | lr | steps | "
+                  "validation | seeds choosing it |", "|---|---|---|---|---|---|---|---|---|"]
         for n in _ordered(t["policies"]):
             e = t["policies"][n]
             seeds = ", ".join(f"{v:.2f}" for v in e["per_seed"])
-            tuned = (f"{e['lr']:g} | {e['steps']} | {e['validation']:.2f}" if n != "base" else "- | - | -")
-            lines.append(f"| {_label(n, c.get('variants', {}))} | {_ci(e)} | {seeds} | {tuned} |")
+            kept = " | ".join(_ci(e[k]) if k in e else "-" for k in ("recovery", "retention"))
+            agree = e.get("seeds_agreeing")
+            agree_text = "-" if agree is None else f"{agree}/{len(e['per_seed'])}"
+            tuned = (f"{e['lr']:g} | {e['steps']} | {e['validation']:.2f} | {agree_text}"
+                     if n != "base" else "- | - | - | -")
+            lines.append(f"| {_label(n, c.get('variants', {}))} | {_ci(e)} | {seeds} | {kept} | {tuned} |")
+        lines += ["", "Recovery: success on the test states where the base failed; retention: on those "
+                  "it solved. Seeds choosing it: pipeline seeds whose own validation picks the same "
+                  "setting."]
         lines += ["", "| paired difference | mean [95% CI] | P(> 0) | per pipeline seed |",
                   "|---|---|---|---|"]
         for name, d in t["paired"].items():

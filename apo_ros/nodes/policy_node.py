@@ -1,19 +1,17 @@
 """policy_node: runs a policy checkpoint on the live observation stream.
 
-Core: apo_ros.runtime.PolicyRunner (chunks, SafetyFilter, hot-swap) fed by an ObservationAssembler.
-The policy runs once per new observation (all parts present with a newer stamp), in a worker
-thread, so the subscriptions keep draining while it thinks; when it falls behind it skips to the
-newest observation. One command per observation, stamped with that observation.
-Subscribes  camera/<name>/image_raw (sensor_msgs/Image) for the policy's cameras, joint_states
-            (JointState), ee_pose (PoseStamped), gripper/state (JointState), object_poses
-            (PoseArray, state policies), instruction (String, latched),
-            policy/checkpoint (String, latched: a checkpoint dir to hot-swap to)
-Publishes   policy/command (JointState action: header.stamp = observation stamp, frame_id policy)
-            action/proposed (the same, before the safety filter)
-            policy/active (String, latched: JSON {policy_id, stats_id, checkpoint} of the policy
-            acting now, announced when it starts acting)
-Services    policy/replan (std_srvs/Trigger)
-Parameters  config/policy_node.yaml
+Core: apo_ros.runtime.PolicyRunner (action queue, SafetyFilter, hot-swap, inference in a
+background thread) fed by an ObservationAssembler. Each new observation is a control tick: the
+action planned for it is published at once (none: nothing, so no motion; counted). Paused unless
+teleop/mode is autonomous; at the hand-back the queue is flushed.
+Subscribes  camera/<name>/image_raw (Image) for the policy's cameras, joint_states, ee_pose,
+            gripper/state, object_poses (state policies), instruction (latched),
+            policy/checkpoint (String, latched: a checkpoint dir to hot-swap to), teleop/mode
+Publishes   policy/command (JointState action: header.stamp = the observation its chunk came
+            from, frame_id policy, + chunk provenance incl. the tick: recording/chunks.py),
+            action/proposed (before the safety filter), policy/active (String, latched: JSON
+            {policy_id, stats_id, checkpoint} of the policy acting now)
+Services    policy/replan (std_srvs/Trigger); parameters: config/policy_node.yaml
 """
 
 from __future__ import annotations
@@ -39,6 +37,7 @@ from apo_ros.nodes.common import (
     safe_publish,
     trigger_reply,
 )
+from apo_ros.recording import chunks
 from apo_ros.recording import messages as M
 from apo_ros.runtime.config import load_safety_filter
 from apo_ros.runtime.policy_runner import PolicyRunner, RunnerConfig
@@ -46,8 +45,7 @@ from apo_ros.runtime.ros_io import AssemblerConfig, ObservationAssembler
 
 
 def _load(checkpoint: str, device: str) -> Any:
-    # the one loader every checkpoint form goes through: a directory, or ws://HOST:PORT (a policy
-    # served by `apo-ros serve`)
+    # the one loader for a directory or ws://HOST:PORT (a policy served by `apo-ros serve`)
     from apo_ros.policies import open_policy
 
     return open_policy(checkpoint, device=device)
@@ -56,26 +54,28 @@ def _load(checkpoint: str, device: str) -> Any:
 class PolicyNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("policy_node")
-        p = self.declare({"checkpoint": "", "device": "cpu", "rate_hz": 10.0, "replan_every": 0,
-                          "cameras": ["front", "wrist"], "max_skew_s": 0.05, "safety_config": ""})
+        p = self.declare({"checkpoint": "", "device": "cpu", "cameras": ["front", "wrist"],
+                          "max_skew_s": 0.05, "safety_config": "", "rate_hz": 10.0, "replan_every": 0,
+                          "execution": "async", "refill_steps": -1, "refill_s": 0.0, "merge": "replace",
+                          "horizon_s": 1.0, "ensemble_decay": 0.01, "crossfade_steps": 0})
         if not p["checkpoint"]:
-            raise StartupError("set the 'checkpoint' parameter to a checkpoint directory or a policy "
-                               "server ws://HOST:PORT")
-        self.device = str(p["device"])
-        self.types = M.rclpy_types()
-        policy = _load(str(p["checkpoint"]), self.device)
-        self.checkpoint = str(p["checkpoint"])
+            raise StartupError("set 'checkpoint' to a checkpoint directory or ws://HOST:PORT")
+        self.device, self.checkpoint, self.types = str(p["device"]), str(p["checkpoint"]), M.rclpy_types()
+        policy = _load(self.checkpoint, self.device)
         # the policy's own inputs: its cameras (none for a state policy), its object poses
         cameras = tuple(getattr(policy, "cameras", p["cameras"]))
         objects = bool(getattr(policy, "uses_object_state", False))
         self.assembler = ObservationAssembler(AssemblerConfig(cameras, float(p["max_skew_s"]),
                                                               object_poses=objects))
-        self.runner = PolicyRunner(policy, load_safety_filter(p["safety_config"]),
-                                   RunnerConfig(rate_hz=float(p["rate_hz"]),
-                                                replan_every=int(p["replan_every"])),
+        try:
+            config = RunnerConfig.from_parameters(p, background=True)
+        except ValueError as err:
+            raise StartupError(str(err)) from None
+        self.runner = PolicyRunner(policy, load_safety_filter(p["safety_config"]), config,
                                    policy_id=str(getattr(policy, "policy_id", p["checkpoint"])))
         self.command_pub = self.create_publisher(JointState, "policy/command", RECORD_QOS)
         self.proposed_pub = self.create_publisher(JointState, "action/proposed", RECORD_QOS)
+        self.tokens_pub = self.create_publisher(JointState, "action/tokens", RECORD_QOS)
         self.active_pub = self.create_publisher(String, "policy/active", LATCHED_QOS)
         for cam in cameras:
             self.subscribe(Image, f"camera/{cam}/image_raw",
@@ -89,14 +89,16 @@ class PolicyNode(ApoNode):
         self.subscribe(String, "instruction", self.assembler.on_instruction, LATCHED_QOS)
         self.subscribe(String, "policy/checkpoint", self.on_checkpoint, LATCHED_QOS)
         self.create_service(Trigger, "policy/replan", self.on_replan)
+        self.subscribe(String, "teleop/mode", self.on_mode, STREAM_QOS)
         self.announced = ""
         self.announce(self.checkpoint)
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.runner.on_result = self.wake.set  # a finished chunk may still serve this tick
         self.worker = threading.Thread(target=self.work, name="policy", daemon=True)
         self.worker.start()
-        self.get_logger().info(f"policy {self.runner.policy_id} on {cameras}, one action per "
-                               "observation")
+        self.get_logger().info(f"policy {self.runner.policy_id} on {cameras}: {config.execution}, "
+                               f"merge {config.merge}")
 
     def fed(self, store: Any) -> Any:
         """A sensor callback that stores its part, then wakes the policy."""
@@ -112,20 +114,31 @@ class PolicyNode(ApoNode):
             self.wake.wait(0.5)
             self.wake.clear()
             obs = self.assembler.observation()  # None until a complete, newer observation
-            if obs is not None and not self.stopping.is_set():
-                self.act(obs)
+            if self.stopping.is_set():
+                return
+            empty = self.runner.empty_ticks
+            step = self.runner.tick(obs, self.now_ns())
+            if self.runner.empty_ticks > empty:
+                self.count("policy", "a tick had no planned action (queue empty): no motion", "empty")
+            if step is not None and not step.empty:
+                self.publish(step)
 
-    def act(self, obs: Any) -> None:
-        step = self.runner.step(obs, now_ns=self.now_ns())
+    def publish(self, step: Any) -> None:
         if step.policy_id != self.announced:
             self.announce(self.pending_checkpoint)
         if not step.ok:
             self.count("policy", f"action rejected: {', '.join(step.reasons)}", "rejected")
-        safe_publish(self.command_pub,
-                     M.make_action(self.types, step.obs_stamp_ns, step.action, "policy"))
+        safe_publish(self.command_pub, chunks.make_policy_action(
+            self.types, step.obs_stamp_ns, step.action, "policy", chunks.of_step(step)))
         if bool(np.all(np.isfinite(step.proposed))):
             safe_publish(self.proposed_pub,
                          M.make_action(self.types, step.obs_stamp_ns, step.proposed, "policy"))
+            if step.tokens is not None:  # right after its proposal: the recorder pairs them in order
+                safe_publish(self.tokens_pub, M.make_action_tokens(self.types, step.obs_stamp_ns,
+                                                                   step.tokens, step.token_space))
+
+    def on_mode(self, msg: Any) -> None:
+        self.runner.set_active(str(msg.data) == "autonomous", self.now_ns())
 
     def announce(self, checkpoint: str) -> None:
         self.announced = self.runner.policy_id
@@ -158,6 +171,7 @@ class PolicyNode(ApoNode):
         self.stopping.set()
         self.wake.set()
         self.worker.join(timeout=5.0)
+        self.runner.close()
 
 
 def main(args: list[str] | None = None) -> int:

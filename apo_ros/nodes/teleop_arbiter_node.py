@@ -3,19 +3,16 @@
 Core: apo_ros.teleop.TeleopArbiter (modes, take-over / hand-back, device loss) and a final
 SafetyFilter on whatever is executed. The SpaceMouse is read directly (pyspacemouse,
 device:=spacemouse) or through the `spacenav` driver's Joy messages (device:=joy).
-Timing: a new ee_pose (the arm's observation) opens a control step. The step is decided once: on
-the policy's command for that observation, or at once when the operator drives or the arm holds,
-or after decision_deadline_s without a command (then no twist: no motion). Each policy command is
-executed at most once; a late or repeated one is dropped. At most one twist per step.
-Subscribes  policy/command (JointState action), ee_pose (PoseStamped), gripper/state (JointState),
-            spacenav/joy (sensor_msgs/Joy, device:=joy)
-Publishes   arm/delta_twist_cmds (TwistStamped, current stamp: MoveIt Servo's input),
-            gripper/command (std_msgs/Float64, 0 closed .. 1 open),
-            action/executed (JointState action: frame_id = source, header.stamp = observation),
-            action/human (the operator's command), episode/events (String: intervention_start |
-            intervention_end | hold | resume), teleop/mode (String: autonomous | intervention | hold)
-Services    teleop/hold, teleop/resume (std_srvs/Trigger)
-Parameters  config/teleop_arbiter_node.yaml
+Timing: a new ee_pose (the arm's observation) opens a control step, decided once: on the
+policy's command for that step (the tick its provenance names, recording/chunks.py; one that came
+before the ee_pose waits for it), at once when the operator drives or the arm holds, or after
+decision_deadline_s without a command (no twist). A command runs at most once, late ones never.
+Subscribes  policy/command, ee_pose, gripper/state, spacenav/joy (sensor_msgs/Joy, device:=joy)
+Publishes   arm/delta_twist_cmds (TwistStamped, current stamp: MoveIt Servo's input), gripper/command
+            (Float64, 0 closed .. 1 open), action/executed (frame_id = source, header.stamp =
+            observation), action/human, episode/events (intervention_start | intervention_end |
+            hold | resume), teleop/mode (autonomous | intervention | hold)
+Services    teleop/hold, teleop/resume (std_srvs/Trigger); parameters: config/teleop_arbiter_node.yaml
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from std_srvs.srv import Trigger
 
 from apo_ros.actions.space import SOURCES
 from apo_ros.nodes.common import EVENTS_QOS, RECORD_QOS, STREAM_QOS, ApoNode, StartupError, run, trigger_reply
+from apo_ros.recording import chunks
 from apo_ros.recording import messages as M
 from apo_ros.runtime.config import load_safety_filter
 from apo_ros.runtime.ros_io import ControlSteps, action_to_twist
@@ -97,13 +95,20 @@ class TeleopArbiterNode(ApoNode):
         self.ee = pose[:3]
         if self.arbiter.mode is not Mode.AUTONOMOUS:
             self.decide(None)  # the operator drives (or the arm holds): no policy to wait for
+        elif (early := self.steps.take_early()) is not None:
+            self.on_command(*early)  # the command for this step came before its observation
 
     def on_policy(self, msg: Any) -> None:
         action, _source, obs_stamp = M.joint_state_to_action(msg)
-        if not self.steps.accept(obs_stamp, self.now_ns()):
+        tick, chunk = chunks.command_tick(*M.joint_state_arrays(msg), obs_stamp)
+        if not self.steps.early(tick, (PolicyCommand(action, obs_stamp), chunk)):
+            self.on_command(tick, (PolicyCommand(action, obs_stamp), chunk))
+
+    def on_command(self, tick: int, command: tuple[PolicyCommand, Any]) -> None:
+        if not self.steps.accept(tick, self.now_ns()):
             self.count("policy/command", "late or repeated command dropped")
             return
-        self.decide(PolicyCommand(action, obs_stamp))
+        self.decide(*command)
 
     def on_deadline(self) -> None:
         if self.steps.expired(self.now_ns()):
@@ -121,7 +126,7 @@ class TeleopArbiterNode(ApoNode):
             raise ValueError("gripper state has no finite position")
         self.gripper = float(pos[0])
 
-    def decide(self, command: PolicyCommand | None) -> None:
+    def decide(self, command: PolicyCommand | None, chunk: chunks.ChunkInfo | None = None) -> None:
         """The control step's one decision: a twist and the executed action when the policy or
         the operator acts, a zero twist when the arm holds, nothing when no one acted in time
         (the arm applies nothing for that step: a twist is never sent for a step already past)."""
@@ -138,7 +143,10 @@ class TeleopArbiterNode(ApoNode):
             self.gripper_pub.publish(Float64(data=gripper))
         self.publish_events(out.events)
         if out.source in SOURCES:
-            self.executed_pub.publish(M.make_action(self.types, out.obs_stamp_ns, safe, out.source))
+            # a policy action keeps its provenance, naming the step that executed it
+            info = chunks.at_tick(chunk, self.steps.stamp) if out.source == "policy" else None
+            self.executed_pub.publish(chunks.make_policy_action(self.types, out.obs_stamp_ns, safe,
+                                                                out.source, info))
         if out.source == "human":
             self.human_pub.publish(M.make_action(self.types, out.obs_stamp_ns, out.action, "human"))
         self.mode_pub.publish(String(data=out.mode.value))

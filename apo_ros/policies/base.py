@@ -192,21 +192,57 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
 
     # ---- convenience -------------------------------------------------------------------------
     @torch.no_grad()
+    def predict_with_tokens(self, inputs: dict) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+        """Greedy decoding -> (raw action chunks [B, T, 7], ok [B], tokens [B, L], mask [B, L]):
+        the actions and the token ids they came from, from one decoding."""
+        tokens, mask = self.predict_tokens(inputs)
+        actions, ok = self.decode_tokens(tokens, mask)
+        return actions, ok, tokens, mask
+
+    @torch.no_grad()
     def predict(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
         """Greedy raw action chunks [B, T, 7] and ok flags [B]."""
         tokens, mask = self.predict_tokens(inputs)
         return self.decode_tokens(tokens, mask)
 
+    def action_token_space(self) -> str | None:
+        """What the ids of one chunk step mean (tokenizer and action statistics), recorded beside
+        them so a trainer uses them only for a policy that reads them the same way. None when the
+        tokens cannot be split per chunk step (`tokens_per_step` None: FAST) or the policy does
+        not name its tokenizer: then nothing is recorded."""
+        return None
+
+    def step_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
+        """Predicted tokens [B, L] -> int64 [B, T, tokens_per_step]: the ids of each chunk step,
+        as bags record them (None when the policy has no per-step tokens or a row is cut short)."""
+        per_step = self.tokens_per_step
+        if per_step is None or self.action_token_space() is None:
+            return None
+        width = self.chunk_size * per_step
+        if tokens.shape[1] < width or not bool(mask[:, :width].all()):
+            return None
+        ids = tokens[:, :width].detach().cpu().numpy().astype(np.int64)
+        return ids.reshape(ids.shape[0], self.chunk_size, per_step)
+
     @torch.no_grad()
     def select_action(self, observation: Observation) -> tuple[np.ndarray, bool]:
         """One observation -> (raw chunk [T, 7], ok)."""
+        actions, ok, _ = self.select_action_with_tokens(observation)
+        return actions, ok
+
+    @torch.no_grad()
+    def select_action_with_tokens(self, observation: Observation
+                                  ) -> tuple[np.ndarray, bool, np.ndarray | None]:
+        """One observation -> (raw chunk [T, 7], ok, token ids [T, tokens_per_step] or None): the
+        ids the policy produced for each action of the chunk (see `step_tokens`)."""
         was_training = self.training
         self.eval()
         try:
-            actions, ok = self.predict(self.prepare_observations([observation]))
+            actions, ok, tokens, mask = self.predict_with_tokens(self.prepare_observations([observation]))
         finally:
             self.train(was_training)
-        return actions[0], bool(ok[0])
+        ids = self.step_tokens(tokens, mask) if ok[0] else None
+        return actions[0], bool(ok[0]), (None if ids is None else ids[0])
 
     def reset(self) -> None:
         """Clear any per-episode state (none by default)."""

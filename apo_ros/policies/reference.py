@@ -30,13 +30,21 @@ class ReferencePolicy:
 
     @torch.no_grad()
     def token_logps(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._frozen("token_logps", inputs, tokens, mask)
+
+    @torch.no_grad()
+    def token_logits(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V] (for z0's neighbour-label pairs, read off one pass)."""
+        return self._frozen("token_logits", inputs, tokens, mask)
+
+    def _frozen(self, name: str, *args):
         if not self.shares_weights:
-            return self.policy.token_logps(inputs, tokens, mask)
+            return getattr(self.policy, name)(*args)
         was_training = self.policy.training
         self.policy.eval()
         try:
             with self.policy.adapter_disabled():
-                return self.policy.token_logps(inputs, tokens, mask)
+                return getattr(self.policy, name)(*args)
         finally:
             self.policy.train(was_training)
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apo_ros.actions.bins import BinTokenizer
+from apo_ros.actions.bins import BIN_LAYOUTS, BinTokenizer
 from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX
 from apo_ros.actions.statistics import ActionStatistics
 from apo_ros.observation import PROPRIO_DIM
@@ -64,14 +64,21 @@ class SmallPolicyConfig:
     rotation_features: str = "matrix"
     # How predictions become actions (BinTokenHead.predict): "argmax" (the most likely bin, as
     # OpenVLA) or "mean" (per arm dimension the expected value under the predicted distribution;
-    # the gripper keeps its argmax). With noisy demos the bins of a moving dimension hold a broad
+    # the gripper keeps its argmax; the tokens the policy outputs, and feeds back into its own
+    # history, are the argmax tokens either way). With noisy demos the bins of a moving dimension hold a broad
     # mode while hold steps make an exact-zero spike, and argmax picks the spike as soon as the
     # model is unsure: the arm stops. The mean follows the mass.
     decode: str = "argmax"
+    # How token ids map to values (apo_ros.actions.bins): "grid" (n_bins values from -1 to 1,
+    # every id round-trips) or "openvla" (OpenVLA's edges and centres: the two highest ids share
+    # one value; checkpoints written before the option existed load with it).
+    bin_layout: str = "grid"
 
     def __post_init__(self) -> None:
         self.instructions = [str(i) for i in self.instructions]
         self.cameras = tuple(self.cameras)
+        if self.bin_layout not in BIN_LAYOUTS:
+            raise ValueError(f"bin_layout must be one of {BIN_LAYOUTS}, got {self.bin_layout!r}")
         self.channels = tuple(int(c) for c in self.channels)
         if not self.instructions:
             raise ValueError("the small policy needs a non-empty instruction list (instructions=[...])")
@@ -131,7 +138,7 @@ class BinTokenHead:
     context_d = encoding + pos_d + sum_{j<d} emb_j[token_j] -> shared hidden layer -> one
     n_bins-way head per position. Teacher forcing is one pass (an exclusive cumulative sum);
     masked tokens are left out of every later context. A subclass sets up its encoder, calls
-    `_build_head(chunk_size, n_bins, hidden)` in `__init__` and implements `encode_observation`
+    `_build_head(chunk_size, n_bins, hidden, layout)` in `__init__` and implements `encode_observation`
     (inputs -> [B, hidden]).
     """
 
@@ -139,11 +146,11 @@ class BinTokenHead:
     chunk_size: int
     tokens_per_step = ACTION_DIM  # token position p holds chunk step p // 7 (TokenPolicy.tokens_per_step)
 
-    def _build_head(self, chunk_size: int, n_bins: int, hidden: int) -> None:
+    def _build_head(self, chunk_size: int, n_bins: int, hidden: int, layout: str = "grid") -> None:
         n_pos = chunk_size * ACTION_DIM
         self.n_positions = n_pos
         self.n_bins = n_bins
-        self.tokenizer = BinTokenizer(vocab_size=n_bins, n_bins=n_bins)
+        self.tokenizer = BinTokenizer(vocab_size=n_bins, n_bins=n_bins, layout=layout)
         self.token_embedding = nn.Embedding(n_pos * n_bins, hidden)  # one table per position
         self.position = nn.Parameter(torch.zeros(n_pos, hidden))
         self.head_hidden = nn.Linear(hidden, hidden)
@@ -188,6 +195,7 @@ class BinTokenHead:
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, os.path.join(directory, WEIGHTS_FILENAME), metadata={"format": "pt"})
         write_action_tokenizer(directory, {"type": "bins", "n_bins": self.n_bins, "vocab_size": self.n_bins,
+                                           "layout": self.tokenizer.layout,
                                            "id_range": list(self.tokenizer.id_range)})
         return self.config_dict()
 
@@ -280,27 +288,27 @@ class BinTokenHead:
     @torch.no_grad()
     def _greedy(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Autoregressive prediction -> (tokens long [B, L], normalized values float [B, L]).
-        argmax: the most likely token and its bin value. mean (arm dimensions): the expected
-        value under the softmax, and the token it encodes to (fed back into the history);
-        the gripper position keeps the argmax (a 0/1 choice: its mean would be a half-open)."""
+        The tokens are the argmax at every position, fed back into the history: the policy's
+        mode, which is what it outputs and what a trainer scores as its own action. The values:
+        argmax decoding, the token's bin value; mean decoding (arm dimensions), the expected value
+        under the softmax given that history (a continuous action that is usually not the value
+        of the argmax token); the gripper keeps its argmax value (a 0/1 choice: its mean would be
+        a half-open)."""
         trunk = self.encode_observation(inputs)
         b = trunk.shape[0]
         history = torch.zeros_like(trunk)
         tokens = torch.zeros(b, self.n_positions, dtype=torch.long, device=trunk.device)
         values = torch.zeros(b, self.n_positions, dtype=torch.float32, device=trunk.device)
         mean = self.decode_mode == "mean"
-        table = self._token_values() if mean else None
+        table = self._token_values()
         for d in range(self.n_positions):
             logits = self._logits(trunk, history[:, None], slice(d, d + 1))[:, 0]
+            token = logits.argmax(-1)
             if mean and d % ACTION_DIM != GRIPPER_INDEX:
-                value = torch.softmax(logits.float(), -1) @ table
-                token = torch.from_numpy(self.tokenizer.encode(value.cpu().numpy())).to(trunk.device).long()
+                values[:, d] = torch.softmax(logits.float(), -1) @ table
             else:
-                token = logits.argmax(-1)
-                value = table[token] if table is not None else None
+                values[:, d] = table[token]
             tokens[:, d] = token
-            if value is not None:
-                values[:, d] = value
             history = history + self.token_embedding(token + d * self.n_bins)
         return tokens, values
 
@@ -310,15 +318,25 @@ class BinTokenHead:
         return tokens, torch.ones_like(tokens, dtype=torch.bool)
 
     @torch.no_grad()
-    def predict(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Raw action chunks [B, T, 7] and ok flags [B] (see `decode` in the policy's config:
-        with "mean" the arm values are continuous, not bin centres)."""
-        if self.decode_mode != "mean":
-            return super().predict(inputs)  # type: ignore[misc]
-        _, values = self._greedy(inputs)
+    def predict_with_tokens(self, inputs: dict) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+        """(raw action chunks [B, T, 7], ok [B], tokens [B, L], mask [B, L]) from one decoding
+        (see `decode` in the policy's config: with "mean" the arm values are continuous, not
+        bin values; the tokens are the argmax tokens either way)."""
+        tokens, values = self._greedy(inputs)
         b = values.shape[0]
         normalized = values.cpu().numpy().astype(np.float64).reshape(b, self.chunk_size, ACTION_DIM)
-        return self.stats.unnormalize(normalized), np.ones(b, dtype=bool)
+        return (self.stats.unnormalize(normalized), np.ones(b, dtype=bool), tokens,
+                torch.ones_like(tokens, dtype=torch.bool))
+
+    @torch.no_grad()
+    def predict(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Raw action chunks [B, T, 7] and ok flags [B] (see `predict_with_tokens`)."""
+        actions, ok, _, _ = self.predict_with_tokens(inputs)
+        return actions, ok
+
+    def action_token_space(self) -> str | None:
+        """What a token id this policy outputs means: its tokenizer and its action statistics."""
+        return f"{self.tokenizer.describe()}@stats={self.stats.statistics_id()}"
 
 
 class SmallPolicy(BinTokenHead, TokenPolicy):
@@ -350,7 +368,7 @@ class SmallPolicy(BinTokenHead, TokenPolicy):
         self.instruction_embedding = nn.Embedding(len(config.instructions), config.instruction_dim)
         state_dim = config.proprio_dim + (5 if config.rotation_features == "matrix" else 0)  # 4 -> 9
         self.state_proj = nn.Linear(state_dim + config.instruction_dim, h)
-        self._build_head(config.chunk_size, config.n_bins, h)
+        self._build_head(config.chunk_size, config.n_bins, h, config.bin_layout)
         mean = config.proprio_mean or [0.0] * config.proprio_dim
         std = config.proprio_std or [1.0] * config.proprio_dim
         self.register_buffer("proprio_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
@@ -374,12 +392,14 @@ class SmallPolicy(BinTokenHead, TokenPolicy):
             raise ValueError(f"small policy config has unknown keys {unknown}")
         d = dict(d)
         d.setdefault("rotation_features", "quaternion")  # saved before the option existed
+        d.setdefault("bin_layout", "openvla")  # saved before the option existed
         return cls(SmallPolicyConfig(**d), stats, device=device)
 
     def describe(self) -> dict:
         d = super().describe()
         d.update({"instructions": list(self.config.instructions), "image_size": self.config.image_size,
-                  "action_tokenizer": f"bins(n_bins={self.config.n_bins}, ids 0..{self.config.n_bins - 1})"})
+                  "action_tokenizer": f"bins(n_bins={self.config.n_bins}, {self.config.bin_layout}, "
+                                      f"ids 0..{self.config.n_bins - 1})"})
         return d
 
     # ---- inputs ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apo_ros.actions.bins import BIN_LAYOUTS
 from apo_ros.actions.statistics import ActionStatistics
 from apo_ros.observation import PROPRIO_DIM
 from apo_ros.policies.base import TokenPolicy, pick_device
@@ -53,6 +54,8 @@ class StatePolicyConfig:
     object_std: list[float] | None = None
     # argmax | mean: how predictions become actions (see SmallPolicyConfig.decode)
     decode: str = "argmax"
+    # grid | openvla: how token ids map to values (see SmallPolicyConfig.bin_layout)
+    bin_layout: str = "grid"
 
     def __post_init__(self) -> None:
         self.instructions = [str(i) for i in self.instructions]
@@ -62,6 +65,8 @@ class StatePolicyConfig:
             raise ValueError(f"instruction list has duplicates: {self.instructions}")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
+        if self.bin_layout not in BIN_LAYOUTS:
+            raise ValueError(f"bin_layout must be one of {BIN_LAYOUTS}, got {self.bin_layout!r}")
         for name, low in (("n_objects", 1), ("chunk_size", 1), ("n_bins", 2), ("hidden", 1), ("layers", 1)):
             if int(getattr(self, name)) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
@@ -96,7 +101,7 @@ class StatePolicy(BinTokenHead, TokenPolicy):
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.mlp = nn.Sequential(*layers[:-1])  # the head adds its position term before its ReLU
-        self._build_head(config.chunk_size, config.n_bins, h)
+        self._build_head(config.chunk_size, config.n_bins, h, config.bin_layout)
         pm = config.proprio_mean or [0.0] * PROPRIO_DIM
         ps = config.proprio_std or [1.0] * PROPRIO_DIM
         om = config.object_mean or [0.0] * self.object_dim
@@ -116,12 +121,15 @@ class StatePolicy(BinTokenHead, TokenPolicy):
         unknown = sorted(set(d) - set(StatePolicyConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"state policy config has unknown keys {unknown}")
+        d = dict(d)
+        d.setdefault("bin_layout", "openvla")  # saved before the option existed
         return cls(StatePolicyConfig(**d), stats, device=device)
 
     def describe(self) -> dict:
         d = super().describe()
         d.update({"instructions": list(self.config.instructions), "n_objects": self.config.n_objects,
-                  "action_tokenizer": f"bins(n_bins={self.n_bins}, ids 0..{self.n_bins - 1})"})
+                  "action_tokenizer": f"bins(n_bins={self.n_bins}, {self.config.bin_layout}, "
+                                      f"ids 0..{self.n_bins - 1})"})
         return d
 
     # ---- inputs ------------------------------------------------------------------------------

@@ -271,6 +271,10 @@ class VLABinsPolicy(TokenPolicy):
     def max_target_tokens(self) -> int:
         return self.chunk_size * ACTION_DIM + 1
 
+    def action_token_space(self) -> str | None:
+        """The generated bin ids (OpenVLA's rule over this vocabulary) under these statistics."""
+        return f"{self.bins.describe()}@stats={self.stats.statistics_id()}"
+
     def describe(self) -> dict:
         d = super().describe()
         lo, hi = self.bins.id_range
@@ -537,6 +541,9 @@ class VLAFastPolicy(VLABinsPolicy):
 
     def max_target_tokens(self) -> int:
         return self.config.max_new_tokens or 2 * self.chunk_size * ACTION_DIM + 1
+
+    def action_token_space(self) -> str | None:
+        return None  # FAST tokens mix the steps of a chunk: no per-step ids to record
 
     def describe(self) -> dict:
         d = super().describe()

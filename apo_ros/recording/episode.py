@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,14 @@ class Step:
     stamp_ns: int  # when the action was executed
     proposed: np.ndarray | None = None  # (7,) what the policy proposed at this step, if it ran
     human: np.ndarray | None = None  # (7,) the operator's command for this observation, if recorded
+    # the token ids the policy produced for `proposed` (one per action dimension for bin
+    # tokenizers), and what they mean (TokenPolicy.action_token_space); None / "" when the bag
+    # has none (recorded before tokens were, by an expert, or by a policy without per-step ids)
+    tokens: np.ndarray | None = None
+    token_space: str = ""
+    # chunk provenance of a policy action (recording/chunks.py ChunkInfo: index in its chunk,
+    # inference latency, merge rule, the tick it ran at); None for human / expert / older bags
+    chunk: Any = None
 
 
 @dataclass

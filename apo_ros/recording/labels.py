@@ -4,9 +4,14 @@ APO: at the first human step of every intervention, the K policy steps just
 before it are *undesirable*; every other step (expert demos, other policy steps, all human steps)
 is *desirable*. Counting back stops at the previous intervention (or expert step): the policy
 steps before an earlier intervention belong to that one. With `noop_filter`, no-op policy steps
-(sum |a[:6]| < threshold, on normalized actions when statistics are given) are skipped when
-counting K, as the released code does (it drops them from the data set entirely; `noop` marks them
-so a trainer can do the same).
+(sum |a[:6]| < threshold) are skipped when counting K, as the released code does (it drops them
+from the data set entirely; `noop` marks them so a trainer can do the same).
+
+Units of the no-op test: the released code tests its data set's actions, controller inputs in
+[-1, 1] with 0 = no motion. Here, with the policy's statistics, each arm dimension is divided by
+max(|q01|, |q99|): the same scale as the policy's normalization, but zero stays zero (the
+q01..q99 -> -1..1 map shifts zero wherever the range is not symmetric, and a still arm would
+then never be a no-op). Without statistics the raw actions are tested.
 
 Sirius classes: demo (expert steps), intervention (human), pre_intervention (the `sirius_window`
 policy steps before each intervention), rollout (all other policy steps).
@@ -79,12 +84,25 @@ def _mark_before(codes: np.ndarray, spans, count: int, eligible: np.ndarray) -> 
     return marked
 
 
+def noop_units(actions: np.ndarray, stats=None) -> np.ndarray:
+    """Actions in the no-op test's units: each arm dimension the statistics normalize divided by
+    max(|q01|, |q99|) (zero stays zero); raw where there are no statistics or the dimension is
+    not normalized."""
+    a = np.asarray(actions, dtype=np.float64)
+    if stats is None:
+        return a
+    half_range = np.maximum(np.abs(np.asarray(stats.q01, np.float64)),
+                            np.abs(np.asarray(stats.q99, np.float64)))
+    use = np.asarray(stats.mask, bool) & (half_range > 1e-12)
+    return np.where(use, a / np.where(use, half_range, 1.0), a)
+
+
 def label_sources(sources, actions=None, *, k: int = 10, noop_filter: bool = False,
                   noop_threshold: float = 0.05, sirius_window: int = 15, stats=None) -> EpisodeLabels:
     """Labels from the per-step sources (and actions, needed for the no-op filter).
 
-    actions: (N, 7) raw executed actions. stats: an ActionStatistics to normalize them before the
-    no-op test (the released code tests normalized actions); without it, raw actions are tested.
+    actions: (N, 7) raw executed actions. stats: an ActionStatistics giving the no-op test's
+    scale (`noop_units`: each arm dimension over max(|q01|, |q99|)); without it, raw actions.
     """
     if k < 0 or sirius_window < 0:
         raise ValueError(f"k and sirius_window must be >= 0, got {k}, {sirius_window}")
@@ -96,10 +114,8 @@ def label_sources(sources, actions=None, *, k: int = 10, noop_filter: bool = Fal
     if noop_filter:
         if actions is None:
             raise ValueError("the no-op filter needs the actions")
-        a = np.asarray(actions, dtype=np.float64).reshape(n, -1)
-        if stats is not None:
-            a = stats.normalize(a)
-        noop = is_noop(a, noop_threshold)
+        units = noop_units(np.asarray(actions, dtype=np.float64).reshape(n, -1), stats)
+        noop = is_noop(units, noop_threshold)
     undesirable = _mark_before(codes, spans, k, ~noop)
     pre = _mark_before(codes, spans, sirius_window, np.ones(n, dtype=bool))
     sirius = np.full(n, ROLLOUT, dtype=np.int8)

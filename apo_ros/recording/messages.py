@@ -158,6 +158,26 @@ def make_action(types: Any, obs_stamp_ns: int, action, source: str):
     return make_joint_state(types, obs_stamp_ns, ACTION_NAMES, a, frame_id=source)
 
 
+def make_action_tokens(types: Any, obs_stamp_ns: int, ids, token_space: str):
+    """A token message (see schema.ACTION_TOKENS): JointState, header.stamp = the observation's
+    stamp, frame_id = the token space, names = ACTION_NAMES (one id per action dimension) or
+    t0..t{n-1}, position = the ids."""
+    values = np.asarray(ids).reshape(-1)
+    if values.size == 0 or not np.all(np.isfinite(values.astype(np.float64))) \
+            or not np.all(values == np.rint(values)) or np.any(values < 0):
+        raise ValueError(f"token ids must be non-negative integers, got {values.tolist()}")
+    if not token_space:
+        raise ValueError("token ids need their token space (what an id means)")
+    names = ACTION_NAMES if values.size == ACTION_DIM else [f"t{i}" for i in range(values.size)]
+    return make_joint_state(types, obs_stamp_ns, names, values.astype(np.float64), frame_id=token_space)
+
+
+def joint_state_to_tokens(msg) -> tuple[np.ndarray, str, int]:
+    """A token message -> (ids int64, token space, observation stamp ns)."""
+    _, pos = joint_state_arrays(msg)
+    return np.rint(pos).astype(np.int64), str(msg.header.frame_id), stamp_to_ns(msg.header)
+
+
 def make_gripper_state(types: Any, stamp_ns: int, opening: float):
     return make_joint_state(types, stamp_ns, [schema.GRIPPER_JOINT], [float(opening)])
 

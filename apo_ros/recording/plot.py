@@ -98,3 +98,39 @@ def plot_timeline(episodes: list[Episode], out: str, *, k: int = 10, title: str 
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_group_summary(groups: dict, out: str) -> str:
+    """Per round and method of an `apo-ros demo` folder: success rate and intervention ratio
+    (two bar panels, one bar per round / method group), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = groups["rounds"]
+    labels = [(r["part"] if r["part"] != "round" else f"round{r['round']}\n{r['method']}")
+              + (f"\n{r['task']}" if len({x['task'] for x in rows}) > 1 else "") for r in rows]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.1 * len(rows) + 3), 4.2), dpi=100)
+    for ax, key, title in ((axes[0], "success_rate", "success rate"),
+                           (axes[1], "intervention_ratio", "intervention ratio (human steps / steps)")):
+        values = [r[key] for r in rows]
+        colors = [COLORS["expert"] if r["part"] != "round" else
+                  (COLORS["policy"] if r["method"] == "base" else COLORS["human"]) for r in rows]
+        ax.bar(x, values, color=colors, edgecolor="black", linewidth=0.5)
+        for xi, v, r in zip(x, values, rows):
+            ax.text(xi, v, f"{v:.0%}\nn={r['episodes']}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_ylim(0, 1.15)
+        ax.set_title(title, fontsize=10)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    fig.suptitle("per round and method (demos: expert; round 0: the base; later rounds: each method's "
+                 "deployment)", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

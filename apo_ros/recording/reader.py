@@ -20,7 +20,7 @@ import numpy as np
 
 from apo_ros.errors import UserError
 from apo_ros.observation import Observation
-from apo_ros.recording import cdr, schema
+from apo_ros.recording import cdr, chunks, schema
 from apo_ros.recording import messages as M
 from apo_ros.recording.episode import OUTCOMES, Episode, Step
 from apo_ros.recording.images import ImageProblem
@@ -232,8 +232,11 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     # carry several proposals: the k-th executed action of an observation pairs with its k-th
     # proposal (both are written in execution order).
     proposed: dict[int, list[np.ndarray]] = {}
+    # the token ids of each proposal, paired the same way (k-th token message of an observation
+    # = its k-th proposal's): (ids, token space)
+    tokens: dict[int, list[tuple[np.ndarray, str]]] = {}
     human: dict[int, np.ndarray] = {}
-    executed: list[tuple[int, int, np.ndarray, str]] = []
+    executed: list[tuple[int, int, np.ndarray, str, chunks.ChunkInfo | None]] = []
     instructions: list[tuple[int, str]] = []
     events: list[tuple[int, str]] = []
     info: dict = {}
@@ -242,8 +245,8 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     topic_camera = {t: c for c, t in cameras.items()}
     wanted = [schema.JOINT_STATES, schema.EE_POSE, schema.OBJECT_POSES, schema.GRIPPER_STATE,
               schema.ACTION_EXECUTED,
-              schema.ACTION_PROPOSED, schema.ACTION_HUMAN, schema.INSTRUCTION, schema.EPISODE_EVENTS,
-              schema.EPISODE_INFO]
+              schema.ACTION_PROPOSED, schema.ACTION_HUMAN, schema.ACTION_TOKENS, schema.INSTRUCTION,
+              schema.EPISODE_EVENTS, schema.EPISODE_INFO]
     if load_images:
         wanted += list(cameras.values())
     selected = [conns[t] for t in wanted if t in conns]
@@ -251,24 +254,39 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     action_names = tuple(M.ACTION_NAMES)
     action_topics = (schema.ACTION_EXECUTED, schema.ACTION_PROPOSED, schema.ACTION_HUMAN)
     # per-topic [names bytes, names]: joint names are decoded once per topic, not per message
-    name_cache: dict[str, list] = {t: [] for t in (*action_topics, schema.JOINT_STATES, schema.GRIPPER_STATE)}
+    name_cache: dict[str, list] = {t: [] for t in (*action_topics, schema.ACTION_TOKENS, schema.JOINT_STATES,
+                                                   schema.GRIPPER_STATE)}
 
     try:
         for conn, bagtime, raw in reader.messages(connections=selected):
             topic = conn.topic
             if topic in action_topics:
+                chunk_info = None
                 try:
                     obs_stamp, source, names, action = cdr.joint_state(raw, name_cache[topic])
                     if names != action_names:
-                        raise cdr.CdrLayoutError("names")
+                        # chunk provenance appended after the action (recording/chunks.py)
+                        if names[:len(action_names)] != action_names or len(action) != len(names):
+                            raise cdr.CdrLayoutError("names")
+                        chunk_info = chunks.split(names, action)
+                        action = action[:len(action_names)]
                 except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
-                    action, source, obs_stamp = M.joint_state_to_action(decode(raw, conn.msgtype))
+                    msg = decode(raw, conn.msgtype)
+                    action, source, obs_stamp = M.joint_state_to_action(msg)
+                    chunk_info = chunks.split(*M.joint_state_arrays(msg))
                 if topic == schema.ACTION_EXECUTED:
-                    executed.append((bagtime, obs_stamp, action, source))
+                    executed.append((bagtime, obs_stamp, action, source, chunk_info))
                 elif topic == schema.ACTION_PROPOSED:
                     proposed.setdefault(obs_stamp, []).append(action)
                 else:
                     human[obs_stamp] = action
+            elif topic == schema.ACTION_TOKENS:
+                try:
+                    obs_stamp, space, _, values = cdr.joint_state(raw, name_cache[topic])
+                    ids = np.rint(values).astype(np.int64)
+                except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
+                    ids, space, obs_stamp = M.joint_state_to_tokens(decode(raw, conn.msgtype))
+                tokens.setdefault(obs_stamp, []).append((ids, space))
             elif topic in topic_camera:
                 try:
                     stamp, img = _camera_frame(raw, conn.msgtype, decode)
@@ -338,7 +356,7 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     steps: list[Step] = []
     dropped = 0
     empty = np.zeros(0)
-    for bagtime, obs_stamp, action, source in executed:
+    for bagtime, obs_stamp, action, source, chunk_info in executed:
         obs = observations.get(obs_stamp, False)
         if obs is False:
             obs = _observation(obs_stamp, images if load_images else {}, joints, poses, grippers,
@@ -346,11 +364,13 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                                tolerance_ns, empty)
             observations[obs_stamp] = obs
         proposal = _next_proposal(proposed, obs_stamp)
+        ids, space = _next_proposal(tokens, obs_stamp, (None, "")) if proposal is not None else (None, "")
         if obs is None:
             dropped += 1
             continue
         steps.append(Step(observation=obs, action=action, source=source, stamp_ns=bagtime,
-                          proposed=proposal, human=human.get(obs_stamp)))
+                          proposed=proposal, human=human.get(obs_stamp), tokens=ids,
+                          token_space=space, chunk=chunk_info))
     return Episode(path=str(bag), steps=steps, metadata=metadata, outcome=outcome, truncated=truncated,
                    events=events, dropped_steps=dropped)
 
@@ -385,9 +405,10 @@ def _drop_odd_shapes(table: dict, skipped: dict[str, int]) -> None:
             skipped["shape"] = skipped.get("shape", 0) + 1
 
 
-def _next_proposal(proposed: dict[int, list[np.ndarray]], obs_stamp: int) -> np.ndarray | None:
+def _next_proposal(proposed: dict[int, list], obs_stamp: int, default=None):
+    """The next unpaired proposal (or token message) of an observation, else `default`."""
     queue = proposed.get(obs_stamp)
-    return queue.pop(0) if queue else None
+    return queue.pop(0) if queue else default
 
 
 def _observation(stamp, images, joints, poses, grippers, object_poses, instructions, instr_times,

@@ -40,6 +40,7 @@ EPISODE_EVENTS = "episode/events"  # String: one of EVENT_KINDS, bag time = when
 ACTION_EXECUTED = "action/executed"  # JointState: the 7-D action sent to the arm (see below)
 ACTION_PROPOSED = "action/proposed"  # JointState: what the policy proposed for that observation
 ACTION_HUMAN = "action/human"  # JointState: the operator's command (SpaceMouse), before arbitration
+ACTION_TOKENS = "action/tokens"  # JointState: the token ids the policy produced for its proposal
 
 # Action messages (executed / proposed / human): sensor_msgs/JointState with
 #   header.stamp    = stamp of the observation the action was computed from
@@ -47,6 +48,29 @@ ACTION_HUMAN = "action/human"  # JointState: the operator's command (SpaceMouse)
 #   name            = ACTION_NAMES ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 #   position        = the 7 raw values (metres / radians per control step, gripper 0..1)
 # and bag time = when the action was executed (or proposed / commanded).
+#
+# Token messages (action/tokens): sensor_msgs/JointState, one beside every action/proposed
+# message of a policy that names its tokens (same header.stamp, same bag time, same order), with
+#   header.stamp    = stamp of the observation the action was computed from
+#   header.frame_id = the token space: what an id means, "<tokenizer>@stats=<statistics id>",
+#                     e.g. "bins:grid:n=64:vocab=64@stats=3fa2c19e07d1" (TokenPolicy.action_token_space)
+#   name            = ACTION_NAMES for bin tokenizers (the id of each action dimension)
+#   position        = the ids as floats (exact below 2**53) of THIS action of the chunk: the
+#                     policy's own output (the argmax tokens when its actions are expected values)
+# The k-th token message of an observation belongs to its k-th proposal, as the k-th proposal
+# belongs to its k-th executed action: a chunk's executed action i carries its own ids.
+
+# --- chunk provenance of policy actions (action queue) -------------------------------------------
+# A policy action (executed, source "policy"; and policy/command in the graph) may append five
+# names after the seven above, values in `position` (apo_ros/recording/chunks.py builds and reads
+# them; the reader exposes them as Step.chunk):
+#   chunk_index          its index in the chunk computed from the header.stamp observation
+#   inference_latency_s  observation -> chunk ready
+#   merge_rule           0 one chunk, 1 replace, 2 ensemble (ACT temporal ensembling), 3 crossfade
+#   tick_stamp_sec, tick_stamp_nanosec   the observation of the control tick it was executed at
+# So header.stamp stays the observation the policy saw (training pairs the action with it) and
+# the executing tick is known exactly. Readers matching action values by name are unaffected.
+# --- end chunk provenance ------------------------------------------------------------------------
 
 BASE_FRAME = "base_link"  # frame_id of ee_pose
 GRIPPER_JOINT = "gripper"  # the single name in gripper/state
@@ -126,6 +150,9 @@ def topics(cameras: tuple[str, ...] = ("front", "wrist"), image_format: str = "r
                   "policy proposal; header.stamp = observation stamp"),
         TopicSpec(ACTION_HUMAN, JOINT_STATE, QOS_DEFAULT,
                   "operator command; header.stamp = observation stamp"),
+        TopicSpec(ACTION_TOKENS, JOINT_STATE, QOS_DEFAULT,
+                  "token ids of the policy's proposal; frame_id = token space, "
+                  "header.stamp = observation stamp"),
     ]
     return specs
 

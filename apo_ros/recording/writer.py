@@ -266,22 +266,36 @@ class EpisodeWriter:
     # --- actions ----------------------------------------------------------------------------------
 
     def write_action(self, stamp_ns: int, action, source: str, obs_stamp_ns: int,
-                     proposed=None) -> None:
+                     proposed=None, tokens=None, token_space: str = "", chunk=None) -> None:
         """The executed action (after the safety filter) at its execution time `stamp_ns`, naming
         its source and the stamp of the observation it was computed from. `proposed`: what the
-        policy proposed for that observation (also when the human overrode it)."""
+        policy proposed for that observation (also when the human overrode it); `tokens`: the
+        token ids the policy produced for that proposal, in `token_space` (written only with a
+        proposal, see schema.ACTION_TOKENS). `chunk`: a recording.chunks.ChunkInfo (index in its
+        chunk, latency, merge rule, executing tick)."""
         action = _check_action(action, "action")
         if source not in SOURCES:
             raise ValueError(f"action source must be one of {SOURCES}, got {source!r}")
         if proposed is not None:
             self.write_proposed(stamp_ns, proposed, obs_stamp_ns)
-        self.write_message(schema.ACTION_EXECUTED, M.make_action(self.types, obs_stamp_ns, action, source),
+            if tokens is not None:
+                self.write_tokens(stamp_ns, tokens, obs_stamp_ns, token_space)
+        # chunk provenance (recording/chunks.py): appended names, None = the plain action message
+        from apo_ros.recording.chunks import make_policy_action
+
+        self.write_message(schema.ACTION_EXECUTED,
+                           make_policy_action(self.types, obs_stamp_ns, action, source, chunk),
                            stamp_ns)
 
     def write_proposed(self, stamp_ns: int, proposed, obs_stamp_ns: int) -> None:
         proposed = _check_action(proposed, "proposed action")
         self.write_message(schema.ACTION_PROPOSED,
                            M.make_action(self.types, obs_stamp_ns, proposed, "policy"), stamp_ns)
+
+    def write_tokens(self, stamp_ns: int, tokens, obs_stamp_ns: int, token_space: str) -> None:
+        """The token ids of the proposal just written for `obs_stamp_ns` (schema.ACTION_TOKENS)."""
+        self.write_message(schema.ACTION_TOKENS,
+                           M.make_action_tokens(self.types, obs_stamp_ns, tokens, token_space), stamp_ns)
 
     def write_human_command(self, stamp_ns: int, action, obs_stamp_ns: int) -> None:
         """The operator's command (e.g. the SpaceMouse mapped to the action space), recorded

@@ -15,10 +15,16 @@
    the executed action reaching a probe node, -> the arm applying it), the achieved control rate
    (observations and executed actions per second against the arm's 10 Hz), the share of control
    steps that got a policy action, and CPU (share of one core) and resident memory per node.
+4. The action queue: executed policy actions per second at 10 Hz with a policy whose inference
+   takes 300 ms (a chunk-8 checkpoint behind the bench's own delaying wrapper), synchronous
+   (inference in the control path) against asynchronous (background inference, latency-aware
+   merging); the largest step change in commanded velocity at chunk boundaries per merge rule;
+   and the same rate in the ROS graph with a remote policy whose replies take 300 ms.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -201,9 +207,36 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def graph_figures(seconds: float) -> dict:
+def _graph_takeover(probe, M, trials: int = 3) -> dict:
+    """The operator deflects the puck (a Joy message, as the spacenav driver sends) while the
+    policy drives: control steps (ee_pose) that opened after the message was sent, up to and
+    including the first human step. 1 = the first step after the input is the operator's."""
+    from sensor_msgs.msg import Joy
+
+    steps_to_human = []
+    probe.publish("spacenav/joy", Joy(axes=[0.0] * 6, buttons=[0, 0]))  # the publisher matched first
+    for _ in range(trials):
+        probe.wait_for("teleop/mode", lambda m: m.data == "autonomous", since_ns=time.time_ns(),
+                       timeout=30)
+        t_in = time.time_ns()
+        joy = Joy(axes=[0.8, 0.0, 0.0, 0.0, 0.0, 0.0], buttons=[0, 0])
+        joy.header.stamp.sec, joy.header.stamp.nanosec = divmod(t_in, 1_000_000_000)
+        probe.publish("spacenav/joy", joy)
+        first = probe.wait_for("action/executed", lambda m: m.header.frame_id == "human",
+                               since_ns=t_in, timeout=30)
+        steps_to_human.append(sum(1 for r in probe.messages("ee_pose", t_in)
+                                  if M.stamp_to_ns(r.msg.header) <= M.stamp_to_ns(first.msg.header)))
+        joy.axes = [0.0] * 6
+        probe.publish("spacenav/joy", joy)  # released: the idle hand-back returns control
+    return {"trials": trials, "steps_to_first_human_step": steps_to_human}
+
+
+def graph_figures(seconds: float, chunk_size: int = 1, remote_delay_s: float | None = None,
+                  execution: str = "async") -> dict:
     """Start the sim graph (sim_arm_node, policy_node, teleop_arbiter_node with device:=joy,
-    recorder_node) from the wiring table and watch it for `seconds` of steady state."""
+    recorder_node) from the wiring table and watch it for `seconds` of steady state.
+    `remote_delay_s`: the policy is served (`PolicyServer`) behind a `DelayRelay` whose replies
+    take that long, and policy_node runs it as ws://...; `execution`: policy_node's mode."""
     try:
         from apo_ros.nodes.local_launch import LocalGraph
         from apo_ros.nodes.probe import GraphProbe
@@ -215,12 +248,22 @@ def graph_figures(seconds: float) -> dict:
     from apo_ros.recording import messages as M
 
     tmp = tempfile.mkdtemp(prefix="apo-bench-graph-")
+    stack = contextlib.ExitStack()
     try:
-        policy = build_policy("small", default_statistics(0.03), device="cpu",
+        policy = build_policy("small", default_statistics(0.03), device="cpu", chunk_size=chunk_size,
                               instructions=["put the lemon on the plate"])
         save_policy(policy, f"{tmp}/ckpt")
-        nodes = resolve(SIM, {"checkpoint": f"{tmp}/ckpt", "bags_dir": f"{tmp}/bags",
-                              "teleop_device": "joy"})
+        spec = f"{tmp}/ckpt"
+        if remote_delay_s is not None:
+            from apo_ros.serving.delay import DelayRelay
+            from apo_ros.serving.server import PolicyServer, ServeConfig
+
+            server = PolicyServer(policy.eval(), ServeConfig(host="127.0.0.1", port=0, watch_s=0))
+            stack.enter_context(server.start())
+            relay = stack.enter_context(DelayRelay(server.url, remote_delay_s))
+            spec = f"{relay.url}?timeout_s=2"
+        nodes = resolve(SIM, {"checkpoint": spec, "bags_dir": f"{tmp}/bags", "teleop_device": "joy"},
+                        extra_parameters={"policy_node": {"execution": execution}})
         with LocalGraph(nodes, f"{tmp}/run") as graph:
             graph.start()
             probe = GraphProbe(graph.domain_id, name="bench_probe")
@@ -233,10 +276,12 @@ def graph_figures(seconds: float) -> dict:
                 wall = time.monotonic() - wall0
                 cpu = {n: round((_cpu_s(p) - cpu0[n]) / wall, 3) for n, p in pids.items()}
                 rss = {n: round(_rss_mb(p), 1) for n, p in pids.items()}
+                takeover = _graph_takeover(probe, M)
                 dead = graph.dead()
             finally:
                 probe.close()
     finally:
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
     def window(topic: str) -> list:
@@ -260,7 +305,22 @@ def graph_figures(seconds: float) -> dict:
         return _pct(out or [float("nan")])
 
     observations, executed = len(window("ee_pose")), len(window("action/executed"))
+    from apo_ros.recording import chunks
+
+    policy_actions = [(M.stamp_to_ns(r.msg.header), chunks.split(*M.joint_state_arrays(r.msg)))
+                      for r in window("action/executed") if r.msg.header.frame_id == "policy"]
+    observed = {M.stamp_to_ns(r.msg.header) for r in probe.messages("ee_pose")}
+    keys = [(stamp, info.chunk_index if info else -1) for stamp, info in policy_actions]
+    latencies = [info.latency_ns / 1e6 for _s, info in policy_actions if info is not None]
     return {
+        "chunk_size": chunk_size,
+        "remote_delay_s": remote_delay_s,
+        "execution": execution,
+        "policy_actions_per_s": round(len(policy_actions) / seconds, 2),
+        "policy_actions_repeated": len(keys) - len(set(keys)),
+        "policy_actions_linked_to_an_observation": sum(s in observed for s, _i in policy_actions),
+        "policy_actions_with_provenance": len(latencies),
+        "chunk_latency_ms": _pct(latencies or [float("nan")]),
         "seconds": seconds,
         "obs_to_policy_command_ms": latency_ms("policy/command"),
         "obs_to_executed_action_ms": latency_ms("action/executed"),
@@ -268,10 +328,129 @@ def graph_figures(seconds: float) -> dict:
         "observations_per_s": round(observations / seconds, 2),
         "executed_actions_per_s": round(executed / seconds, 2),
         "steps_with_policy_action": round(executed / observations, 3) if observations else 0.0,
+        "takeover": takeover,
         "cpu_share_of_one_core": cpu,
         "rss_mb": rss,
         "nodes_died": dead,
     }
+
+
+class _Delayed:
+    """The bench's delaying wrapper: the wrapped policy's answer, `delay_s` after the call."""
+
+    def __init__(self, policy, delay_s: float):
+        self.policy, self.delay_s = policy, delay_s
+
+    def select_action(self, observation: Observation) -> tuple[np.ndarray, bool]:
+        t0 = time.perf_counter()
+        out = self.policy.select_action(observation)
+        time.sleep(max(0.0, self.delay_s - (time.perf_counter() - t0)))
+        return out
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+
+def _chunk_policy(chunk_size: int = 8):
+    from apo_ros.policies import build_policy
+    from apo_ros.policies.testing import default_statistics
+
+    policy = build_policy("small", default_statistics(0.03), device="cpu", chunk_size=chunk_size,
+                          instructions=["put the lemon on the plate"])
+    policy.eval()
+    return policy
+
+
+def queue_rates(seconds: float, delay_s: float = 0.3, chunk_size: int = 8,
+                rate_hz: float = 10.0) -> dict:
+    """Executed policy actions per second on a real 10 Hz clock (no ROS), sync against async.
+    Sync runs inference inside the control tick, so ticks that pass meanwhile get nothing; async
+    runs it in the background and merges each chunk dropping the actions whose tick has passed."""
+    policy = _Delayed(_chunk_policy(chunk_size), delay_s)
+    obs = _observations(8)
+    out = {}
+    for execution in ("sync", "async"):
+        runner = PolicyRunner(policy, SafetyFilter(), RunnerConfig(
+            rate_hz=rate_hz, execution=execution, background=execution == "async"))
+        period = 1.0 / rate_hz
+        executed, keys, ticks = 0, set(), 0
+        t0 = time.monotonic()
+        try:
+            k = 0
+            while time.monotonic() - t0 < seconds:
+                now = time.monotonic()
+                k = max(k, int((now - t0) / period))  # a tick that passed while we were busy is lost
+                while time.monotonic() < t0 + k * period:
+                    time.sleep(0.001)
+                stamp = time.time_ns()
+                o = obs[k % len(obs)]
+                step = runner.step(Observation(images=o.images, joint_positions=o.joint_positions,
+                                               ee_pose=o.ee_pose, gripper=o.gripper,
+                                               instruction=o.instruction, stamp_ns=stamp),
+                                   now_ns=stamp)
+                ticks += 1
+                if not step.empty:
+                    executed += 1
+                    keys.add((step.obs_stamp_ns, step.chunk_index))
+                k += 1
+            wall = time.monotonic() - t0
+        finally:
+            runner.close()
+        out[execution] = {"executed_actions_per_s": round(executed / wall, 2),
+                          "ticks_run_per_s": round(ticks / wall, 2),
+                          "repeated_actions": executed - len(keys),
+                          "empty_ticks": runner.empty_ticks, "late_actions_dropped": runner.queue.late,
+                          "inference_ms": runner.latency_ms()}
+    return {"rate_hz": rate_hz, "inference_delay_s": delay_s, "chunk_size": chunk_size,
+            "seconds": seconds, **out}
+
+
+class _DisagreeingChunks:
+    """A smooth motion (sinusoidal velocity) planned in chunks that each carry their own error,
+    as two chunks of a real policy disagree about the same future tick."""
+
+    def __init__(self, chunk_size: int = 8, error: float = 0.002, seed: int = 0):
+        self.T, self.error, self.rng = chunk_size, error, np.random.default_rng(seed)
+
+    def select_action(self, observation: Observation) -> tuple[np.ndarray, bool]:
+        k = round(observation.stamp_ns / STEP_NS)
+        t = k + np.arange(self.T)
+        chunk = np.zeros((self.T, 7))
+        chunk[:, 0] = 0.004 * np.sin(2 * np.pi * t / 40) + self.rng.normal(0, self.error)
+        chunk[:, 6] = 1.0
+        return chunk, True
+
+    def reset(self) -> None:
+        pass
+
+
+def merge_step_changes(ticks: int = 400, delay_ticks: int = 3, chunk_size: int = 8,
+                       refill_steps: int = 5) -> dict:
+    """Largest change in commanded velocity between consecutive ticks where a new chunk took
+    over, per merge rule (async, `delay_ticks` of simulated latency, the next chunk asked for
+    with `refill_steps` actions left, so chunks overlap by refill_steps - delay_ticks ticks), and
+    within chunks."""
+    out = {}
+    for merge in ("replace", "ensemble", "crossfade"):
+        runner = PolicyRunner(_DisagreeingChunks(chunk_size), SafetyFilter(), RunnerConfig(
+            execution="async", delay_ticks=delay_ticks, merge=merge, refill_steps=refill_steps))
+        prev, prev_stamp, at_boundary, inside = None, None, [], []
+        for o in _observations(ticks):
+            step = runner.step(o, now_ns=o.stamp_ns)
+            if step.empty:
+                continue
+            velocity = step.action[0] * 10.0  # m/s at 10 Hz
+            if prev is not None:
+                change = abs(velocity - prev)
+                (at_boundary if step.obs_stamp_ns != prev_stamp else inside).append(change)
+            prev, prev_stamp = velocity, step.obs_stamp_ns
+        out[merge] = {"max_step_change_m_s": round(max(at_boundary + inside), 5),
+                      "max_step_change_at_boundaries_m_s": round(max(at_boundary), 5),
+                      "mean_step_change_at_boundaries_m_s": round(float(np.mean(at_boundary)), 5),
+                      "max_step_change_inside_chunks_m_s": round(max(inside), 5),
+                      "boundaries": len(at_boundary)}
+    return {"delay_ticks": delay_ticks, "chunk_size": chunk_size, "refill_steps": refill_steps,
+            "chunk_error_m_s": 0.02, **out}
 
 
 def run(quick: bool = False) -> dict:
@@ -280,7 +459,13 @@ def run(quick: bool = False) -> dict:
     takeover = takeover_latency(50 if quick else 500)
     drain = spacemouse_drain(60)
     graph = graph_figures(5.0 if quick else 20.0)
+    rates = queue_rates(5.0 if quick else 20.0)
+    steps = merge_step_changes()
+    remote = {execution: graph_figures(5.0 if quick else 20.0, chunk_size=8, remote_delay_s=0.3,
+                                       execution=execution) for execution in ("sync", "async")}
     return {
+        "action_queue": {"rates_no_ros": rates, "merge_step_changes": steps,
+                         "ros_graph_remote_300ms_chunk8": remote},
         "per_step_overhead": overhead,
         "takeover": takeover,
         "spacemouse_drain": drain,
@@ -291,5 +476,8 @@ def run(quick: bool = False) -> dict:
             "takeover_max_steps_after_input": takeover["steps_after_next_tick"]["max"],
             "graph_obs_to_command_ms_p50": graph.get("obs_to_executed_action_ms", {}).get("p50"),
             "graph_executed_actions_per_s": graph.get("executed_actions_per_s"),
+            "queue_300ms_actions_per_s": {e: rates[e]["executed_actions_per_s"] for e in ("sync", "async")},
+            "graph_remote_300ms_chunk8_policy_actions_per_s": {
+                e: remote[e].get("policy_actions_per_s") for e in ("sync", "async")},
         },
     }

@@ -33,8 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="safety limits (default config/safety.yaml)")
     p.add_argument("--device", help="torch device for the checkpoint (default: cuda when available)")
     p.add_argument("--expert-noise", type=float, default=0.0, help="action noise of the expert (0 = none)")
+    p.add_argument("--operator-noise", type=float, default=0.0,
+                   help="action noise of the scripted operator's corrections (0 = none, the expert's "
+                   "action at each state; 1 = about 1 cm per step at full speed)")
     p.add_argument("--replan-every", type=int, default=0,
                    help="re-plan after this many actions of a chunk (0 = whole chunks)")
+    p.add_argument("--execution", choices=("sync", "async"), default="async",
+                   help="async (default): the next chunk is computed while the queue runs, actions "
+                   "whose tick passed are dropped; sync: the arm waits (zero motion) for each chunk")
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="simulated inference latency: each chunk arrives this much later, in whole "
+                   "control ticks (default 0)")
+    p.add_argument("--merge", choices=("replace", "ensemble", "crossfade"), default="replace",
+                   help="how a new chunk joins the queued actions (default replace)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.set_defaults(func=run_session_cli)
@@ -51,7 +62,9 @@ def run_session_cli(args: argparse.Namespace) -> int:
         raise UserError(f"--task {args.task}: unknown task; choose from {', '.join(TASK_NAMES)}")
     for flag, value, low in (("--episodes", args.episodes, 1), ("--max-steps", args.max_steps, 1),
                              ("--image-size", args.image_size, 8), ("--replan-every", args.replan_every, 0),
-                             ("--expert-noise", args.expert_noise, 0)):
+                             ("--expert-noise", args.expert_noise, 0),
+                             ("--operator-noise", args.operator_noise, 0),
+                             ("--latency-ms", args.latency_ms, 0)):
         if value is not None and value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if os.path.exists(args.bags) and not os.path.isdir(args.bags):
@@ -72,7 +85,10 @@ def run_session_cli(args: argparse.Namespace) -> int:
                               max_steps=args.max_steps, image_size=args.image_size,
                               image_format=args.image_format, safety_config=args.safety_config,
                               device=args.device, expert_noise=args.expert_noise,
-                              replan_every=args.replan_every, progress=not args.no_progress and not args.json)
+                              operator_noise=args.operator_noise,
+                              replan_every=args.replan_every, progress=not args.no_progress and not args.json,
+                              execution=args.execution, merge=args.merge,
+                              delay_ticks=int(round(args.latency_ms / 1000.0 * 10.0)))  # 10 Hz ticks
     except (ValueError, FileNotFoundError) as err:
         raise UserError(str(err)) from None
     if args.json:

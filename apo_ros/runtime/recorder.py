@@ -164,14 +164,18 @@ class EpisodeRecorder:
         self._last_stamp = max(self._last_stamp, int(obs.stamp_ns))
 
     def record_action(self, stamp_ns: int, action: np.ndarray, source: str, obs_stamp_ns: int,
-                      proposed: np.ndarray | None = None) -> None:
+                      proposed: np.ndarray | None = None, tokens: np.ndarray | None = None,
+                      token_space: str = "", chunk: Any = None) -> None:
         """An executed action. Sources outside policy|human|expert (e.g. "none": a zero twist
-        because nothing fresh was there) are not actions anyone chose and are not written."""
+        because nothing fresh was there) are not actions anyone chose and are not written.
+        `chunk`: the policy action's provenance (recording.chunks.ChunkInfo), if any."""
         if source not in SOURCES:
             return
         if proposed is not None and not np.all(np.isfinite(proposed)):
             proposed = None  # a NaN proposal is logged by the filter counts, not in the bag
-        self._w().write_action(int(stamp_ns), action, source, int(obs_stamp_ns), proposed=proposed)
+        extra = {"chunk": chunk} if chunk is not None else {}
+        self._w().write_action(int(stamp_ns), action, source, int(obs_stamp_ns), proposed=proposed,
+                               tokens=tokens if token_space else None, token_space=token_space, **extra)
         self._steps += 1
         self._human_steps += source == "human"
         self._last_stamp = max(self._last_stamp, int(stamp_ns))

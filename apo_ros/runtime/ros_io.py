@@ -196,6 +196,10 @@ class ControlSteps:
       Otherwise it is late or repeated and must be dropped.
     - `expired(now)`: the open step's deadline passed without a command.
     - `close()`: the step was decided.
+    - `early(obs_stamp, command)`: a command for a step not yet open (it overtook its own
+      observation on the way: a queued action is published the moment the observation is
+      complete) is kept, the newest one only, and `take_early()` hands it over once `observe()`
+      opened its step.
     """
 
     def __init__(self, deadline_s: float):
@@ -204,6 +208,7 @@ class ControlSteps:
         self._previous = 0  # observation of the step before
         self._opened_ns = 0
         self._last_command = 0
+        self._early: tuple[int, Any] | None = None
         self.open = False
 
     def observe(self, stamp_ns: int, now_ns: int) -> bool:
@@ -225,3 +230,16 @@ class ControlSteps:
 
     def close(self) -> None:
         self.open = False
+
+    def early(self, obs_stamp_ns: int, command: Any) -> bool:
+        if obs_stamp_ns <= self.stamp:
+            return False
+        self._early = (int(obs_stamp_ns), command)
+        return True
+
+    def take_early(self) -> tuple[int, Any] | None:
+        kept, self._early = self._early, None
+        if kept is not None and kept[0] > self.stamp:
+            self._early = kept  # for a step still to come
+            return None
+        return kept if kept is not None and kept[0] == self.stamp else None

@@ -24,6 +24,7 @@ import numpy as np
 
 from apo_ros.actions.space import GRIPPER_INDEX
 from apo_ros.observation import CAMERAS, Observation
+from apo_ros.recording.chunks import ChunkInfo
 from apo_ros.runtime.config import load_safety_filter
 from apo_ros.runtime.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.runtime.recorder import EpisodeRecorder, RecorderConfig
@@ -121,6 +122,7 @@ class SessionSummary:
     latency_ms: dict = field(default_factory=dict)  # policy inference p50 / p99
     filter: dict = field(default_factory=dict)  # safety filter counters (policy actions)
     timing_ms: dict = field(default_factory=dict)  # mean per step: policy, sim, record, overhead
+    runner: dict = field(default_factory=dict)  # action queue: chunks, late / expired actions, empty ticks
     wall_s: float = 0.0
 
     @property
@@ -166,13 +168,13 @@ def _resolve_policy(policy: Any, task: str, env: Any, seed: int, device: str | N
     return policy, str(pid), False
 
 
-def _make_operator(operator: Any, task: str, seed: int) -> Any:
+def _make_operator(operator: Any, task: str, seed: int, noise: float = 0.0) -> Any:
     if operator in (None, "none"):
         return None
     if operator == "scripted":
-        from apo_ros.sim.operator import SimulatedOperator
+        from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
 
-        return SimulatedOperator(task, seed=seed)
+        return SimulatedOperator(task, OperatorConfig(human_noise=noise), seed=seed)
     if hasattr(operator, "step") and hasattr(operator, "reset"):
         return operator  # an operator object (tests, custom operators)
     raise ValueError(f"operator must be 'scripted' or 'none', got {operator!r}")
@@ -214,14 +216,21 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                 image_size: int = 64, cameras: tuple[str, ...] = CAMERAS, control_hz: float = 10.0,
                 image_format: str = "raw", safety_config: str = "", device: str | None = None,
                 expert_noise: float = 0.0, replan_every: int = 0, progress: bool = False,
-                render: bool = True) -> SessionSummary:
+                render: bool = True, operator_noise: float = 0.0, execution: str = "async",
+                 delay_ticks: int = 0, merge: str = "replace", refill_steps: int = -1,
+                 horizon_s: float = 1.0) -> SessionSummary:
     """Run `episodes` episodes of `task` and record one bag each in `bags_dir`.
 
     policy: "expert" (scripted expert; actions recorded with source "expert"), a checkpoint
         directory, a policy server URL ws://HOST:PORT, or a policy object (TokenPolicy or anything
         with select_action/reset).
-    operator: "scripted" (the simulated operator intervenes when the policy goes wrong) or "none".
+    operator: "scripted" (the simulated operator intervenes when the policy goes wrong; its
+        corrections carry `operator_noise`) or "none".
     Episode k uses seed `seed + k`.
+    execution / delay_ticks / merge / refill_steps / horizon_s: the action queue between the
+        policy and the arm (RunnerConfig): `delay_ticks` makes every inference take that many
+        control ticks of simulated time, so "sync" (the arm waits for each chunk) and "async"
+        (the next chunk is computed while the queue runs) can be compared under latency.
     """
     from apo_ros.sim.env import make_env
 
@@ -232,9 +241,10 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
     safety = load_safety_filter(safety_config)  # the runner's filter: counts policy actions
     final_filter = load_safety_filter(safety_config)  # the last check on whatever is executed
     pol, pid, is_expert = _resolve_policy(policy, task, env, seed, device, expert_noise)
-    runner = PolicyRunner(pol, safety, RunnerConfig(rate_hz=control_hz, replan_every=replan_every),
-                          policy_id=pid)
-    op = _make_operator(operator, task, seed)
+    runner = PolicyRunner(pol, safety, RunnerConfig(
+        rate_hz=control_hz, replan_every=replan_every, execution=execution, delay_ticks=delay_ticks,
+        merge=merge, refill_steps=refill_steps, horizon_s=horizon_s), policy_id=pid)
+    op = _make_operator(operator, task, seed, operator_noise)
     op_name = operator if isinstance(operator, str) else type(operator).__name__
     max_delta = tuple(safety.config.max_delta)
     device_adapter = OperatorDevice(max_delta)
@@ -272,16 +282,18 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                         break
                     t3 = time.perf_counter()
                     if human is None and device_adapter.engaged:
-                        # Hand-back: the policy re-plans from this observation before it acts,
-                        # so its first action after the intervention does not come from a chunk
-                        # planned while the person was driving.
-                        runner.request_replan()
-                        rs = runner.step(obs, now_ns=obs.stamp_ns)
+                        # Hand-back: the queue (planned while the person was driving) is flushed
+                        # and the policy plans from this observation before it acts; with
+                        # simulated latency the arm holds until that chunk is there.
+                        runner.flush(not_before_ns=obs.stamp_ns)
+                        rs = runner.step(obs, now_ns=obs.stamp_ns, again=True)
                         policy_s += rs.inference_ns / 1e9
                     device_adapter.feed(human)
+                    # nothing planned for this tick: no policy command (zero motion, not recorded)
+                    command = None if rs.empty else PolicyCommand(rs.action, rs.obs_stamp_ns)
                     out = arbiter.update(obs.stamp_ns, device=device_adapter.read(),
-                                         policy=PolicyCommand(rs.action, rs.obs_stamp_ns),
-                                         obs_stamp_ns=obs.stamp_ns)
+                                         policy=command, obs_stamp_ns=obs.stamp_ns)
+                    arbiter.expire_policy()  # each command decides one tick, never a later one
                     executed = final_filter.filter(out.action, obs.ee_pose[:3], obs.gripper).action
                     source = "expert" if (is_expert and out.source == "policy") else out.source
                     t4 = time.perf_counter()
@@ -289,8 +301,12 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
                         if event.kind in ("intervention_start", "intervention_end"):
                             recorder.record_event(event.stamp_ns, event.kind)
                     proposed = rs.proposed if np.all(np.isfinite(rs.proposed)) else None
+                    chunk = None
+                    if out.source == "policy" and not is_expert:
+                        chunk = ChunkInfo(rs.chunk_index, rs.latency_ns, rs.merge, obs.stamp_ns)
                     recorder.record_action(obs.stamp_ns, executed, source, out.obs_stamp_ns,
-                                           proposed=None if is_expert else proposed)
+                                           proposed=None if is_expert else proposed,
+                                           tokens=rs.tokens, token_space=rs.token_space, chunk=chunk)
                     t5 = time.perf_counter()
                     obs, _r, terminated, truncated, info = env.step(executed)
                     t6 = time.perf_counter()
@@ -330,6 +346,8 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
     summary.wall_s = time.perf_counter() - wall0
     summary.latency_ms = runner.latency_ms()
     summary.filter = safety.summary()
+    summary.runner = {"empty_ticks": runner.empty_ticks, "discarded_chunks": runner.discarded,
+                      **runner.queue.stats()}
     if n_steps:
         summary.timing_ms = {"policy": 1e3 * t_policy / n_steps, "sim": 1e3 * t_sim / n_steps,
                              "record": 1e3 * t_record / n_steps,

@@ -10,7 +10,7 @@ from apo_ros.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from apo_ros.sim.env import TabletopEnv, make_env
-    from apo_ros.sim.experts import Expert, ExpertConfig, make_expert
+    from apo_ros.sim.experts import Expert, ExpertConfig, StateExpert, make_expert
     from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
     from apo_ros.sim.tasks import TASKS, Task
 
@@ -22,12 +22,13 @@ _EXPORTS = {
     "Expert": "apo_ros.sim.experts",
     "ExpertConfig": "apo_ros.sim.experts",
     "make_expert": "apo_ros.sim.experts",
+    "StateExpert": "apo_ros.sim.experts",
     "OperatorConfig": "apo_ros.sim.operator",
     "SimulatedOperator": "apo_ros.sim.operator",
 }
 
-__all__ = ["TASKS", "Expert", "ExpertConfig", "OperatorConfig", "SimulatedOperator", "TabletopEnv",
-           "Task", "make_env", "make_expert"]
+__all__ = ["TASKS", "Expert", "ExpertConfig", "OperatorConfig", "SimulatedOperator", "StateExpert",
+           "TabletopEnv", "Task", "make_env", "make_expert"]
 # `evaluate` lives in the submodule of the same name: `from apo_ros.sim.evaluate import evaluate`
 # (re-exporting it here would be shadowed by the submodule once that is imported).
 

@@ -77,9 +77,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if policy != "expert" and hasattr(policy, "eval"):
         policy.eval()
+    runner = None
+    if args.latency_ms or args.execution or args.merge:  # the action queue's settings
+        from apo_ros.runtime.policy_runner import RunnerConfig
+
+        if args.latency_ms < 0:
+            raise _user_error(f"--latency-ms must be >= 0, got {args.latency_ms}")
+        runner = RunnerConfig(execution=args.execution or "sync", merge=args.merge or "replace",
+                              delay_ticks=int(round(args.latency_ms / 100.0)))  # 10 Hz ticks
     result = evaluate(task, policy, episodes=args.episodes, seed0=args.seed,
                       image_size=args.image_size, max_steps=args.max_steps,
-                      expert_noise=args.noise, progress=progress)
+                      expert_noise=args.noise, progress=progress, runner=runner)
     summary = {k: result[k] for k in ("task", "episodes", "successes", "success_rate", "mean_steps")}
     if args.json:
         print(json.dumps(summary))
@@ -99,6 +107,8 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     check_writable(args.output, "-o", create_parents=False)  # before the episode runs
     policy = load_policy_arg(args.policy)
+    if args.output.lower().endswith(".mp4"):
+        return _view_video(task, policy, args)
     from apo_ros.sim.view import contact_sheet, record_episode, write_png
 
     if policy != "expert" and hasattr(policy, "eval"):
@@ -115,6 +125,23 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise _user_error(str(err)) from None
     print(f"wrote {args.output} ({sheet.shape[1]}x{sheet.shape[0]}): {outcome} in {run['steps']} "
           "steps", file=sys.stderr if args.quiet else sys.stdout)
+    return 0
+
+
+def _view_video(task: str, policy, args: argparse.Namespace) -> int:
+    """`sim view -o X.mp4`: the episode recorded as a session and filmed as `bags video` films bags."""
+    from apo_ros.recording.video import VideoConfig
+    from apo_ros.sim.view import record_episode_video
+
+    if policy != "expert" and hasattr(policy, "eval"):
+        policy.eval()
+    run = record_episode_video(task, args.seed, policy, args.output, operator=args.operator,
+                               image_size=args.image_size, max_steps=args.max_steps, bags_dir=args.keep_bag,
+                               config=VideoConfig(panel_height=args.size if args.size >= 32 else 32),
+                               progress=not args.quiet and sys.stderr.isatty())
+    print(f"wrote {args.output} ({run['frames']} frames): {run['outcome']} in {run['steps']} steps, "
+          f"{run['interventions']} take-over(s)" + (f"; bag {run['bag']}" if run["bag"] else ""),
+          file=sys.stderr if args.quiet else sys.stdout)
     return 0
 
 
@@ -142,20 +169,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-steps", type=int, default=None, help="episode length (task default)")
     e.add_argument("--image-size", type=int, default=64, help="camera size for learned policies")
     e.add_argument("--noise", type=float, default=0.0, help="expert action noise scale")
+    e.add_argument("--latency-ms", type=float, default=0.0,
+                   help="simulated inference latency: each chunk arrives this much later, in "
+                   "whole 100 ms control ticks (default 0)")
+    e.add_argument("--execution", choices=("sync", "async"), default=None,
+                   help="sync: the arm waits (zero motion) for each chunk (the default); async: "
+                   "the next chunk is computed while the queue runs, late actions dropped")
+    e.add_argument("--merge", choices=("replace", "ensemble", "crossfade"), default=None,
+                   help="async: how a new chunk joins the queued actions (default replace)")
     e.add_argument("--json", action="store_true", help="print one JSON line")
     e.set_defaults(func=cmd_eval)
 
-    v = sim.add_parser("view", help="contact sheet of front + wrist frames along one episode",
-                       description="Run one seeded episode and write a PNG contact sheet: a row of "
-                       "front-camera frames and a row of wrist-camera frames along it.")
+    v = sim.add_parser("view", help="contact sheet (PNG) or video (MP4) of one episode",
+                       description="Run one seeded episode and write a PNG contact sheet (a row of "
+                       "front-camera frames and a row of wrist-camera frames along it) or, when -o "
+                       "ends in .mp4, the episode's video as `apo-ros bags video` draws it (cameras, "
+                       "who acted at each step, take-overs, outcome).")
     v.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
     v.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
-    v.add_argument("-o", "--output", default="sheet.png", help="PNG to write (default sheet.png)")
+    v.add_argument("-o", "--output", default="sheet.png",
+                   help="PNG (contact sheet) or .mp4 (video) to write (default sheet.png)")
     v.add_argument("--policy", default="expert",
                    help="'expert' (scripted) or a checkpoint directory")
     v.add_argument("--size", type=int, default=160, help="frame size in pixels (default 160)")
     v.add_argument("--frames", type=int, default=8, help="frames per camera row (default 8)")
     v.add_argument("--image-size", type=int, default=64, help="camera size the policy sees")
     v.add_argument("--max-steps", type=int, default=None, help="episode length (task default)")
+    v.add_argument("--operator", choices=["none", "scripted"], default="none",
+                   help="video only: 'scripted' lets the simulated operator take over (default none)")
+    v.add_argument("--keep-bag", metavar="DIR", default=None,
+                   help="video only: keep the episode's bag in DIR")
     v.add_argument("--quiet", action="store_true", help="report on stderr")
     v.set_defaults(func=cmd_view)

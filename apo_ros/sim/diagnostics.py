@@ -2,6 +2,8 @@
 
     python -m apo_ros.sim.diagnostics nudge          # push each task's object, see where it stops
     python -m apo_ros.sim.diagnostics operator       # human-step statistics with a flawed policy
+    python -m apo_ros.sim.diagnostics deploy --policy CKPT --bags OUT [--demos DEMOS]
+                                                     # a checkpoint under the operator + agreement
 
 `nudge` gives the object a horizontal velocity (or a spin) on the table and reports how far it
 went and when it came to rest. `operator` runs a stand-in for a weak learned policy (the scripted
@@ -9,7 +11,9 @@ expert aiming its grasp 2-4 cm off the object, with action noise: the failure a 
 shows) under the simulated operator and reports what the human steps were: the share spent moving
 while the loose object was still moving more than 5 mm per step ("chasing"), and the share of
 human yaw actions outside the expert demos' 1st-99th percentile range (clipped to the edge bin by
-a tokenizer whose statistics come from the demos).
+a tokenizer whose statistics come from the demos). `deploy` runs a checkpoint under the simulated
+operator (noise-free, no cameras: for state policies) and reports the session figures and the
+operator's agreement with the expert (`apo_ros.sim.operator_metrics`).
 """
 
 from __future__ import annotations
@@ -166,13 +170,45 @@ def operator_statistics(task: str = "lemon_on_plate", episodes: int = 20, seed0:
             "episode_ends": end_reasons}
 
 
+def deploy_with_operator(task: str, policy_dir: str, bags_dir: str, episodes: int = 30,
+                         seed0: int = 300_000, demo_dirs=(), config=None) -> dict:
+    """Deploy a (state) policy checkpoint under the simulated operator; return the session's
+    figures (successes, interventions, human steps, corrected episodes that succeeded) and the
+    operator's agreement metrics on the bags it wrote."""
+    from apo_ros.runtime.session import run_session
+    from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
+    from apo_ros.sim.operator_metrics import operator_metrics
+
+    operator = SimulatedOperator(task, config or OperatorConfig(), seed=seed0)
+    summary = run_session(task, policy_dir, operator, episodes, bags_dir, seed0, device="cpu",
+                          render=False, cameras=())
+    corrected = [e for e in summary.episodes if e.interventions > 0]
+    d = summary.to_dict()
+    return {"task": task, "episodes": episodes, "successes": d["successes"],
+            "interventions": d["interventions"], "steps": d["steps"], "human_steps": d["human_steps"],
+            "corrected_episodes": len(corrected),
+            "corrected_episodes_succeeded": sum(e.outcome == "success" for e in corrected),
+            "operator": operator_metrics([bags_dir], list(demo_dirs))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m apo_ros.sim.diagnostics", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("nudge", "operator"))
-    parser.add_argument("--task", default=None, help="one task (default: all three)")
-    parser.add_argument("--episodes", type=int, default=20, help="operator: episodes")
+    parser.add_argument("what", choices=("nudge", "operator", "deploy"))
+    parser.add_argument("--task", default=None, help="one task (default: all three; deploy: lemon_on_plate)")
+    parser.add_argument("--episodes", type=int, default=None, help="operator: episodes (20); deploy: 30")
+    parser.add_argument("--policy", help="deploy: checkpoint directory")
+    parser.add_argument("--bags", help="deploy: directory for the episode bags")
+    parser.add_argument("--demos", nargs="*", default=[], help="deploy: demo bags (nearest-demo agreement)")
+    parser.add_argument("--seed", type=int, default=300_000, help="deploy: seed of the first episode")
     args = parser.parse_args(argv)
+    if args.what == "deploy":
+        if not args.policy or not args.bags:
+            parser.error("deploy needs --policy and --bags")
+        print(json.dumps(deploy_with_operator(args.task or "lemon_on_plate", args.policy, args.bags,
+                                              args.episodes or 30, args.seed, args.demos), indent=1))
+        return 0
+    args.episodes = args.episodes or 20
     tasks = [args.task] if args.task else ["lemon_on_plate", "square_on_stick", "hang_cup"]
     for task in tasks:
         if args.what == "nudge":

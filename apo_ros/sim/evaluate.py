@@ -4,8 +4,9 @@ A policy can be
 - the string "expert" (the scripted expert, privileged state, no cameras needed);
 - an object with `select_action(observation) -> (chunk [T, 7], ok)` (apo_ros TokenPolicy and
   anything loaded by `apo_ros.policies.checkpoint.load_policy`): chunk actions are executed one
-  per control step, a new chunk is asked for when the last one is used up, and `ok == False`
-  means "zero motion" for one step (the gripper keeps its last command);
+  per control step through the runtime's action queue (a new chunk when the last one is used
+  up by default; `runner=` for async execution and simulated latency), and `ok == False` means
+  "zero motion" for one step (the gripper keeps its last command);
 - a plain callable `observation -> action (7,) or chunk (T, 7)`;
 - a factory `env -> one of the above` (called once per episode, after reset), for policies that
   need the environment (privileged baselines).
@@ -22,6 +23,7 @@ import numpy as np
 
 from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX, as_chunk
 from apo_ros.observation import CAMERAS, Observation
+from apo_ros.runtime.policy_runner import PolicyRunner, RunnerConfig
 
 
 class ExpertPolicy:
@@ -38,20 +40,37 @@ class ExpertPolicy:
         return self.expert.act(self.env)
 
 
-class ChunkRunner:
-    """Turns a chunk-producing policy into one action per step."""
+class _CallablePolicy:
+    """A plain callable `observation -> action or chunk` behind the policy interface."""
 
-    def __init__(self, policy: Any):
-        self.policy = policy
-        self._queue: list[np.ndarray] = []
-        self._gripper = 1.0  # last gripper command (zero motion keeps it)
-        self.failed_decodes = 0
+    def __init__(self, fn: Callable[[Observation], Any]):
+        self.fn = fn
+
+    def select_action(self, observation: Observation) -> tuple[np.ndarray, bool]:
+        return as_chunk(np.asarray(self.fn(observation), dtype=np.float64)), True
 
     def reset(self) -> None:
-        self._queue = []
+        if hasattr(self.fn, "reset"):
+            self.fn.reset()
+
+
+class ChunkRunner:
+    """Turns a chunk-producing policy into one action per step, through the runtime's action
+    queue (`PolicyRunner` without a safety filter: evaluation measures the policy). The default
+    is synchronous whole-chunk execution; `config` sets the execution mode, a simulated
+    inference latency (`delay_ticks`) and the merge rule. A tick with nothing planned (waiting
+    for a chunk) or a failed decode is zero motion; the gripper keeps its last command."""
+
+    def __init__(self, policy: Any, config: RunnerConfig | None = None):
+        self.policy = policy if hasattr(policy, "select_action") else _CallablePolicy(policy)
+        self.runner = PolicyRunner(self.policy, None, config or RunnerConfig(execution="sync"))
+        self._gripper = 1.0  # last gripper command (zero motion keeps it)
+        self.failed_decodes = 0
+        self.empty_steps = 0
+
+    def reset(self) -> None:
+        self.runner.reset()
         self._gripper = 1.0
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
 
     def zero_motion(self) -> np.ndarray:
         action = np.zeros(ACTION_DIM)
@@ -59,16 +78,14 @@ class ChunkRunner:
         return action
 
     def __call__(self, observation: Observation) -> np.ndarray:
-        if not self._queue:
-            if hasattr(self.policy, "select_action"):
-                chunk, ok = self.policy.select_action(observation)
-            else:
-                chunk, ok = self.policy(observation), True
-            if not ok:
-                self.failed_decodes += 1
-                return self.zero_motion()
-            self._queue = list(as_chunk(np.asarray(chunk, dtype=np.float64)))
-        action = np.asarray(self._queue.pop(0), dtype=np.float64)
+        step = self.runner.step(observation)
+        if step.empty:
+            self.empty_steps += 1
+            return self.zero_motion()
+        if not step.ok:
+            self.failed_decodes += 1
+            return self.zero_motion()
+        action = np.asarray(step.action, dtype=np.float64)
         if np.isfinite(action[GRIPPER_INDEX]):
             self._gripper = float(action[GRIPPER_INDEX])
         return action
@@ -78,15 +95,16 @@ PolicyLike = Any  # "expert" | select_action object | callable obs -> action/chu
 
 
 def _episode_policy(policy: PolicyLike, env, *, expert_noise: float, seed: int,
-                    factory: bool) -> Callable[[Observation], np.ndarray]:
+                    factory: bool, runner: RunnerConfig | None = None
+                    ) -> Callable[[Observation], np.ndarray]:
     if isinstance(policy, str):
         if policy != "expert":
             raise ValueError(f"unknown policy name {policy!r} (only 'expert' is built in)")
         return ExpertPolicy(env, noise=expert_noise, seed=seed)
     inner = policy(env) if factory else policy
-    runner = ChunkRunner(inner)
-    runner.reset()
-    return runner
+    chunks = ChunkRunner(inner, runner)
+    chunks.reset()
+    return chunks
 
 
 def _summary(task: str, per_episode: list[dict], seconds: float) -> dict:
@@ -106,21 +124,25 @@ def evaluate(task: str, policy: PolicyLike, episodes: int = 50, seed0: int = 0, 
              image_size: int = 64, cameras: tuple[str, ...] = CAMERAS,
              max_steps: int | None = None, render: bool | None = None, factory: bool = False,
              expert_noise: float = 0.0, batch: int = 1,
-             progress: Callable[[int, dict], None] | None = None) -> dict:
+             progress: Callable[[int, dict], None] | None = None,
+             runner: RunnerConfig | None = None) -> dict:
     """Run `episodes` seeded episodes (seeds seed0, seed0 + 1, ...) and report
     {"task", "episodes", "successes", "success_rate", "mean_steps"} plus per-episode details
     ("per_episode": seed, success, steps, failure reason) and wall time. `render` defaults to
     False for the expert (it needs no images) and True otherwise; `factory=True` means
     `policy(env)` builds the per-episode policy. `batch > 1` runs that many episodes side by side
     and plans their chunks in one batched forward pass (for TokenPolicy objects: same actions as
-    one at a time, several times faster for small policies)."""
+    one at a time, several times faster for small policies). `runner`: how chunks are executed
+    (the runtime's RunnerConfig: sync / async, simulated latency `delay_ticks`, merge rule;
+    default synchronous whole chunks)."""
     from apo_ros.sim.env import make_env
 
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if render is None:
         render = not (isinstance(policy, str) and policy == "expert")
-    if batch > 1 and not factory and hasattr(policy, "predict") and hasattr(policy, "prepare_observations"):
+    batchable = hasattr(policy, "predict") and hasattr(policy, "prepare_observations")
+    if batch > 1 and runner is None and not factory and batchable:
         return _evaluate_batched(task, policy, [seed0 + i for i in range(episodes)], batch,
                                  image_size=image_size, cameras=cameras, max_steps=max_steps,
                                  render=render, progress=progress)
@@ -132,7 +154,7 @@ def evaluate(task: str, policy: PolicyLike, episodes: int = 50, seed0: int = 0, 
             seed = seed0 + i
             obs = env.reset(seed)
             act = _episode_policy(policy, env, expert_noise=expert_noise, seed=seed,
-                                  factory=factory)
+                                  factory=factory, runner=runner)
             terminated = truncated = False
             info: dict = {}
             while not (terminated or truncated):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apo_ros.sim.kinematics import rotation_error
-from apo_ros.sim.tasks import Task, get_task
+from apo_ros.sim.tasks import PLATE_RADIUS, LemonOnPlate, Task, get_task
 
 PHASES = ("approach", "descend", "close", "lift", "transport", "release", "retreat", "done")
 
@@ -28,6 +28,8 @@ class ExpertConfig:
     position_tolerance: float = 0.006  # m, final approach to the grasp point / release point
     waypoint_tolerance: float = 0.012  # m, intermediate waypoints
     yaw_tolerance: float = 0.06  # rad, finger alignment before descending / threading
+    descend_xy_tolerance: float = 0.025  # m: a descent goes on while the TCP is this close (across)
+    # to the grasp point; farther, the object moved: line up again above it
     grasp_centre_tolerance: float = 0.008  # m across the pad width; beyond it, let go and regrasp
     stuck_steps: int = 6  # transport steps without progress before backing up and retrying
     noise_translation: float = 0.01  # m, std of action noise at noise = 1 and full speed
@@ -223,7 +225,7 @@ class Expert:
         if self.phase == "descend":
             grasp, closing = task.grasp_target(env)
             closing, self._closing_sign = _aligned(closing, closing_now, self._closing_sign)
-            if np.linalg.norm(tcp[:2] - grasp[:2]) > 0.025:  # the object moved: line up again
+            if np.linalg.norm(tcp[:2] - grasp[:2]) > c.descend_xy_tolerance:  # it moved: line up again
                 self._set("approach")
                 return self._plan(env)
             if np.linalg.norm(tcp - grasp) < c.position_tolerance:
@@ -324,3 +326,150 @@ def make_expert(task: str, *, noise: float = 0.0, seed: int = 0) -> Expert:
     1 = about 1 cm / 3 degrees per step at full speed, less when moving slowly), `seed` seeds
     that noise."""
     return Expert(task, noise=noise, seed=seed)
+
+
+class StateExpert(Expert):
+    """The scripted expert as a function of the current state: `act(env)` infers the phase from
+    what is observable (object in hand, gripper opening, where the TCP and the object are) instead
+    of remembering it, so the same state always gives the same action, whatever happened before.
+
+    At the states the scripted `Expert` visits in its own demos the inferred phase is its phase, so
+    the action is the demo's action (a handful of steps differ per episode, around the moments the
+    gripper closes and opens). Off the demos it does what the expert does after `replan` from
+    that state, with every phase the state already satisfies skipped. What it cannot do without
+    memory: back up and retry a square jammed on the stick (it keeps pushing), and keep the wrist
+    on a side of the grasp direction by hysteresis (it takes the nearer side; the wrist turning
+    towards it keeps the choice stable)."""
+
+    def reset(self, env) -> None:
+        self.phase = self.infer_phase(env)
+
+    def replan(self, env) -> None:
+        self.phase = self.infer_phase(env)
+
+    def infer_phase(self, env) -> str:
+        """The expert phase that fits the current state (see PHASES)."""
+        c, task = self.config, self.task
+        tcp = env.tcp_pos()
+        if task.is_success(env):
+            return "done" if tcp[2] > 0.21 else "retreat"
+        if env.is_grasped(task.object_body):
+            # Held is held: an object gripped off the pads' centre is carried (the scripted expert
+            # regrasps those right after closing; a policy's off-centre grasp that holds is no
+            # failure, and one that slips is caught as a drop).
+            path = task.place_path(env)
+            obj = task.object_point(env)
+            on_path = self._waypoint_from_state(env, path, obj) > 0
+            if float(np.linalg.norm(path[-1] - obj)) < c.position_tolerance and self._yaw_ok(env):
+                return "release"
+            if on_path or obj[2] > path[0][2] - c.waypoint_tolerance:
+                return "transport"
+            return "lift"
+        # Not holding it. Still at the goal (opening the gripper, or about to): finish the release.
+        path = task.place_path(env)
+        obj = task.object_point(env)
+        if float(np.linalg.norm(path[-1] - obj)) < c.waypoint_tolerance and \
+                float(np.linalg.norm(tcp - obj)) < 0.1 and env.gripper_command >= 0.5:
+            return "release"
+        grasp, closing = task.grasp_target(env)
+        if float(np.linalg.norm(tcp - grasp)) < c.position_tolerance or (
+                env.gripper_command < 0.5 and float(np.linalg.norm(tcp - grasp)) < 2 * c.position_tolerance
+                and env.gripper_opening() > 0.05):
+            return "close"  # there (or closing on it): close without moving
+        pre_z = grasp[2] + c.approach_height
+        closing, _ = _aligned(closing, env.tcp_mat()[:, 1])
+        aligned = abs(_yaw_between(env.tcp_mat()[:, 1], closing)) < c.yaw_tolerance
+        # At the pre-grasp point, lined up: descend. Already well below it (a descent under way),
+        # keep descending while the expert would: within its descent tolerance across (the
+        # descent turns the fingers into line as it goes).
+        across = float(np.linalg.norm(tcp[:2] - grasp[:2]))
+        at_pre = across < 2 * c.position_tolerance and tcp[2] < pre_z + 2 * c.position_tolerance \
+            and aligned
+        below_pre = across < c.descend_xy_tolerance and tcp[2] < pre_z - 2 * c.position_tolerance
+        if (at_pre or below_pre) and env.gripper_opening() > 0.8:
+            return "descend"
+        return "approach"
+
+    def _yaw_ok(self, env) -> bool:
+        closing_now = env.tcp_mat()[:, 1]
+        closing = self._carry_closing(env, closing_now)
+        return abs(_yaw_between(closing_now, closing)) < self.config.yaw_tolerance
+
+    def _waypoint_from_state(self, env, path: list[np.ndarray], obj: np.ndarray) -> int:
+        """The placing-path waypoint the object is heading for: past waypoint j once it is within
+        the waypoint tolerance of the segment from j to j + 1 (and, for the first, within the
+        tolerance of j itself or beyond it along the segment), with the wrist turned as the
+        carry needs. 0 = not on the path yet: go to its start."""
+        c = self.config
+        if not self._yaw_ok(env):
+            # Turning the object comes first: stay at the waypoint it is nearest to.
+            dists = [float(np.linalg.norm(p - obj)) for p in path]
+            j = int(np.argmin(dists))
+            return j if dists[j] < c.waypoint_tolerance else 0
+        best = 0
+        for j in range(len(path) - 1):
+            a, b = path[j], path[j + 1]
+            ab = b - a
+            t = float(np.dot(obj - a, ab) / max(float(np.dot(ab, ab)), 1e-12))
+            dist = float(np.linalg.norm(obj - (a + np.clip(t, 0.0, 1.0) * ab)))
+            at_start = float(np.linalg.norm(obj - a)) < c.waypoint_tolerance
+            if dist < c.waypoint_tolerance and (t > 0.0 or at_start):
+                best = j + 1
+        # Lowered early, but over a goal that takes the object anywhere near its centre (a plate):
+        # put it down from here rather than lift it back to the carry height first.
+        radius = self.final_approach_radius()
+        last = path[-1]
+        if best == 0 and radius > 0 and float(np.linalg.norm(obj[:2] - last[:2])) < radius \
+                and last[2] - c.waypoint_tolerance < obj[2] < path[0][2] - c.waypoint_tolerance:
+            best = len(path) - 1
+        return best
+
+    def final_approach_radius(self) -> float:
+        """How far across from the release point a lowered object may be put down directly: on a
+        plate, anywhere that still ends well inside its rim; elsewhere (a stick, a peg) 0: only
+        along the placing path."""
+        if isinstance(self.task, LemonOnPlate):
+            return PLATE_RADIUS - 0.035
+        return 0.0
+
+    def _plan(self, env) -> np.ndarray:
+        c, task = self.config, self.task
+        phase = self.phase = self.infer_phase(env)
+        tcp, mat = env.tcp_pos(), env.tcp_mat()
+        closing_now = mat[:, 1]
+        if phase == "approach":
+            grasp, closing = task.grasp_target(env)
+            closing, _ = _aligned(closing, closing_now)
+            pre = grasp + [0, 0, c.approach_height]
+            target = pre.copy()
+            if np.linalg.norm(tcp[:2] - pre[:2]) > 0.03 and tcp[2] < pre[2] - 0.03:
+                target = np.array([tcp[0], tcp[1], pre[2]])
+            return self._move(env, target, closing, 1.0)
+        if phase == "descend":
+            grasp, closing = task.grasp_target(env)
+            closing, _ = _aligned(closing, closing_now)
+            return self._move(env, grasp, closing, 1.0)
+        if phase == "close":
+            return self._hold(0.0)
+        if phase == "lift":
+            first = task.place_path(env)[0]
+            obj = task.object_point(env)
+            target = tcp + [0.0, 0.0, first[2] - obj[2]]
+            target[:2] = tcp[:2]
+            return self._move(env, target, self._carry_closing(env, closing_now), 0.0)
+        if phase == "transport":
+            path = task.place_path(env)
+            obj = task.object_point(env)
+            j = self._waypoint_from_state(env, path, obj)
+            return self._move(env, tcp + (path[j] - obj), self._carry_closing(env, closing_now), 0.0)
+        if phase == "release":
+            return self._hold(1.0)
+        if phase == "retreat":
+            target = np.array([tcp[0], tcp[1], max(tcp[2], 0.22)])
+            return self._move(env, target, closing_now, 1.0)
+        return self._hold(1.0)  # done
+
+
+def make_state_expert(task: str, *, noise: float = 0.0, seed: int = 0) -> StateExpert:
+    """The scripted expert as a function of the current state (see `StateExpert`)."""
+    return StateExpert(task, noise=noise, seed=seed)

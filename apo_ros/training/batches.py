@@ -96,22 +96,31 @@ def logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Ten
     if want_argmax and hasattr(policy, "token_logits"):
         logits = logits_fn(encoding, tokens, mask).float()
         if logits.shape[-1] > int(tokens.max()):
-            logp = torch.log_softmax(logits, -1)
-            picked = logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
-            picked = torch.where(mask, picked, torch.zeros_like(picked))
-            scores = logits.detach()
-            allowed = getattr(policy, "allowed_ids", None)  # VLAs: action ids only (+ stop), as
-            if isinstance(allowed, torch.Tensor):  # their constrained greedy decoding
-                allowed = allowed.clone()
-                stop = getattr(policy, "stop_id", None)
-                if stop is not None:
-                    allowed[stop] = True
-                width = min(scores.shape[-1], allowed.shape[0])
-                scores = scores[..., :width].masked_fill(~allowed[:width].to(scores.device), float("-inf"))
-            return picked, scores.argmax(-1), mask
+            picked, argmax = scores_from_logits(policy, logits, tokens, mask)
+            return picked, argmax, mask
     logps = logps_fn(encoding, tokens, mask)
     if not want_argmax:
         return logps, None, None
     with torch.no_grad():
         pred, pred_mask = policy.predict_tokens(inputs)
     return logps, pred, pred_mask
+
+
+def scores_from_logits(policy, logits: torch.Tensor, tokens: torch.Tensor,
+                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From teacher-forced logits [B, L, V]: (log-probs of `tokens` [B, L], 0 where ~mask, with
+    gradient; the argmax token at each position [B, L], restricted to the action ids (+ stop)
+    for policies that declare `allowed_ids`, as their constrained greedy decoding)."""
+    logp = torch.log_softmax(logits.float(), -1)
+    picked = logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
+    picked = torch.where(mask, picked, torch.zeros_like(picked))
+    scores = logits.detach()
+    allowed = getattr(policy, "allowed_ids", None)
+    if isinstance(allowed, torch.Tensor):
+        allowed = allowed.clone()
+        stop = getattr(policy, "stop_id", None)
+        if stop is not None:
+            allowed[stop] = True
+        width = min(scores.shape[-1], allowed.shape[0])
+        scores = scores[..., :width].masked_fill(~allowed[:width].to(scores.device), float("-inf"))
+    return picked, scores.argmax(-1)

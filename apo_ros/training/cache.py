@@ -21,7 +21,7 @@ from apo_ros.actions.space import ACTION_DIM
 from apo_ros.errors import UserError
 from apo_ros.observation import PROPRIO_DIM
 
-CACHE_VERSION = 3  # 2: obs_stamp_ns column; 3: object_state and proposed columns
+CACHE_VERSION = 4  # 2: obs_stamp_ns column; 3: object_state and proposed columns; 4: token columns
 SOURCE_NAMES: tuple[str, ...] = ("policy", "human", "expert")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCE_NAMES)}
 
@@ -82,6 +82,7 @@ def episode_columns(episode) -> dict:
     nan = np.full(ACTION_DIM, np.nan)
     cols["proposed"] = np.stack([nan if s.proposed is None else np.asarray(s.proposed, dtype=np.float64)
                                  for s in steps]).astype(np.float32)
+    cols["tokens"], cols["token_space"], token_spaces = _token_columns(steps)
     if cols["actions"].shape != (n, ACTION_DIM) or cols["proprio"].shape != (n, PROPRIO_DIM):
         raise DataError(f"{episode.path}: actions {cols['actions'].shape} / proprio "
                         f"{cols['proprio'].shape} do not have {ACTION_DIM} / {PROPRIO_DIM} values")
@@ -100,9 +101,26 @@ def episode_columns(episode) -> dict:
     cols["instruction"] = np.array([instructions.index(s.observation.instruction) for s in steps],
                                    dtype=np.int32)
     meta = {"path": episode.path, "n": n, "cameras": cameras, "instructions": instructions,
-            "outcome": episode.outcome, "truncated": bool(episode.truncated),
+            "outcome": episode.outcome, "truncated": bool(episode.truncated), "token_spaces": token_spaces,
             "metadata": {k: str(v) for k, v in episode.metadata.items()}}
     return {"columns": cols, "meta": meta}
+
+
+def _token_columns(steps) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(ids int64 [n, W] (-1 = none; W = the widest step's ids, 0 when no step has any),
+    token space int16 [n] (index into the returned list, -1 = none), token spaces)."""
+    spaces: list[str] = []
+    width = max((len(s.tokens) for s in steps if s.tokens is not None), default=0)
+    ids = np.full((len(steps), width), -1, np.int64)
+    space = np.full(len(steps), -1, np.int16)
+    for i, s in enumerate(steps):
+        if s.tokens is None or not s.token_space:
+            continue
+        if s.token_space not in spaces:
+            spaces.append(s.token_space)
+        space[i] = spaces.index(s.token_space)
+        ids[i, :len(s.tokens)] = np.asarray(s.tokens, dtype=np.int64)
+    return ids, space, spaces
 
 
 def _write_entry(root: str, key: str, decoded: dict) -> str:

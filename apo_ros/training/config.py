@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from apo_ros.errors import ConfigError
 
+Z0_MODES: tuple[str, ...] = ("exact", "neighbour_labels", "matched")
+
 # the options each policy kind takes (build_policy keyword names; lora_rank becomes lora)
 POLICY_OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
     "small": ("chunk_size", "n_bins", "cameras", "image_size", "channels", "camera_fusion",
@@ -132,12 +134,14 @@ class TrainConfig:
     desirable_weight: float = 1.0
     # static lambda_U
     undesirable_weight: float = 1.0
-    # z0 estimate: exact (mismatched pairs) or matched (the released code's approximation)
+    # z0's mismatched pairs: exact (a second scoring: sample i's observation with its partner's
+    # action tokens as the teacher-forced input, as KTO/TRL), neighbour_labels (the partner's
+    # tokens scored on sample i's OWN teacher-forced pass, no second scoring, as the released APO
+    # code) or matched (the samples' own log-ratios, a cheap approximation)
     z0_mode: str = "exact"
-    # z0 clamp, lower (KTO/TRL: 0; released APO code: -5; null = none)
-    z0_min: float | None = 0.0
-    # z0 clamp, upper (released APO code: 5); kto always clamps >= 0 only
-    z0_max: float | None = None
+    # z0 clamp [min, max] (inf allowed, e.g. [0, inf]); null = the method's default: apo
+    # [-5, 5] (the released APO code's kl_min / kl_max), kto [0, inf] (TRL)
+    z0_clamp: list[float] | None = None
     # apo: leave the gripper token out of undesirable samples' reward
     mask_gripper: bool = True
     # apo: adaptive lambda from the decoded-action error
@@ -154,16 +158,29 @@ class TrainConfig:
     reference: str = "cached"
     # batch size of the one-off reference pass and of validation passes
     reference_batch_size: int = 64
-    # balanced sampler (kto, apo): share of desirable robot/expert steps (demos included)
+    # how batches are drawn from the method's steps: natural (uniform over them: each group at
+    # its share of the data), released (the ratio_* shares per batch, the released APO code's
+    # 0.5 / 0.25 / 0.25: corrections ~5x their share), capped (the ratio_* shares, but no group
+    # drawn more than max_repeat times its natural rate); null = the method's default (kto, apo:
+    # released; bc, dagger, sirius, tpo: natural; tpo takes natural only)
+    sampling: str | None = None
+    # capped sampling: the most a group's rows are drawn, relative to natural sampling (>= 1;
+    # 1 = natural)
+    max_repeat: float = 2.0
+    # released / capped sampling: share of desirable robot/expert steps (demos included)
     ratio_desirable: float = 0.5
-    # balanced sampler: share of human correction steps
+    # released / capped sampling: share of human correction steps
     ratio_human: float = 0.25
-    # balanced sampler: share of undesirable (pre-intervention) steps
+    # released / capped sampling: share of undesirable (pre-intervention) steps
     ratio_undesirable: float = 0.25
     # policy steps before an intervention labeled undesirable
     k: int = 10
-    # drop no-op policy steps (sum |a[:6]| < 0.05 normalized) as the released code
-    noop_filter: bool = False
+    # drop no-op policy steps (arm motion below noop_threshold) from the data and skip them when
+    # counting the k undesirable steps, as the released code
+    drop_noop: bool = False
+    # no-op threshold (released code: 0.05) on sum over the arm dims of |a| / max(|q01|, |q99|):
+    # the policy's action scale, with zero kept at zero
+    noop_threshold: float = 0.05
     # Sirius pre-intervention window
     sirius_window: int = 15
     # tpo: max steps per window (GRAPE public code: 8)
@@ -174,8 +191,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # bc family: Gaussian target over neighbouring bins, std in bins (small / state policies)
     bin_sigma: float = 0.0
-    # demo episodes used: all, equal (as many as interaction episodes: the paper's fine-tuning
-    # mix) or a number
+    # demo episodes used: all; matched (as many as the interaction data has intervened episodes:
+    # the paper's real-world mix of 20 intervened trajectories + 20 demos); equal (as many as
+    # interaction episodes, intervened or not); or a number
     demo_mix: str = "all"
     # share of demo bags and of interaction bags held out for validation (0 = none)
     val_fraction: float = 0.0
@@ -221,7 +239,7 @@ class TrainConfig:
     policy: PolicyOptions = field(default_factory=PolicyOptions)
 
     def __post_init__(self) -> None:
-        from apo_ros.training.registry import METHODS
+        from apo_ros.training.registry import METHODS, SAMPLINGS
 
         if isinstance(self.policy, Mapping):  # TrainConfig(policy={"image_size": 16}) from code
             from apo_ros.config import parse_config
@@ -230,6 +248,8 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         self.demo_mix = str(self.demo_mix)
+        if self.z0_clamp is not None:
+            self.z0_clamp = [float(v) for v in self.z0_clamp]
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 2 or not METHODS[self.method].needs_reference,
@@ -237,7 +257,20 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.schedule in ("cosine", "constant"), "schedule must be 'cosine' or 'constant'"),
-            (self.z0_mode in ("exact", "matched"), "z0_mode must be 'exact' or 'matched'"),
+            (self.z0_mode in Z0_MODES, f"z0_mode must be one of {list(Z0_MODES)}"),
+            (self.z0_clamp is None or (len(self.z0_clamp) == 2 and self.z0_clamp[0] <= self.z0_clamp[1]),
+             "z0_clamp must be [min, max] with min <= max (inf allowed), or null for the method's default"),
+            (self.sampling is None or self.sampling in SAMPLINGS,
+             f"sampling must be one of {list(SAMPLINGS)} or null (the method's default)"),
+            (self.sampling is None or self.sampling in METHODS[self.method].samplings,
+             f"{self.method} takes sampling {list(METHODS[self.method].samplings)}: its batches are "
+             "window pairs, one correction window and the policy window before it, so they hold "
+             "corrections and undesirable steps half and half by construction"),
+            (self.max_repeat >= 1, "max_repeat must be >= 1 (1 = natural sampling)"),
+            (min(self.ratio_desirable, self.ratio_human, self.ratio_undesirable) >= 0
+             and self.ratio_desirable + self.ratio_human + self.ratio_undesirable > 0,
+             "ratio_desirable, ratio_human, ratio_undesirable must be >= 0, not all 0"),
+            (self.noop_threshold >= 0, "noop_threshold must be >= 0"),
             (self.reference in ("cached", "online"), "reference must be 'cached' or 'online'"),
             (self.apo_reduction in ("sum", "mean"), "apo_reduction must be 'sum' or 'mean'"),
             (self.tpo_window >= 1, "tpo_window must be >= 1"),
@@ -254,8 +287,8 @@ class TrainConfig:
              "patience (early stopping) needs validation episodes: set val_fraction > 0"),
             (self.apo_weight_group >= 0, "apo_weight_group must be >= 0"),
             (self.apo_weight_norm in ("sum", "mean"), "apo_weight_norm must be 'sum' or 'mean'"),
-            (self.demo_mix in ("all", "equal") or self.demo_mix.isdigit(),
-             "demo_mix must be 'all', 'equal' or a number of demo episodes"),
+            (self.demo_mix in ("all", "matched", "equal") or self.demo_mix.isdigit(),
+             "demo_mix must be 'all', 'matched', 'equal' or a number of demo episodes"),
             (self.reference_batch_size >= 1, "reference_batch_size must be >= 1"),
         ]
         for ok, message in checks:
@@ -267,6 +300,31 @@ class TrainConfig:
         from apo_ros.training.registry import METHODS
 
         return float(self.lr) if self.lr is not None else METHODS[self.method].default_lr
+
+    @property
+    def effective_sampling(self) -> str:
+        """`sampling`, or the method's default when null."""
+        from apo_ros.training.registry import sampling_of
+
+        return sampling_of(self)
+
+    @property
+    def effective_z0_clamp(self) -> tuple[float | None, float | None]:
+        """(min, max) of z0's clamp (None = unbounded on that side): `z0_clamp`, or the
+        method's default when null (apo [-5, 5], kto [0, inf], none for the others)."""
+        from apo_ros.training.registry import METHODS
+
+        pair = self.z0_clamp if self.z0_clamp is not None else METHODS[self.method].default_z0_clamp
+        if pair is None:
+            return None, None
+        lo, hi = (float(v) for v in pair)
+        return (None if lo == -math.inf else lo), (None if hi == math.inf else hi)
+
+    def effective(self) -> dict:
+        """The settings a null field leaves to the method, as this run uses them (for the saved
+        config and the study's tables)."""
+        return {"lr": self.peak_lr, "sampling": self.effective_sampling,
+                "z0_clamp": list(self.effective_z0_clamp)}  # null: unbounded on that side
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

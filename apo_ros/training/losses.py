@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from apo_ros.training import objectives as O
-from apo_ros.training.batches import Batches, StepOutput, logps_and_argmax
+from apo_ros.training.batches import Batches, StepOutput, logps_and_argmax, scores_from_logits
 
 
 def bc_step(b: Batches, rows: np.ndarray, step: int, weights: torch.Tensor | None = None) -> StepOutput:
@@ -52,14 +52,21 @@ def _z0_estimate(b: Batches, kl_pol: torch.Tensor, kl_ref: torch.Tensor) -> torc
 def _preference_pass(b: Batches, rows: np.ndarray, step: int, want_argmax: bool):
     inputs = b.inputs(rows, step)
     tok, mask = b.targets(rows)
+    logits = None
     with b.autocast():
         # one observation encoding for the sample's own tokens and its mismatched partner's
         encoding = b.policy.encode_observation(inputs)
-        logps, pred, pred_mask = logps_and_argmax(b.policy, inputs, tok, mask, want_argmax,
-                                                  encoding=encoding)
+        if b.config.z0_mode == "neighbour_labels":
+            # the partner's labels are read off this same pass (no second scoring)
+            logits = b.policy.token_logits_encoded(encoding, tok, mask).float()
+            logps, pred = scores_from_logits(b.policy, logits, tok, mask)
+            pred_mask = mask
+        else:
+            logps, pred, pred_mask = logps_and_argmax(b.policy, inputs, tok, mask, want_argmax,
+                                                      encoding=encoding)
     logps = logps.float()
     ref = b.reference.logps(rows, inputs, tok, mask)
-    kl_pol, kl_ref = b.reference.mismatched(rows, inputs, tok, mask, logps, ref, encoding)
+    kl_pol, kl_ref = b.reference.mismatched(rows, inputs, tok, mask, logps, ref, encoding, logits=logits)
     return tok, mask, logps, ref, kl_pol, kl_ref, pred, pred_mask
 
 
@@ -69,10 +76,12 @@ def kto_step(b: Batches, rows: np.ndarray, step: int) -> StepOutput:
     desirable = b.desirable(rows)
     estimate = _z0_estimate(b, kl_pol, kl_ref)
     pol_sum, ref_sum = logps.sum(-1), ref.sum(-1)
+    z0_min, z0_max = c.effective_z0_clamp
     loss = O.kto_loss(pol_sum, ref_sum, kl_pol, kl_ref, desirable, beta=c.beta,
                       desirable_weight=c.desirable_weight, undesirable_weight=c.undesirable_weight,
-                      kl_estimate=estimate)
-    terms = O.PreferenceTerms(loss=loss, rewards=(pol_sum - ref_sum).detach(), z0=estimate.clamp(min=0),
+                      kl_estimate=estimate, z0_min=z0_min, z0_max=z0_max)
+    terms = O.PreferenceTerms(loss=loss, rewards=(pol_sum - ref_sum).detach(),
+                              z0=O.clamp_z0(estimate, z0_min, z0_max),
                               losses=torch.zeros_like(pol_sum),
                               weights=torch.where(desirable, c.desirable_weight, c.undesirable_weight),
                               desirable=desirable)
@@ -87,9 +96,10 @@ def apo_step(b: Batches, rows: np.ndarray, step: int) -> StepOutput:
     if want_argmax:
         errors, ok = b.action_errors(rows, pred, pred_mask)
     estimate = _z0_estimate(b, kl_pol, kl_ref)
+    z0_min, z0_max = c.effective_z0_clamp
     terms = O.apo_loss(logps, ref, mask, b.desirable(rows), kl_pol, kl_ref,
                        gripper_mask=b.policy.gripper_positions(tok, mask), action_errors=errors,
-                       decode_ok=ok, beta=c.beta, z0_min=c.z0_min, z0_max=c.z0_max,
+                       decode_ok=ok, beta=c.beta, z0_min=z0_min, z0_max=z0_max,
                        mask_gripper=c.mask_gripper, reweight=c.reweight,
                        desirable_weight=c.desirable_weight, undesirable_weight=c.undesirable_weight,
                        reduction=c.apo_reduction, group_size=c.apo_weight_group,

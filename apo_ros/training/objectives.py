@@ -138,24 +138,53 @@ def sirius_weights(classes: Sequence[str] | np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # KTO (TRL semantics)
 # ---------------------------------------------------------------------------------------------
+def clamp_z0(estimate: torch.Tensor, z0_min: float | None, z0_max: float | None) -> torch.Tensor:
+    """The reference point: the KL estimate clamped to [z0_min, z0_max] (None = unbounded on
+    that side), detached. TRL clamps at >= 0 only; the released APO code to [-5, 5], which keeps
+    a z0 that climbs on conflicting targets (17-48 nats measured here unclamped above) from
+    turning every desirable sample's loss into ~1."""
+    if z0_min is not None or z0_max is not None:
+        estimate = estimate.clamp(min=z0_min, max=z0_max)
+    return estimate.detach()
+
+
+def neighbour_label_logps(token_logits: torch.Tensor, mask: torch.Tensor,
+                          partner_tokens: torch.Tensor, partner_mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-probs of the partner's action tokens read off sample i's OWN teacher-forced
+    logits (the released APO code's mismatched pairs: no second forward pass).
+
+    token_logits float [B, L, V] (sample i's pass on its own tokens), mask bool [B, L],
+    partner_tokens long [B, L], partner_mask bool [B, L] -> float [B]: sum over positions real in
+    both of log_softmax(logits_i)[t, partner_token_t]. It differs from scoring the partner's
+    tokens as a sequence (z0_mode exact) in what the later positions are conditioned on: sample
+    i's own earlier tokens rather than the partner's.
+    """
+    logp = torch.log_softmax(token_logits.float(), -1)
+    picked = logp.gather(-1, partner_tokens.clamp(0, logp.shape[-1] - 1)[..., None]).squeeze(-1)
+    keep = mask & partner_mask
+    return torch.where(keep, picked, torch.zeros_like(picked)).sum(-1)
+
+
 def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, kl_policy_logps: torch.Tensor,
              kl_ref_logps: torch.Tensor, desirable: torch.Tensor, *, beta: float = 0.1,
              desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-             kl_estimate: torch.Tensor | None = None) -> torch.Tensor:
+             kl_estimate: torch.Tensor | None = None, z0_min: float | None = 0.0,
+             z0_max: float | None = None) -> torch.Tensor:
     """TRL's KTO loss.
 
     policy_logps, ref_logps: float [B] summed log-probs of each sample's own action tokens under
     the policy / the reference; kl_policy_logps, kl_ref_logps: float [B] the same for the
     mismatched pairs (sample i's observation, sample i+1's action); desirable bool [B].
 
-    z0 = clamp(mean(kl_policy - kl_ref), min=0), detached; r = policy - ref;
+    z0 = clamp(mean(kl_policy - kl_ref), z0_min, z0_max), detached (TRL: min 0, no max; None =
+    unbounded on that side); r = policy - ref;
     desirable: w_D * (1 - sigmoid(beta (r - z0))); undesirable: w_U * (1 - sigmoid(beta (z0 - r)));
     loss = mean over all B samples -> scalar. kl_estimate: the unclamped mean(kl_policy - kl_ref)
     over a larger batch (TRL averages it over every process before clamping); None = this batch's.
     """
     if kl_estimate is None:
         kl_estimate = (kl_policy_logps - kl_ref_logps).mean()
-    z0 = kl_estimate.clamp(min=0).detach()
+    z0 = clamp_z0(kl_estimate, z0_min, z0_max)
     rewards = policy_logps - ref_logps
     desirable = desirable.bool()
     losses = torch.where(
@@ -306,9 +335,7 @@ def apo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, ma
     rewards = (sequence_logps(policy_token_logps, mask, exclude)
                - sequence_logps(ref_token_logps, mask, exclude))
     z0 = (kl_policy_logps - kl_ref_logps).mean() if kl_estimate is None else kl_estimate
-    if z0_min is not None or z0_max is not None:
-        z0 = z0.clamp(min=z0_min, max=z0_max)
-    z0 = z0.detach()
+    z0 = clamp_z0(z0, z0_min, z0_max)
     losses = torch.where(desirable, 1 - torch.sigmoid(beta * (rewards - z0)),
                          1 - torch.sigmoid(beta * (z0 - rewards)))
     if reweight:

@@ -13,6 +13,10 @@ partner(i)'s action), so the reference's mismatched log-probs can be cached too;
 the batch neighbour i+1 as KTO does. Both estimate the same quantity: log-ratios on unrelated
 observation / action pairs. The cache is kept in `<out>/reference_cache.safetensors`, keyed by
 the starting policy, the bags, the pairing and the target tokens.
+
+`z0_mode: neighbour_labels` (the released APO code) pairs the same partners but reads the
+partner's tokens off sample i's OWN teacher-forced pass (`objectives.neighbour_label_logps`), for
+the policy and for the reference: no second scoring.
 """
 
 from __future__ import annotations
@@ -25,8 +29,18 @@ import time
 import numpy as np
 import torch
 
-from apo_ros.training.batches import Batches
+from apo_ros.training.batches import Batches, scores_from_logits
 from apo_ros.training.cache import cache_key
+from apo_ros.training.objectives import neighbour_label_logps
+
+
+def _same_width(tok: torch.Tensor, mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The partner's targets cut or padded (masked) to the sample's own width: `targets` trims
+    each set of rows to its longest real target."""
+    if tok.shape[1] >= width:
+        return tok[:, :width], mask[:, :width]
+    pad = width - tok.shape[1]
+    return torch.nn.functional.pad(tok, (0, pad)), torch.nn.functional.pad(mask, (0, pad))
 
 
 class ReferenceScores:
@@ -51,7 +65,7 @@ class ReferenceScores:
     def prepare(self) -> None:
         """Choose the partners and (cached mode) score every sample once."""
         n = len(self.b.samples)
-        if self.config.z0_mode == "exact" and n > 1:
+        if self.config.z0_mode in ("exact", "neighbour_labels") and n > 1:
             # A fixed single-cycle permutation: every sample has a partner other than itself.
             order = np.random.default_rng([self.config.seed, 13]).permutation(n)
             self.partner = np.empty(n, np.int64)
@@ -84,6 +98,15 @@ class ReferenceScores:
             idx = np.arange(lo, min(n, lo + bs))
             inputs = self.b.inputs(idx, None)
             tok, mask = self.b.targets(idx)
+            if kl is not None and self.config.z0_mode == "neighbour_labels":
+                ptok, pmask = self.b.targets(self.partner[idx])
+                ptok, pmask = _same_width(ptok, pmask, tok.shape[1])
+                with self.b.autocast():
+                    logits = self.reference.token_logits(inputs, tok, mask).float()
+                lp = scores_from_logits(self.reference, logits, tok, mask)[0].cpu()
+                logps[lo:lo + len(idx), :lp.shape[1]] = lp
+                kl[lo:lo + len(idx)] = neighbour_label_logps(logits, mask, ptok, pmask).cpu()
+                continue
             with self.b.autocast():
                 lp = self.reference.token_logps(inputs, tok, mask).float().cpu()
             logps[lo:lo + len(idx), :lp.shape[1]] = lp
@@ -112,13 +135,27 @@ class ReferenceScores:
             return self.reference.token_logps(inputs, tok, mask).float()
 
     def mismatched(self, idx, inputs, tok, mask, logps, ref,
-                   encoding=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   encoding=None, logits=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy, reference) summed log-probs [B] of the mismatched pairs (z0's estimate). z0
         is detached, so the policy's pass runs without gradient, on the observation encoding
-        already computed for the sample's own tokens. z0_mode "matched": the samples' own sums."""
+        already computed for the sample's own tokens. z0_mode "matched": the samples' own sums;
+        "neighbour_labels": the partner's tokens read off `logits`, the policy's own pass."""
         policy = self.b.policy
         if self.config.z0_mode == "matched" or len(idx) < 2:
             return logps.detach().sum(-1), ref.sum(-1)
+        if self.config.z0_mode == "neighbour_labels":
+            if logits is None:
+                raise ValueError("z0_mode neighbour_labels needs the policy's own-pass logits")
+            if self.kl_cache is not None:
+                ptok, pmask = self.b.targets(self.partner[idx])
+                kl_ref = self.kl_cache[idx].to(self.b.device)
+            else:
+                ptok, pmask = torch.roll(tok, -1, 0), torch.roll(mask, -1, 0)
+                with torch.no_grad(), self.b.autocast():
+                    ref_logits = self.reference.token_logits(inputs, tok, mask)
+                kl_ref = neighbour_label_logps(ref_logits, mask, ptok, pmask)
+            ptok, pmask = _same_width(ptok, pmask, tok.shape[1])
+            return neighbour_label_logps(logits.detach(), mask, ptok, pmask), kl_ref
         if self.kl_cache is not None:  # cached: fixed partner per sample
             ptok, pmask = self.b.targets(self.partner[idx])
             kl_ref = self.kl_cache[idx].to(self.b.device)

@@ -37,6 +37,9 @@ class Method:
     needs_reference: bool
     default_lr: float
     check: Callable[[SampleSet, object], None]  # raises DataError when the data cannot train it
+    default_sampling: str = "natural"  # the `sampling` used when the config leaves it null
+    samplings: tuple[str, ...] = ("natural", "released", "capped")  # the ones that make sense
+    default_z0_clamp: tuple[float, float] | None = None  # z0's clamp when the config leaves it null
 
     def loss(self, b, rows, step: int):
         module, name = self.loss_path.split(":")
@@ -113,19 +116,71 @@ def _check_tpo_windows(samples: SampleSet, config) -> None:
 # ---------------------------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------------------------
-def _uniform(rows: Callable[[SampleSet], np.ndarray]):
-    """Batches drawn uniformly (without replacement per pass) from `rows(samples)`, minus
-    held-out / unused episodes and dropped steps."""
-    def build(samples: SampleSet, config, batch: int, seed: int):
-        keep = ~samples.dropped & samples.trainable_rows()
-        return UniformSampler(np.nonzero(rows(samples) & keep)[0], batch, seed)
-    return build
+SAMPLINGS: tuple[str, ...] = ("natural", "released", "capped")
 
 
-def _balanced(samples: SampleSet, config, batch: int, seed: int):
+def sampling_of(config) -> str:
+    """The sampling a run uses: `config.sampling`, or its method's default when that is null."""
+    return config.sampling or get_method(config.method).default_sampling
+
+
+def group_shares(samples: SampleSet, pool: np.ndarray, config) -> tuple[dict, dict]:
+    """(groups, description) of the rows in `pool` (bool [N]) for a run's sampling.
+
+    groups: desirable robot/expert steps (demos included), human corrections, undesirable steps,
+    each the rows of `pool` in that group. description: what the run's batches hold, for the
+    saved config and the study's tables: per group its rows, its share of the pool ("data"), its
+    expected share of every batch ("batch") and how much more often than uniform sampling each
+    of its rows is drawn ("repeat" = batch / data)."""
+    from apo_ros.training.samplers import capped_shares, group_counts
+
+    mode = sampling_of(config)
+    groups = {g: rows[pool[rows]] for g, rows in samples.groups().items()}
+    sizes = {g: len(rows) for g, rows in groups.items()}
+    total = max(1, sum(sizes.values()))
     ratios = {"desirable": config.ratio_desirable, "human": config.ratio_human,
               "undesirable": config.ratio_undesirable}
-    return BalancedSampler(samples.groups(), ratios, batch, seed)
+    if mode == "natural":
+        batch = {g: n / total for g, n in sizes.items()}
+    elif mode == "released":
+        counts = group_counts(ratios, sizes, 10_000)  # the ratios renormalized over live groups
+        batch = {g: c / 10_000 for g, c in counts.items()}
+    else:
+        batch = capped_shares(ratios, sizes, config.max_repeat)
+    description: dict = {"sampling": mode}
+    if mode != "natural":
+        description["ratios"] = ratios
+    if mode == "capped":
+        description["max_repeat"] = config.max_repeat
+    description["groups"] = {
+        g: {"rows": sizes[g], "data": round(sizes[g] / total, 4), "batch": round(batch[g], 4),
+            "repeat": round(batch[g] / (sizes[g] / total), 2) if sizes[g] else None}
+        for g in groups}
+    return groups, description
+
+
+def _pooled(rows: Callable[[SampleSet], np.ndarray], *, targets_exclude_undesirable: bool = False):
+    """A sampler over the method's pool `rows(samples)` (minus held-out / unused episodes and
+    dropped steps) as the run's `sampling` says: natural = uniform over the pool (without
+    replacement per pass); released = the ratio_* shares of its groups per batch (fixed counts,
+    the released APO code's 50 / 25 / 25); capped = those shares with no group drawn more than
+    max_repeat times its natural rate (see samplers.capped_shares). The sampler carries
+    `description` (see group_shares)."""
+    def build(samples: SampleSet, config, batch: int, seed: int):
+        pool = rows(samples) & ~samples.dropped & samples.trainable_rows()
+        groups, description = group_shares(samples, pool, config)
+        mode = description["sampling"]
+        if mode == "natural":
+            targets = np.nonzero(pool & ~samples.undesirable)[0] if targets_exclude_undesirable else None
+            sampler = UniformSampler(np.nonzero(pool)[0], batch, seed, targets=targets)
+        elif mode == "released":
+            sampler = BalancedSampler(groups, description["ratios"], batch, seed)
+        else:
+            shares = {g: d["batch"] for g, d in description["groups"].items()}
+            sampler = BalancedSampler(groups, None, batch, seed, shares=shares)
+        sampler.description = description
+        return sampler
+    return build
 
 
 def _tpo_pairs(samples: SampleSet, config, batch: int, seed: int):
@@ -133,7 +188,11 @@ def _tpo_pairs(samples: SampleSet, config, batch: int, seed: int):
     windows = samples.tpo_windows(config.tpo_window)
     per_process = config.tpo_pairs or max(1, config.batch_size // (2 * config.tpo_window))
     processes = batch // config.batch_size  # `batch` is the global batch
-    return WindowSampler(windows, per_process * processes, seed)
+    sampler = WindowSampler(windows, per_process * processes, seed)
+    sampler.description = {"sampling": "natural", "windows": int(len(windows)),
+                           "note": "window pairs drawn uniformly; each pair is one correction window "
+                                   "and the policy window before it"}
+    return sampler
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,23 +200,31 @@ def _tpo_pairs(samples: SampleSet, config, batch: int, seed: int):
 # and Sirius fine-tune the deployed policy like APO does, so they share its rate by default.
 # ---------------------------------------------------------------------------------------------
 LOSSES = "apo_ros.training.losses"
-register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", _uniform(lambda s: s.is_demo),
+def _every_step(samples: SampleSet) -> np.ndarray:
+    return np.ones(len(samples), bool)
+
+
+register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", _pooled(lambda s: s.is_demo),
                 needs_reference=False, default_lr=5e-4, check=_needs_demos("bc")))
 register(Method("dagger", "HG-DAgger: demos + the operator's corrections", f"{LOSSES}:bc_step",
-                _uniform(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
+                _pooled(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
                 check=_check_dagger))
 register(Method("sirius", "every step, weighted by its Sirius class", f"{LOSSES}:sirius_step",
-                _uniform(lambda s: np.ones(len(s), bool)), needs_reference=False, default_lr=5e-5,
+                _pooled(_every_step), needs_reference=False, default_lr=5e-5,
                 check=_needs_interaction("sirius")))
-register(Method("kto", "KTO (TRL semantics) on balanced desirable / human / undesirable batches",
-                f"{LOSSES}:kto_step", _balanced, needs_reference=True, default_lr=5e-5,
-                check=_all(_needs_interventions("kto"), _needs_undesirable("kto"))))
+register(Method("kto", "KTO (TRL semantics) on desirable / human / undesirable steps",
+                f"{LOSSES}:kto_step", _pooled(_every_step, targets_exclude_undesirable=True),
+                needs_reference=True, default_lr=5e-5,
+                check=_all(_needs_interventions("kto"), _needs_undesirable("kto")),
+                default_sampling="released", default_z0_clamp=(0.0, float("inf"))))
 register(Method("tpo", "trajectory DPO on the windows around each intervention (GRAPE)", f"{LOSSES}:tpo_step",
                 _tpo_pairs, needs_reference=True, default_lr=2e-5,
-                check=_all(_needs_interventions("tpo"), _check_tpo_windows)))
+                check=_all(_needs_interventions("tpo"), _check_tpo_windows), samplings=("natural",)))
 register(Method("apo", "Action Preference Optimization: gripper masking + adaptive reweighting",
-                f"{LOSSES}:apo_step", _balanced, needs_reference=True, default_lr=5e-5,
-                check=_all(_needs_interventions("apo"), _needs_undesirable("apo"))))
+                f"{LOSSES}:apo_step", _pooled(_every_step, targets_exclude_undesirable=True),
+                needs_reference=True, default_lr=5e-5,
+                check=_all(_needs_interventions("apo"), _needs_undesirable("apo")),
+                default_sampling="released", default_z0_clamp=(-5.0, 5.0)))
 
 
 def check_method_data(method: str, samples: SampleSet, config) -> None:

@@ -12,6 +12,7 @@ are cheap and are not cached, so K or the statistics can change without re-readi
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from apo_ros.training.cache import (
 from apo_ros.training.objectives import SIRIUS_CLASSES
 
 SIRIUS_CODE = {name: i for i, name in enumerate(SIRIUS_CLASSES)}
+log = logging.getLogger(__name__)
+_WARNED_BAGS: set[str] = set()  # bags already reported as lacking the policy's own token ids
 # Balanced-sampler groups: desirable robot / expert steps, the operator's corrections, the
 # undesirable steps before each intervention.
 GROUPS: tuple[str, ...] = ("desirable", "human", "undesirable")
@@ -42,6 +45,7 @@ __all__ = ["DataError", "GROUPS", "LabelConfig", "SOURCE_CODE", "SOURCE_NAMES", 
 class LabelConfig:
     k: int = 10  # policy steps before each intervention labeled undesirable (APO's K)
     noop_filter: bool = False  # drop no-op policy actions before counting K (released code)
+    noop_threshold: float = 0.05  # sum |a[:6]| below this (recording.labels.noop_units) is a no-op
     sirius_window: int = 15  # steps before an intervention that form Sirius' pre-intervention class
 
 
@@ -92,6 +96,11 @@ class SampleSet:
     #                          one source it belongs to: a take-over or hand-back ends a segment)
     instructions: list[str]
     bags: list[str]
+    # the token ids the policy produced for its proposal at each step (-1 = none), their token
+    # space (index into token_spaces, -1 = none): what the trainer scores for the policy's steps
+    tokens: np.ndarray | None = None  # int64 [N, W]
+    token_space: np.ndarray | None = None  # int16 [N]
+    token_spaces: list[str] = field(default_factory=list)
     desirable: np.ndarray | None = None  # bool [N] (after label())
     undesirable: np.ndarray | None = None  # bool [N]
     sirius: np.ndarray | None = None  # int8 [N] index into SIRIUS_CLASSES
@@ -131,6 +140,7 @@ class SampleSet:
                 continue
             lab = label_sources([SOURCE_NAMES[c] for c in self.source[lo:hi]], self.actions[lo:hi],
                                 k=config.k, noop_filter=config.noop_filter,
+                                noop_threshold=config.noop_threshold,
                                 sirius_window=config.sirius_window, stats=stats)
             self.desirable[lo:hi] = lab.desirable
             self.undesirable[lo:hi] = lab.undesirable
@@ -204,6 +214,35 @@ class SampleSet:
         policy = (self.source == SOURCE_CODE["policy"]) & ~self.is_demo
         use = policy & np.isfinite(self.proposed).all(-1)
         return np.where(use[:, None], self.proposed, self.actions)
+
+    def recorded_tokens(self, index: np.ndarray, chunk: int, space: str | None,
+                        per_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 [B, chunk, per_step], usable bool [B, chunk]): the token ids the policy
+        produced for each target chunk step (rows as `chunk_index`), usable where the step is a
+        policy step of an interaction bag whose ids were recorded in `space` (the training
+        policy's: same tokenizer, same statistics) with `per_step` ids."""
+        index = np.asarray(index, dtype=np.int64)
+        rows = self.chunk_index(index, chunk)
+        b = len(index)
+        if (self.tokens is None or self.token_space is None or space is None
+                or space not in self.token_spaces or self.tokens.shape[1] < per_step):
+            return np.zeros((b, chunk, per_step), np.int64), np.zeros((b, chunk), bool)
+        code = self.token_spaces.index(space)
+        ids = np.asarray(self.tokens)[rows][..., :per_step]
+        usable = ((np.asarray(self.token_space)[rows] == code) & (ids >= 0).all(-1)
+                  & (self.source[rows] == SOURCE_CODE["policy"]) & ~self.is_demo[rows]
+                  & np.isfinite(self.proposed[rows]).all(-1))
+        return ids, usable
+
+    def policy_token_report(self, space: str | None) -> dict[str, int]:
+        """Per bag: how many of its policy steps (with a recorded proposal) lack ids in `space`
+        (their targets are re-tokenized from the proposal). Only bags with such steps."""
+        policy = (self.source == SOURCE_CODE["policy"]) & ~self.is_demo & np.isfinite(self.proposed).all(-1)
+        have = np.zeros(len(self), bool)
+        if space is not None and space in self.token_spaces and self.token_space is not None:
+            have = np.asarray(self.token_space) == self.token_spaces.index(space)
+        lacking = policy & ~have
+        return {self.bags[e]: int(n) for e, n in zip(*np.unique(self.episode[lacking], return_counts=True))}
 
     def action_targets(self, index: np.ndarray, chunk: int) -> np.ndarray:
         """float32 raw targets: [B, 7] when chunk == 1 else [B, chunk, 7] (see chunk_index and
@@ -399,7 +438,10 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
     object_dims = [int(np.asarray(d["columns"]["object_state"]).shape[1]) if "object_state" in d["columns"]
                    else 0 for d, _ in parts]
     names = ("proprio", "object_state", "actions", "proposed", "source", "is_demo", "episode", "step",
-             "instruction", "continues_chunk", "segment_end")
+             "instruction", "continues_chunk", "segment_end", "tokens", "token_space")
+    token_spaces = sorted({t for d, _ in parts for t in d["meta"].get("token_spaces", [])})
+    token_width = max((int(np.asarray(d["columns"]["tokens"]).shape[1]) for d, _ in parts
+                       if "tokens" in d["columns"]), default=0)
     cols: dict[str, list] = {k: [] for k in names}
     offsets = [0]
     for b, (d, is_demo) in enumerate(parts):
@@ -421,6 +463,17 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
         remap = np.array([instructions.index(t) for t in d["meta"]["instructions"]], dtype=np.int32)
         cols["instruction"].append(remap[np.asarray(c["instruction"])])
         cols["continues_chunk"].append(_continues_chunk(np.asarray(c["obs_stamp_ns"])))
+        ids = np.full((n, token_width), -1, np.int64)
+        space = np.full(n, -1, np.int16)
+        if "tokens" in c and "token_space" in c:  # bags cached before tokens were have neither
+            recorded = np.asarray(c["tokens"])
+            ids[:, :recorded.shape[1]] = recorded
+            local = np.asarray(c["token_space"])
+            spaces = np.array([token_spaces.index(t) for t in d["meta"].get("token_spaces", [])] + [-1],
+                              dtype=np.int16)
+            space = spaces[local]  # -1 indexes the trailing -1
+        cols["tokens"].append(ids)
+        cols["token_space"].append(space)
         offsets.append(offsets[-1] + n)
     merged = {k: np.concatenate(v) for k, v in cols.items()}
     finite = (np.isfinite(merged["actions"]).all(-1) & np.isfinite(merged["proprio"]).all(-1)
@@ -431,29 +484,45 @@ def assemble_samples(parts: Sequence[tuple[dict, bool]], bags: Sequence[str]) ->
     return SampleSet(object_dims=object_dims,
         cameras=tuple(cameras),
         image_parts=[{cam: d["columns"][f"image_{cam}"] for cam in cameras} for d, _ in parts],
-        offsets=np.asarray(offsets, dtype=np.int64), instructions=instructions, bags=used, **merged)
+        offsets=np.asarray(offsets, dtype=np.int64), instructions=instructions, bags=used,
+        token_spaces=token_spaces, **merged)
 
 # ---------------------------------------------------------------------------------------------
 # Target tokens
 # ---------------------------------------------------------------------------------------------
 def encode_targets(policy, samples: SampleSet, rows: np.ndarray | None = None,
                    block: int = 4096) -> tuple:
-    """(tokens long [R, L], mask bool [R, L]) on the CPU: each row's target chunk
-    (`SampleSet.action_targets`) tokenized by the policy, padded to one width. For policies
-    whose token p belongs to chunk step p // tokens_per_step (bin tokens), the tokens of chunk
-    steps outside the sample's own segment (past a take-over or hand-back, `chunk_valid`) are
-    masked: they are not this sample's targets and are left out of every later position's
-    context. rows None = every sample."""
+    """(tokens long [R, L], mask bool [R, L]) on the CPU: each row's target chunk, padded to one
+    width. A chunk step the policy made whose bag recorded the token ids the policy produced
+    (in this policy's token space: same tokenizer and statistics) has exactly those ids: the
+    trainer scores the policy's own output, not a re-tokenization of the action it decoded to
+    (with expected-value decoding that is often a token the policy never predicts). Every other
+    step (the operator's, the expert's, and policy steps of bags without ids, for which a
+    warning names the bag once) is tokenized from its action (`SampleSet.action_targets`).
+    For policies whose token p belongs to chunk step p // tokens_per_step (bin tokens), the
+    tokens of chunk steps outside the sample's own segment (past a take-over or hand-back,
+    `chunk_valid`) are masked: they are not this sample's targets and are left out of every later
+    position's context. rows None = every sample."""
     import torch
 
     rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
     chunk = int(policy.chunk_size)
     per_step = getattr(policy, "tokens_per_step", None)
+    space_fn = getattr(policy, "action_token_space", None)
+    space = space_fn() if (per_step and callable(space_fn)) else None
+    _warn_missing_tokens(samples, space, rows)
     toks, masks = [], []
     for lo in range(0, len(rows), block):
         part = rows[lo:lo + block]
         t, m = policy.encode_actions(samples.action_targets(part, chunk))
         t, m = t.cpu(), m.cpu()
+        if space is not None:
+            ids, usable = samples.recorded_tokens(part, chunk, space, per_step)
+            for step in range(chunk):
+                use = torch.from_numpy(usable[:, step])
+                if bool(use.any()):
+                    cols = slice(step * per_step, (step + 1) * per_step)
+                    t[use, cols] = torch.from_numpy(ids[usable[:, step], step]).to(t.dtype)
         if per_step and chunk > 1:
             valid = torch.from_numpy(samples.chunk_valid(part, chunk))
             step_of = torch.arange(m.shape[1]) // per_step
@@ -468,3 +537,17 @@ def encode_targets(policy, samples: SampleSet, rows: np.ndarray | None = None,
     mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])
     return tokens, mask
 
+
+def _warn_missing_tokens(samples: SampleSet, space: str | None, rows: np.ndarray) -> None:
+    """Once per bag and process: its policy steps carry no token ids this policy can score."""
+    used = set(np.unique(samples.episode[rows]).tolist()) if len(rows) else set()
+    for bag, n in samples.policy_token_report(space).items():
+        if bag in _WARNED_BAGS or samples.bags.index(bag) not in used:
+            continue
+        _WARNED_BAGS.add(bag)
+        why = ("the policy names no per-step token ids" if space is None else
+               f"none in this policy's token space {space!r}"
+               + (f" (recorded: {samples.token_spaces})" if samples.token_spaces else
+                  " (recorded before token ids were)"))
+        log.warning("%s: %d policy steps without the token ids the policy produced (%s); their "
+                    "targets are re-tokenized from the proposed actions", bag, n, why)

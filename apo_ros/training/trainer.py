@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from apo_ros.errors import UserError
@@ -122,13 +123,14 @@ def prepare_run(config: TrainConfig, samples: SampleSet, init: str, out: str, *,
     method = get_method(config.method)
     device = str(dist_info.device) if dist_info.device is not None else config.device
     samples.split_episodes(config.val_fraction, config.seed)
-    samples.select_demos(config.demo_mix, config.seed)
+    samples.select_demos(demo_mix_episodes(samples, config.demo_mix), config.seed)
     policy, init_facts = init_policy(init, config, samples, device)
     if policy.uses_object_state:
         problem = samples.object_state_problem(policy.object_dim)
         if problem:
             raise DataError(problem)
-    samples.label(LabelConfig(config.k, config.noop_filter, config.sirius_window), stats=policy.stats)
+    samples.label(LabelConfig(k=config.k, noop_filter=config.drop_noop, sirius_window=config.sirius_window,
+                              noop_threshold=config.noop_threshold), stats=policy.stats)
     check_method_data(config.method, samples, config)
     _check_smoothing(config, policy)
     params = policy.trainable_parameters()
@@ -145,6 +147,24 @@ def prepare_run(config: TrainConfig, samples: SampleSet, init: str, out: str, *,
     optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
     return Run(config, samples, policy, b, sampler, validation, step_fn, optimizer, params, init_facts,
                dist_info)
+
+
+def demo_mix_episodes(samples: SampleSet, mix: str) -> str:
+    """`demo_mix` as `SampleSet.select_demos` takes it: "matched" becomes the number of training
+    interaction episodes that hold at least one intervention (the paper's real-world mix: as
+    many expert demos as intervened trajectories); the other values pass through."""
+    if mix != "matched":
+        return mix
+    held = samples.held_out if samples.held_out is not None else np.zeros(len(samples), bool)
+    starts = samples.intervention_starts()
+    return str(len(np.unique(samples.episode[starts[~held[starts]]])))
+
+
+def describe_run(run: Run) -> dict:
+    """What a run's null fields resolved to and what its batches hold (saved with the config)."""
+    return {**run.config.effective(), "batches": getattr(run.sampler, "description", None),
+            "demo_episodes": len(np.unique(run.samples.episode[run.samples.is_demo
+                                                                & run.samples.trainable_rows()]))}
 
 
 def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: str, out: str, *,
@@ -181,6 +201,8 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
         f"cache, {len(samples)} steps in {samples.load_stats['seconds']:.1f} s")
     run = prepare_run(config, samples, init, out, dist_info=dist_info, log=say)
     say("samples: " + json.dumps(samples.summary()))
+    effective = describe_run(run)
+    say("sampling: " + json.dumps(effective))
     policy, sampler, optimizer, validation = run.policy, run.sampler, run.optimizer, run.validation
     init_facts = run.init_facts
 
@@ -189,7 +211,7 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
     if resume and existing:
         last_step, last_dir = existing[-1]
         saved = read_state(last_dir)
-        for name in ("method", "batch_size", "seed"):
+        for name in ("method", "batch_size", "seed", "sampling"):
             if saved["config"].get(name) != getattr(config, name):
                 raise TrainingError(f"cannot resume {out}: it was trained with {name}="
                                     f"{saved['config'].get(name)!r}, now {getattr(config, name)!r}")
@@ -202,14 +224,16 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
         say(f"resumed from {last_dir} (step {start})")
     if dist_info.main:
         with open(os.path.join(out, "train_config.json"), "w") as f:
-            json.dump({"config": config.to_dict(), "demos": list(demos), "data": list(data),
-                       "init": init_facts, "samples": samples.summary()}, f, indent=2, default=str)
+            json.dump({"config": config.to_dict(), "effective": effective, "demos": list(demos),
+                       "data": list(data), "init": init_facts, "samples": samples.summary()}, f,
+                      indent=2, default=str)
 
     end = config.steps
     if config.max_steps_this_run > 0:
         end = min(end, start + config.max_steps_this_run)
     is_demo = _bag_is_demo(samples)
     training_facts = {"method": config.method, "init": init_facts, "config": config.to_dict(),
+                      "effective": effective,
                       "demos": [bag for bag, d in zip(samples.bags, is_demo) if d],
                       "data": [bag for bag, d in zip(samples.bags, is_demo) if not d],
                       "samples": samples.summary()}
