@@ -53,3 +53,43 @@ def test_the_watchdog_holds_once_and_comes_back_once():
     assert dog.answered(NOW + 3 * S) == "back"
     assert dog.answered(NOW + 3 * S + 100 * MS) is None
     assert dog.losses == 1 and not dog.lost
+
+
+def test_control_steps_survive_a_future_stamp_and_a_clock_that_steps_back():
+    import pytest
+
+    from apo_ros.runtime.ros_io import ControlSteps
+
+    steps = ControlSteps(deadline_s=0.06, tolerance_s=0.5)
+    assert steps.observe(NOW, NOW + 2 * MS)
+    steps.close()
+    with pytest.raises(ValueError, match="ahead of this node's clock"):
+        steps.observe(NOW + 3600 * S, NOW + 100 * MS)  # used to become "the last observation"
+    assert steps.observe(NOW + 100 * MS, NOW + 102 * MS)  # the next real one is a step
+    assert steps.accept(NOW + 100 * MS, NOW + 110 * MS)
+    steps.close()
+    # the sender's and our clock jump back a minute (a reset simulation on sim time)
+    back = NOW - 60 * S
+    assert steps.observe(back, back + 2 * MS)
+    assert steps.accept(back, back + 10 * MS)  # and its command is accepted
+    assert steps.gate.counts["future"] == 1 and steps.gate.counts["reset"] == 1
+
+
+def test_the_watchdog_holds_the_arbiter_and_resumes_it_unless_the_operator_decided():
+    from apo_ros.teleop.arbiter import ArbiterConfig, Mode, TeleopArbiter
+    from apo_ros.teleop.watchdog import WatchdogHold
+
+    arbiter = TeleopArbiter(ArbiterConfig())
+    guard = WatchdogHold(arbiter, timeout_s=1.0)
+    assert guard.on_step(NOW) == []  # starts expecting
+    guard.on_answer(NOW + 100 * MS)
+    assert guard.on_step(NOW + 1000 * MS) == []
+    events = guard.on_step(NOW + 1200 * MS)  # silent for 1.1 s
+    assert [e.kind for e in events] == ["hold"] and arbiter.mode is Mode.HOLD and guard.holding
+    assert "has not answered" in events[0].detail
+    assert guard.on_step(NOW + 1300 * MS) == []  # once
+    assert [e.kind for e in guard.on_answer(NOW + 2 * S)] == ["resume"] and arbiter.mode is Mode.AUTONOMOUS
+    # an operator's hold is the operator's: an answer does not end it
+    arbiter.hold(NOW + 3 * S, "teleop/hold")
+    guard.operator_decided()
+    assert guard.on_answer(NOW + 3 * S + 100 * MS) == [] and arbiter.mode is Mode.HOLD

@@ -229,14 +229,14 @@ class ApoNode(Node):
         return self.get_clock().now().nanoseconds
 
     # ---- incidents ---------------------------------------------------------------------------
-    def count(self, what: str, text: str, kind: str = "") -> int:
+    def count(self, what: str, text: str, kind: str = "", once: bool = False) -> int:
         """Count an incident (per `what` and `kind`) and log "what: text": the first at once,
         then at most every LOG_EVERY_S with the running count (a topic that keeps misbehaving
-        does not flood the log, nor hide another kind of incident)."""
+        does not flood the log, nor hide another kind of incident); once=True: the first only."""
         key = f"{what}|{kind or text}"
         n = self.dropped[key] = self.dropped.get(key, 0) + 1
         now = time.monotonic()
-        if n == 1 or now - self._last_report.get(key, 0.0) >= LOG_EVERY_S:
+        if n == 1 or (not once and now - self._last_report.get(key, 0.0) >= LOG_EVERY_S):
             self._last_report[key] = now
             self.get_logger().warning(f"{what}: {short(text, 300)} ({n} so far)")
         return n
