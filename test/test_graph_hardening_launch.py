@@ -123,7 +123,12 @@ def test_under_sim_time_the_arm_is_the_clock(tmp_path):
         try:
             try:
                 probe.wait_for("ee_pose", timeout=180)
-                path = probe.call("episode/start", timeout=WAIT)[1]
+                deadline = time.monotonic() + WAIT
+                while not (started := probe.call("episode/start", timeout=WAIT))[0]:
+                    # refused until the recorder's clock has started (its first /clock)
+                    assert "no clock yet" in started[1] and time.monotonic() < deadline, started
+                    time.sleep(0.2)
+                path = started[1]
             except TimeoutError:
                 pytest.fail(logs(graph))
             t = time.time_ns()

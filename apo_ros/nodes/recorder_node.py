@@ -88,11 +88,18 @@ class RecorderNode(ApoNode):
         self.subscribe(Bool, "task/success", self.on_task_success, STREAM_QOS)
         for name in ("start", "success", "failure", "abort"):
             self.create_service(Trigger, f"episode/{name}", functools.partial(self.on_service, name))
-        if p["auto_start"]:
-            self.start_episode()
+        if p["auto_start"]:  # as soon as the clock runs (under use_sim_time: the first /clock)
+            self.auto_timer = self.create_timer(0.1, self.auto_start, clock=self.steady)
         self.start_diagnostics()
 
+    def auto_start(self) -> None:
+        if self.now_ns() > 0:
+            self.auto_timer.cancel()
+            self.start_episode()
+
     def start_episode(self) -> str:
+        if self.now_ns() <= 0:  # a bag would start in 1970
+            raise RuntimeError("no clock yet (use_sim_time: nothing on /clock so far); try again")
         path = self.recorder.start(self.now_ns(), instruction=self.instruction,
                                    policy_id=self.provenance["policy_id"],
                                    metadata={"stats_id": self.provenance["stats_id"]})
