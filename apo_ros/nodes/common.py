@@ -138,7 +138,7 @@ class ApoNode(Node):
         self.received: dict[str, int] = {}  # messages per subscribed topic
         self._last_heard: dict[str, float] = {}  # topic -> time.monotonic() of the last message
         self._expected: list[str] = []  # inputs the node cannot work without
-        self._sensor_subs: dict[str, tuple[Any, Callable[[Any], None], bool, Any]] = {}
+        self._sensor_subs: dict[str, tuple[Any, Callable[[Any], None], bool, Any, QoSProfile]] = {}
         self._sensor_mode = "reliable"
         self._diag_pub: Any = None
         self._diag_last: tuple[float, dict[str, int], int] = (time.monotonic(), {}, 0)
@@ -265,8 +265,8 @@ class ApoNode(Node):
         """A guarded subscription. sensor=True: a sensor input (camera, joint states, poses) whose
         QoS follows the `sensor_qos` parameter (see `sensor_inputs`)."""
         self.received.setdefault(topic, 0)
-        if sensor:
-            self._sensor_subs[topic] = (msg_type, callback, raw, None)
+        if sensor:  # `qos` while reliable (the recorder keeps a deep queue, a policy a short one)
+            self._sensor_subs[topic] = (msg_type, callback, raw, None, qos)
             return self._sensor_subscribe(topic, self._sensor_mode == "best_effort")
         return self.create_subscription(msg_type, topic, self.guarded(topic, callback), qos, raw=raw)
 
@@ -282,16 +282,16 @@ class ApoNode(Node):
             self.create_timer(1.0, self._adapt_sensor_qos, clock=self.steady)
 
     def _sensor_subscribe(self, topic: str, best_effort: bool) -> Any:
-        msg_type, callback, raw, old = self._sensor_subs[topic]
+        msg_type, callback, raw, old, qos = self._sensor_subs[topic]
         if old is not None:
             self.destroy_subscription(old)
         sub = self.create_subscription(msg_type, topic, self.guarded(topic, callback),
-                                       SENSOR_QOS if best_effort else RECORD_QOS, raw=raw)
-        self._sensor_subs[topic] = (msg_type, callback, raw, sub)
+                                       SENSOR_QOS if best_effort else qos, raw=raw)
+        self._sensor_subs[topic] = (msg_type, callback, raw, sub, qos)
         return sub
 
     def _adapt_sensor_qos(self) -> None:
-        for topic, (_t, _c, _r, sub) in list(self._sensor_subs.items()):
+        for topic, (_t, _c, _r, sub, _q) in list(self._sensor_subs.items()):
             if sub is None or sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT:
                 continue
             offered = self.get_publishers_info_by_topic(sub.topic_name)
