@@ -8,7 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 # install needed. On a ROS machine whose rclpy comes from apt: make ROS_SPEC= test
 ROS_SPEC   ?= "ros-jazzy-rclpy[fastrtps]==7.1.6" ros-jazzy-std-msgs==5.3.6 \
               ros-jazzy-sensor-msgs==5.3.6 ros-jazzy-geometry-msgs==5.3.6 \
-              ros-jazzy-std-srvs==5.3.6 ros-jazzy-trajectory-msgs==5.3.6
+              ros-jazzy-std-srvs==5.3.6 ros-jazzy-diagnostic-msgs==5.3.6 \
+              ros-jazzy-rosgraph-msgs==2.0.3
 STAMP      := $(VENV)/.apo_ros-installed
 # the tested version of every dependency; regenerate with `make constraints` after changing setup.py
 CONSTRAINTS := constraints.txt

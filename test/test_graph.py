@@ -260,7 +260,7 @@ def test_every_bad_message_leaves_every_node_alive(stack):
         ("camera/front/image_raw", Image(header=M.make_header(T, time.time_ns()), height=64, width=64,
                                          encoding="rgb8", step=192, data=bytes(100))),
         ("camera/wrist/image_raw", Image(header=M.make_header(T, time.time_ns()), height=2, width=2,
-                                         encoding="rgba8", step=8, data=bytes(16))),
+                                         encoding="16UC1", step=4, data=bytes(8))),
         ("gripper/state", JointState(header=M.make_header(T, time.time_ns()))),
         ("policy/command", M.make_joint_state(T, time.time_ns(), [f"j{i}" for i in range(7)], [0.0] * 7)),
         ("arm/delta_twist_cmds", M.make_twist_stamped(T, time.time_ns(), [math.nan, 0, 0], [0, 0, 0])),

@@ -76,9 +76,9 @@ def test_pose_stamped_matches_rosbags(stamp, frame_id, values):
 
 @st.composite
 def images(draw):
-    encoding = draw(st.sampled_from(["rgb8", "bgr8", "mono8"]))
-    channels = 1 if encoding == "mono8" else 3
-    height, width = draw(st.integers(0, 6)), draw(st.integers(0, 6))
+    encoding = draw(st.sampled_from(["rgb8", "bgr8", "rgba8", "bgra8", "mono8"]))
+    channels = {"mono8": 1, "rgba8": 4, "bgra8": 4}.get(encoding, 3)
+    height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))  # an empty image is refused
     padding = draw(st.integers(0, 5))  # rows may be padded past width * channels
     step = width * channels + padding
     data = draw(st.binary(min_size=height * step, max_size=height * step))
@@ -95,7 +95,8 @@ def test_image_matches_rosbags(stamp, frame_id, image):
     got_stamp, img = cdr.image(bytes(STORE.serialize_cdr(msg, "sensor_msgs/msg/Image")))
     pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, step)[:, :width * channels]
     pixels = pixels.reshape(height, width, channels)
-    expected = {"rgb8": pixels, "bgr8": pixels[:, :, ::-1], "mono8": np.repeat(pixels, 3, axis=2)}[encoding]
+    expected = {"rgb8": pixels, "bgr8": pixels[:, :, ::-1], "rgba8": pixels[:, :, :3],
+                "bgra8": pixels[:, :, 2::-1], "mono8": np.repeat(pixels, 3, axis=2)}[encoding]
     assert got_stamp == _ns(stamp) and img.shape == (height, width, 3)
     np.testing.assert_array_equal(img, expected)
 

@@ -28,8 +28,10 @@ from std_srvs.srv import Trigger
 from apo_ros.nodes.common import (
     LATCHED_QOS,
     RECORD_QOS,
+    SENSOR_QOS_CHOICES,
     STREAM_QOS,
     ApoNode,
+    Param,
     StartupError,
     run,
     safe_publish,
@@ -53,9 +55,13 @@ class PolicyNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("policy_node")
         p = self.declare({"checkpoint": "", "device": "cpu", "cameras": ["front", "wrist"],
-                          "max_skew_s": 0.05, "safety_config": "", "rate_hz": 10.0, "replan_every": 0,
+                          "max_skew_s": Param(0.05, low=0.0, high=10.0), "safety_config": "",
+                          "rate_hz": Param(10.0, low=0.1, high=1000.0), "replan_every": 0,
                           "execution": "async", "refill_steps": -1, "refill_s": 0.0, "merge": "replace",
-                          "horizon_s": 1.0, "ensemble_decay": 0.01, "crossfade_steps": 0})
+                          "horizon_s": 1.0, "ensemble_decay": 0.01, "crossfade_steps": 0,
+                          "instruction": "", "sensor_qos": Param("auto", choices=SENSOR_QOS_CHOICES)},
+                         appliers={"instruction": lambda v: self.assembler.set_instruction(str(v)),
+                                   "max_skew_s": lambda v: setattr(self.assembler.config, "max_skew_s", v)})
         if not p["checkpoint"]:
             raise StartupError("set 'checkpoint' to a checkpoint directory or ws://HOST:PORT")
         self.device, self.checkpoint, self.types = str(p["device"]), str(p["checkpoint"]), M.rclpy_types()
@@ -63,8 +69,12 @@ class PolicyNode(ApoNode):
         # the policy's own inputs: its cameras (none for a state policy), its object poses
         cameras = tuple(getattr(policy, "cameras", p["cameras"]))
         objects = bool(getattr(policy, "uses_object_state", False))
+        # the instruction: the parameter, else the policy's only one; an instruction message wins
+        known = list(getattr(policy, "instructions", None) or getattr(getattr(policy, "config", None),
+                                                                      "instructions", []) or [])
+        instruction = str(p["instruction"]) or (known[0] if len(known) == 1 else "")
         self.assembler = ObservationAssembler(AssemblerConfig(cameras, float(p["max_skew_s"]),
-                                                              object_poses=objects))
+                                                              instruction, object_poses=objects))
         try:
             config = RunnerConfig.from_parameters(p, background=True)
         except ValueError as err:
@@ -75,15 +85,18 @@ class PolicyNode(ApoNode):
         self.proposed_pub = self.create_publisher(JointState, "action/proposed", RECORD_QOS)
         self.tokens_pub = self.create_publisher(JointState, "action/tokens", RECORD_QOS)
         self.active_pub = self.create_publisher(String, "policy/active", LATCHED_QOS)
+        self.sensor_inputs(str(p["sensor_qos"]))  # cameras on the sensor-data profile are taken
         for cam in cameras:
             self.subscribe(Image, f"camera/{cam}/image_raw",
-                           self.fed(functools.partial(self.assembler.on_image, cam)), STREAM_QOS)
-        self.subscribe(JointState, "joint_states", self.fed(self.assembler.on_joint_state), STREAM_QOS)
-        self.subscribe(PoseStamped, "ee_pose", self.fed(self.assembler.on_ee_pose), STREAM_QOS)
-        self.subscribe(JointState, "gripper/state", self.fed(self.assembler.on_gripper), STREAM_QOS)
-        if objects:
-            self.subscribe(PoseArray, "object_poses", self.fed(self.assembler.on_object_poses),
-                           STREAM_QOS)
+                           self.fed(functools.partial(self.assembler.on_image, cam)), STREAM_QOS, sensor=True)
+        for topic, t, store in (("joint_states", JointState, self.assembler.on_joint_state),
+                                ("ee_pose", PoseStamped, self.assembler.on_ee_pose),
+                                ("gripper/state", JointState, self.assembler.on_gripper),
+                                ("object_poses", PoseArray, self.assembler.on_object_poses)):
+            if topic != "object_poses" or objects:
+                self.subscribe(t, topic, self.fed(store), STREAM_QOS, sensor=True)
+        self.expect([f"camera/{c}/image_raw" for c in cameras] + ["joint_states", "ee_pose", "gripper/state"]
+                    + (["object_poses"] if objects else []))
         self.subscribe(String, "instruction", self.assembler.on_instruction, LATCHED_QOS)
         self.subscribe(String, "policy/checkpoint", self.on_checkpoint, LATCHED_QOS)
         self.create_service(Trigger, "policy/replan", self.on_replan)
@@ -97,6 +110,12 @@ class PolicyNode(ApoNode):
         self.worker.start()
         self.get_logger().info(f"policy {self.runner.policy_id} on {cameras}: {config.execution}, "
                                f"merge {config.merge}")
+        self.start_diagnostics()
+
+    def diagnostic_values(self) -> dict[str, Any]:
+        stats = self.runner.stats()
+        return {"policy_id": self.runner.policy_id, "inference latency p50 (ms)": stats["latency_ms"]["p50"],
+                **{k: stats[k] for k in ("steps", "plans", "empty_ticks", "decode_failures", "swaps")}}
 
     def fed(self, store: Any) -> Any:
         """A sensor callback that stores its part, then wakes the policy."""
@@ -124,8 +143,9 @@ class PolicyNode(ApoNode):
     def publish(self, step: Any) -> None:
         if step.policy_id != self.announced:
             self.announce(self.pending_checkpoint)
-        if not step.ok:
-            self.count("policy", f"action rejected: {', '.join(step.reasons)}", "rejected")
+        if not step.ok:  # an unknown instruction: once per distinct text (it may be megabytes)
+            reason = ", ".join(step.reasons)
+            self.count("policy", f"action rejected: {reason}", reason[:200], once="instruction" in reason)
         safe_publish(self.command_pub, chunks.make_policy_action(
             self.types, step.obs_stamp_ns, step.action, "policy", chunks.of_step(step)))
         if bool(np.all(np.isfinite(step.proposed))):
@@ -135,8 +155,8 @@ class PolicyNode(ApoNode):
                 safe_publish(self.tokens_pub, M.make_action_tokens(self.types, step.obs_stamp_ns,
                                                                    step.tokens, step.token_space))
 
-    def on_mode(self, msg: Any) -> None:
-        self.runner.set_active(str(msg.data) == "autonomous", self.now_ns())
+    def on_mode(self, msg: Any) -> None:  # planning goes on in HOLD: the watchdog's hold ends when it answers
+        self.runner.set_active(str(msg.data) in ("autonomous", "hold"), self.now_ns())
 
     def announce(self, checkpoint: str) -> None:
         self.announced = self.runner.policy_id

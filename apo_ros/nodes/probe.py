@@ -126,6 +126,40 @@ class GraphProbe:
         finally:
             self.node.destroy_client(client)
 
+    def _service(self, srv_type: Any, name: str, request: Any, timeout: float) -> Any:
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {name} not available within {timeout} s")
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout
+            while not future.done():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"service {name} did not answer within {timeout} s")
+                time.sleep(0.01)
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, node: str, values: dict[str, Any],
+                       timeout: float = 10.0) -> list[tuple[bool, str]]:
+        """`ros2 param set`: (successful, reason) per parameter of `node` (its full name)."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        result = self._service(SetParameters, f"{node}/set_parameters", request, timeout)
+        return [(bool(r.successful), str(r.reason)) for r in result.results]
+
+    def describe_parameters(self, node: str, names: list[str], timeout: float = 10.0) -> list[Any]:
+        """`ros2 param describe`: the ParameterDescriptor of each name."""
+        from rcl_interfaces.srv import DescribeParameters
+
+        result = self._service(DescribeParameters, f"{node}/describe_parameters",
+                               DescribeParameters.Request(names=names), timeout)
+        return list(result.descriptors)
+
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()

@@ -1,18 +1,14 @@
-"""recorder_node: records the stack's topics into one rosbag2 bag per episode.
-
-Core: apo_ros.runtime.EpisodeRecorder over the recording core's EpisodeWriter. Stream topics are
-subscribed raw: the serialized bytes rclpy receives go to the bag as they are, written at the
-message's header stamp (read from the CDR bytes: no image is deserialized). A message stamped
-before the episode began or more than stamp_tolerance_s in the future is not written (counted
-and logged). Ctrl-C / SIGTERM close an open episode as "abort" (the bag is finalized).
-Records     camera/<name>/image_raw, joint_states, ee_pose, gripper/state, object_poses, action/executed,
-            action/proposed, action/human (raw); instruction (String); episode/events
-            (intervention_start | intervention_end | hold | resume from the arbiter)
-Provenance  policy/active (String JSON from policy_node): policy_id and stats_id of the next bags
-Lifecycle   services episode/start, episode/success, episode/failure, episode/abort
-            (std_srvs/Trigger); device buttons on spacenav/joy (parameters *_button);
-            task/success (std_msgs/Bool) ends the episode as a success when end_on_task_success
-Parameters  config/recorder_node.yaml
+"""recorder_node: one rosbag2 bag per episode (core: apo_ros.runtime.EpisodeRecorder). Stream topics
+are subscribed raw and written at their header stamp; raw images as rgb8 (bgr8 / rgba8 / bgra8 /
+mono8 converted as cv_bridge would; the rest counted per kind, not written: recording.images);
+nothing stamped before the episode or beyond stamp_tolerance_s ahead. Intervention events get the
+stamp of their step (recording.event_stamps). Sensor inputs follow best-effort drivers
+(sensor_qos). Ctrl-C / SIGTERM close an open episode as "abort" (the bag is finalized).
+Records     camera/<name>/image_raw, joint_states, ee_pose, gripper/state, object_poses,
+            action/executed|proposed|human (raw); instruction; episode/events
+Provenance  policy/active (JSON from policy_node): policy_id and stats_id of the next bags
+Lifecycle   episode/start|success|failure|abort (Trigger); spacenav/joy buttons; task/success
+Parameters  config/recorder_node.yaml (cameras, image_format, auto_start, sensor_qos: at start)
 """
 
 from __future__ import annotations
@@ -26,44 +22,65 @@ from sensor_msgs.msg import CompressedImage, Image, JointState, Joy
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from apo_ros.nodes.common import EVENTS_QOS, LATCHED_QOS, RECORD_QOS, STREAM_QOS, ApoNode, run, trigger_reply
-from apo_ros.recording import schema
+from apo_ros.nodes.common import (
+    EVENTS_QOS,
+    LATCHED_QOS,
+    RECORD_QOS,
+    SENSOR_QOS_CHOICES,
+    STREAM_QOS,
+    ApoNode,
+    Param,
+    run,
+    trigger_reply,
+)
+from apo_ros.recording import images, schema
+from apo_ros.recording.intake import RawIntake
 from apo_ros.runtime.recorder import EpisodeRecorder, RecorderConfig
-from apo_ros.runtime.ros_io import cdr_header_stamp_ns
 from apo_ros.teleop.joy import joy_to_state
 
-MSG_CLASSES = {schema.IMAGE: Image, schema.COMPRESSED_IMAGE: CompressedImage,
-               schema.JOINT_STATE: JointState, schema.POSE_STAMPED: PoseStamped,
-               schema.POSE_ARRAY: PoseArray}
+MSG_CLASSES = {schema.IMAGE: Image, schema.COMPRESSED_IMAGE: CompressedImage, schema.JOINT_STATE:
+               JointState, schema.POSE_STAMPED: PoseStamped, schema.POSE_ARRAY: PoseArray}
 RAW_SKIP = (schema.INSTRUCTION, schema.EPISODE_INFO, schema.EPISODE_EVENTS)  # handled by the core
 RECORDED_EVENTS = ("intervention_start", "intervention_end", "hold", "resume")
+SENSORS = (schema.JOINT_STATES, schema.EE_POSE, schema.GRIPPER_STATE, schema.OBJECT_POSES)  # + cameras
 
 
 class RecorderNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("recorder_node")
+        config_fields = ("bags_dir", "task", "operator", "start_button", "success_button",
+                         "failure_button", "abort_button")
+        button = Param(-1, low=-1, high=63)
+        cfg, self.intake = RecorderConfig(), RawIntake()
         p = self.declare({"bags_dir": "bags", "task": "task", "cameras": ["front", "wrist"],
-                          "image_format": "raw", "operator": "", "start_button": -1,
-                          "success_button": -1, "failure_button": -1, "abort_button": -1,
+                          "image_format": Param("raw", choices=("raw", "jpeg")), "operator": "",
+                          "start_button": button, "success_button": button,
+                          "failure_button": button, "abort_button": button,
                           "end_on_task_success": True, "auto_start": False,
-                          "stamp_tolerance_s": 1.0})
-        cfg = RecorderConfig(bags_dir=str(p["bags_dir"]), task=str(p["task"]),
-                             cameras=tuple(p["cameras"]), image_format=str(p["image_format"]),
-                             operator=str(p["operator"]), start_button=int(p["start_button"]),
-                             success_button=int(p["success_button"]),
-                             failure_button=int(p["failure_button"]),
-                             abort_button=int(p["abort_button"]))
+                          "stamp_tolerance_s": Param(1.0, low=0.0, high=3600.0),
+                          "max_image_pixels": Param(images.MAX_PIXELS, low=1, high=2**31 - 1),
+                          "sensor_qos": Param("auto", choices=SENSOR_QOS_CHOICES)},
+                         appliers={  # buttons at once; bags_dir, task, operator: from the next episode
+                             **{f: functools.partial(setattr, cfg, f) for f in config_fields},
+                             **{k: functools.partial(self.intake.set, k) for k in RawIntake.SETTINGS},
+                             "end_on_task_success": self.setter("end_on_success", bool)})
+        for f in config_fields:
+            setattr(cfg, f, p[f])
+        cfg.cameras, cfg.image_format = tuple(p["cameras"]), str(p["image_format"])
         self.recorder = EpisodeRecorder(cfg)
-        self.tolerance_ns = int(float(p["stamp_tolerance_s"]) * 1e9)
+        for k in RawIntake.SETTINGS:
+            self.intake.set(k, p[k])
         self.provenance = {"policy_id": "", "stats_id": ""}  # from policy/active
-        self.end_on_success = bool(p["end_on_task_success"])
-        self.instruction = ""
+        self.end_on_success, self.instruction = bool(p["end_on_task_success"]), ""
+        self.sensor_inputs(str(p["sensor_qos"]))
         for spec in schema.topics(cfg.cameras, cfg.image_format):
             if spec.topic in RAW_SKIP:
                 continue
             self.subscribe(MSG_CLASSES[spec.msgtype], spec.topic,
                            functools.partial(self.on_raw, spec.topic, spec.msgtype), RECORD_QOS,
-                           raw=True)
+                           raw=True, sensor=_sensor(spec.topic))
+        self.expect([t.topic for t in schema.topics(cfg.cameras, cfg.image_format)  # not in a robot's
+                     if _sensor(t.topic) and t.topic != schema.OBJECT_POSES])  # graph: object_poses
         self.subscribe(String, "instruction", self.on_instruction, LATCHED_QOS)
         self.subscribe(String, "episode/events", self.on_event, EVENTS_QOS)
         self.subscribe(String, "policy/active", self.on_policy_active, LATCHED_QOS)
@@ -71,10 +88,18 @@ class RecorderNode(ApoNode):
         self.subscribe(Bool, "task/success", self.on_task_success, STREAM_QOS)
         for name in ("start", "success", "failure", "abort"):
             self.create_service(Trigger, f"episode/{name}", functools.partial(self.on_service, name))
-        if p["auto_start"]:
+        if p["auto_start"]:  # as soon as the clock runs (under use_sim_time: the first /clock)
+            self.auto_timer = self.create_timer(0.1, self.auto_start, clock=self.steady)
+        self.start_diagnostics()
+
+    def auto_start(self) -> None:
+        if self.now_ns() > 0:
+            self.auto_timer.cancel()
             self.start_episode()
 
     def start_episode(self) -> str:
+        if self.now_ns() <= 0:  # a bag would start in 1970
+            raise RuntimeError("no clock yet (use_sim_time: nothing on /clock so far); try again")
         path = self.recorder.start(self.now_ns(), instruction=self.instruction,
                                    policy_id=self.provenance["policy_id"],
                                    metadata={"stats_id": self.provenance["stats_id"]})
@@ -83,10 +108,24 @@ class RecorderNode(ApoNode):
 
     def on_raw(self, topic: str, msgtype: str, cdr: bytes) -> None:
         if self.recorder.active:
-            stamp = cdr_header_stamp_ns(cdr)
-            if stamp > self.now_ns() + self.tolerance_ns:
-                raise ValueError(f"stamp {stamp / 1e9:.3f} s is in the future; not written")
-            self.recorder.record_serialized(topic, msgtype, stamp, cdr)
+            try:
+                got = self.intake.admit(topic, msgtype, cdr, self.now_ns())
+            except images.ImageProblem as err:
+                self.count(topic, f"image not recorded: {err}", err.kind)
+                return
+            if got.converted_from:
+                self.count(topic, f"{got.converted_from} images are recorded as rgb8", got.converted_from)
+            self.recorder.record_serialized(topic, msgtype, got.stamp_ns, got.data)
+            self.write_events(got.events)
+
+    def write_events(self, events: list[tuple[int, str]]) -> None:
+        for stamp, kind in events:
+            self.recorder.record_event(stamp, kind)
+
+    def settle_events(self) -> None:
+        """Before the episode ends: events no step confirmed, at their arrival time."""
+        if self.recorder.active:
+            self.write_events(self.intake.events.flush(self.now_ns()))
 
     def on_instruction(self, msg: Any) -> None:
         self.instruction = str(msg.data)
@@ -100,17 +139,18 @@ class RecorderNode(ApoNode):
     def on_event(self, msg: Any) -> None:
         if msg.data not in RECORDED_EVENTS:
             raise ValueError(f"unknown event {msg.data!r} (expected one of {RECORDED_EVENTS})")
-        if self.recorder.active:
-            self.recorder.record_event(self.now_ns(), str(msg.data))
+        if self.recorder.active:  # intervention events at their step's stamp
+            self.write_events(self.intake.events.on_event(str(msg.data), self.now_ns()))
 
     def on_joy(self, msg: Any) -> None:
         now = self.now_ns()
         happened = self.recorder.on_device(joy_to_state(msg, now / 1e9), now)
-        if happened:
+        if happened:  # a button started or ended the episode
             self.get_logger().info(f"episode {happened} (device button)")
 
     def on_task_success(self, msg: Any) -> None:
         if msg.data and self.end_on_success and self.recorder.active:
+            self.settle_events()
             record = self.recorder.success(self.now_ns())
             self.get_logger().info(f"success: {record.path} ({record.interventions} interventions)")
 
@@ -118,17 +158,24 @@ class RecorderNode(ApoNode):
         try:
             if name == "start":
                 return trigger_reply(response, True, self.start_episode())
+            self.settle_events()
             record = self.recorder.finish(name, self.now_ns())
         except RuntimeError as err:  # no episode open / one already open
             return trigger_reply(response, False, str(err))
-        return trigger_reply(response, True, f"{record.path}: {name}, "
-                                             f"{record.interventions} interventions")
+        return trigger_reply(response, True, f"{record.path}: {name}, {record.interventions} interventions")
+
+    def diagnostic_values(self) -> dict[str, Any]:
+        return {"recording": self.recorder.path or "(no episode)"}
 
     def close(self) -> None:
         path = self.recorder.path
         self.recorder.close()
         if path:
             self.get_logger().info(f"{path}: closed as abort (shutdown)")
+
+
+def _sensor(topic: str) -> bool:
+    return topic in SENSORS or topic.startswith("camera/")
 
 
 def main(args: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ starting from the last checkpoint) around apo_ros.training.train_policy.
 Services    trainer/train_round (std_srvs/Trigger: returns at once, training runs in the background)
 Publishes   policy/checkpoint (String, latched: the new checkpoint dir; policy_node hot-swaps to it)
             trainer/status (String: "round N started|done: PATH|failed: ERROR")
-Parameters  config/trainer_node.yaml
+            /diagnostics (rounds done, the current checkpoint, busy)
+Parameters  config/trainer_node.yaml (read-only: a round is configured when the node starts)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from apo_ros.nodes.common import (
     LATCHED_QOS,
     STREAM_QOS,
     ApoNode,
+    Param,
     StartupError,
     run,
     safe_publish,
@@ -31,8 +33,9 @@ class TrainerNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("trainer_node")
         p = self.declare({"init_checkpoint": "", "demos_dir": "demos", "bags_dir": "bags",
-                           "out_dir": "checkpoints", "train_config": "", "method": "apo",
-                           "steps": 500, "device": ""})
+                           "out_dir": "checkpoints", "train_config": "",
+                           "method": "apo",
+                           "steps": Param(500, low=1, high=10_000_000), "device": ""})
         if not p["init_checkpoint"]:
             raise StartupError("set 'init_checkpoint' (the deployed checkpoint)")
         train_fn = make_train_fn(demos=[str(p["demos_dir"])], data=[str(p["bags_dir"])],
@@ -43,6 +46,8 @@ class TrainerNode(ApoNode):
         self.checkpoint_pub = self.create_publisher(String, "policy/checkpoint", LATCHED_QOS)
         self.status_pub = self.create_publisher(String, "trainer/status", STREAM_QOS)
         self.create_service(Trigger, "trainer/train_round", self.on_train_round)
+        self.done = 0
+        self.start_diagnostics()
 
     def on_train_round(self, request: Any, response: Any) -> Any:
         started, message = self.rounds.request()
@@ -50,6 +55,7 @@ class TrainerNode(ApoNode):
         return trigger_reply(response, started, message)
 
     def on_done(self, result: RoundResult) -> None:  # training thread; publish is thread-safe
+        self.done += 1
         if result.checkpoint:
             safe_publish(self.checkpoint_pub, String(data=result.checkpoint))
             safe_publish(self.status_pub, String(data=f"round {result.index} done: {result.checkpoint}"))
@@ -57,6 +63,14 @@ class TrainerNode(ApoNode):
         else:
             safe_publish(self.status_pub, String(data=f"round {result.index} failed: {result.error}"))
             self.get_logger().error(f"round {result.index} failed: {result.error}")
+
+
+    def diagnostic_values(self) -> dict[str, Any]:
+        return {"rounds finished": self.done, "checkpoint": self.rounds.current,
+                "training": self.rounds.busy}
+
+    def diagnostic_status(self) -> tuple[int, str]:
+        return 0, "training a round" if self.rounds.busy else "idle"
 
 
 def main(args: list[str] | None = None) -> int:

@@ -161,6 +161,13 @@ GRAPHS = {"sim": SIM, "robot": ROBOT, "train": TRAIN}
 
 # ---- without launch: concrete values ---------------------------------------------------------
 
+def absolute_namespace(namespace: str) -> str:
+    """"arm1" and "/arm1" -> "/arm1" (ROS remaps the namespace to an absolute name only; launch_ros
+    adds the slash the same way)."""
+    namespace = namespace.strip()
+    return namespace if not namespace or namespace.startswith("/") else f"/{namespace}"
+
+
 @dataclass
 class ResolvedNode:
     """One process to start: `<executable> --ros-args` + these."""
@@ -177,7 +184,7 @@ class ResolvedNode:
         launch_ros writes them)."""
         args = ["--ros-args", "-r", f"__node:={self.name}"]
         if self.namespace:
-            args += ["-r", f"__ns:={self.namespace}"]
+            args += ["-r", f"__ns:={absolute_namespace(self.namespace)}"]
         if self.config:
             args += ["--params-file", self.config]
         if overrides_file:
@@ -187,8 +194,10 @@ class ResolvedNode:
         return args
 
     def overrides_yaml(self) -> str:
-        """The overrides as a ROS 2 parameter file (JSON is YAML)."""
-        return json.dumps({self.name: {"ros__parameters": self.parameters}}, indent=1, sort_keys=True)
+        """The overrides as a ROS 2 parameter file (JSON is YAML), for this process's node
+        whatever its namespace: a key "sim_arm_node" means "/sim_arm_node" and would not apply
+        under a namespace; launch_ros writes "/**" for the same reason."""
+        return json.dumps({"/**": {"ros__parameters": self.parameters}}, indent=1, sort_keys=True)
 
 
 def resolve(graph: Graph, values: dict[str, Any] | None = None,

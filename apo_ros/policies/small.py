@@ -227,7 +227,8 @@ class BinTokenHead:
         for text in instructions:
             key = _norm(text)
             if key not in self._instruction_index:
-                raise ValueError(f"unknown instruction {text!r}: this {self.kind} policy knows "
+                shown = text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
+                raise ValueError(f"unknown instruction {shown!r}: this {self.kind} policy knows "
                                  f"{self.config.instructions} (instructions are fixed when it is built)")
             ids.append(self._instruction_index[key])
         return torch.tensor(ids, dtype=torch.long)

@@ -14,6 +14,8 @@ import struct
 
 import numpy as np
 
+from apo_ros.recording import images
+
 _U32 = struct.Struct("<I")
 _STAMP = struct.Struct("<iI")
 _HW = struct.Struct("<II")
@@ -95,28 +97,14 @@ def pose_stamped(raw) -> tuple[int, np.ndarray]:
 
 
 def image(raw) -> tuple[int, np.ndarray]:
-    """sensor_msgs/Image (rgb8 / bgr8 / mono8) -> (stamp ns, (H, W, 3) uint8 RGB copy)."""
+    """sensor_msgs/Image -> (stamp ns, (H, W, 3) uint8 RGB copy); the encodings and rules of
+    apo_ros.recording.images (an image it refuses raises its ImageProblem)."""
     _check(raw)
-    stamp, _, pos = header(raw)
-    pos = pos + (-(pos - 4) % 4)
-    height, width = _HW.unpack_from(raw, pos)
-    encoding, pos = _string(raw, pos + 8)
-    pos += 1  # is_bigendian
-    pos = pos + (-(pos - 4) % 4)
-    (step,) = _U32.unpack_from(raw, pos)
-    (n,) = _U32.unpack_from(raw, pos + 4)
-    pos += 8
-    enc = encoding.lower()
-    channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(enc)
-    if channels is None or n < height * step or step < width * channels or pos + n > len(raw):
-        raise CdrLayoutError(f"unsupported image ({encoding}, {n} bytes)")
-    rows = np.frombuffer(raw, dtype=np.uint8, count=height * step, offset=pos).reshape(height, step)
-    img = rows[:, : width * channels].reshape(height, width, channels)
-    if enc == "bgr8":
-        img = img[:, :, ::-1]
-    elif enc == "mono8":
-        img = np.repeat(img, 3, axis=2)
-    return stamp, np.array(img)  # a copy: the bytes belong to the reader's chunk buffer
+    try:
+        layout = images.parse_cdr(raw)
+    except images.ImageProblem as err:
+        raise CdrLayoutError(str(err)) from None
+    return layout.stamp_ns, images.to_rgb(layout, max_pixels=None)  # a copy: the bytes are the reader's
 
 
 def string(raw) -> str:

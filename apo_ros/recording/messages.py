@@ -251,25 +251,14 @@ def make_compressed_image(types: Any, stamp_ns: int, image: np.ndarray, frame_id
 # --- conversions back -----------------------------------------------------------------------------
 
 def image_to_numpy(msg, *, copy: bool = True) -> np.ndarray:
-    """sensor_msgs/Image (rgb8 / bgr8 / mono8, any row padding) or CompressedImage (JPEG/PNG)
-    -> (H, W, 3) uint8 RGB."""
+    """sensor_msgs/Image (rgb8 / bgr8 / rgba8 / bgra8 / mono8, any row padding; see
+    apo_ros.recording.images) or CompressedImage (JPEG/PNG) -> (H, W, 3) uint8 RGB."""
+    if hasattr(msg, "encoding"):  # raw Image
+        from apo_ros.recording.images import layout_of, to_rgb
+
+        return to_rgb(layout_of(msg), max_pixels=None, copy=copy)
     data = msg.data
     buf = data if isinstance(data, np.ndarray) else np.frombuffer(bytes(data), dtype=np.uint8)
-    if hasattr(msg, "encoding"):  # raw Image
-        enc = msg.encoding.lower()
-        h, w, step = int(msg.height), int(msg.width), int(msg.step)
-        channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(enc)
-        if channels is None:
-            raise ValueError(f"unsupported image encoding {msg.encoding!r} (rgb8, bgr8, mono8)")
-        if buf.size < h * step or step < w * channels:
-            raise ValueError(f"image data has {buf.size} bytes, expected {h} rows of {step}")
-        rows = buf[: h * step].reshape(h, step)[:, : w * channels]
-        img = rows.reshape(h, w, channels)
-        if enc == "bgr8":
-            img = img[:, :, ::-1]
-        elif enc == "mono8":
-            img = np.repeat(img, 3, axis=2)
-        return np.array(img, copy=True) if copy or not img.flags.c_contiguous else img
     import cv2
 
     decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)

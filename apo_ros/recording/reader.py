@@ -23,6 +23,7 @@ from apo_ros.observation import Observation
 from apo_ros.recording import cdr, chunks, schema
 from apo_ros.recording import messages as M
 from apo_ros.recording.episode import OUTCOMES, Episode, Step
+from apo_ros.recording.images import ImageProblem
 
 REPAIR_HINT = "salvage it with `apo-ros bags repair {path}`"
 
@@ -239,6 +240,7 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     instructions: list[tuple[int, str]] = []
     events: list[tuple[int, str]] = []
     info: dict = {}
+    skipped_frames: dict[str, int] = {}  # images the stack does not take, by kind
 
     topic_camera = {t: c for c, t in cameras.items()}
     wanted = [schema.JOINT_STATES, schema.EE_POSE, schema.OBJECT_POSES, schema.GRIPPER_STATE,
@@ -286,15 +288,11 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                     ids, space, obs_stamp = M.joint_state_to_tokens(decode(raw, conn.msgtype))
                 tokens.setdefault(obs_stamp, []).append((ids, space))
             elif topic in topic_camera:
-                if conn.msgtype == schema.IMAGE:
-                    try:
-                        stamp, img = cdr.image(raw)
-                    except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
-                        msg = decode(raw, conn.msgtype)
-                        stamp, img = M.stamp_to_ns(msg.header), M.image_to_numpy(msg)
-                else:
-                    msg = decode(raw, conn.msgtype)
-                    stamp, img = M.stamp_to_ns(msg.header), M.image_to_numpy(msg)
+                try:
+                    stamp, img = _camera_frame(raw, conn.msgtype, decode)
+                except ImageProblem as err:  # one bad frame costs its step, not the episode
+                    skipped_frames[err.kind] = skipped_frames.get(err.kind, 0) + 1
+                    continue
                 images[topic_camera[topic]][stamp] = img
             elif topic == schema.JOINT_STATES or topic == schema.GRIPPER_STATE:
                 try:
@@ -334,8 +332,12 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
     except Exception as err:
         raise BagError(str(bag), f"corrupt data ({type(err).__name__}: {err})") from None
 
+    for table in images.values():
+        _drop_odd_shapes(table, skipped_frames)
     metadata = {str(k): str(v) for k, v in info.items()} if isinstance(info, dict) else {}
     metadata.update(custom)
+    if skipped_frames:
+        metadata["skipped_frames"] = json.dumps(skipped_frames, sort_keys=True)
     truncated = metadata.get("truncated", "false").lower() == "true"
     outcome = metadata.get("outcome", "unknown")
     if outcome not in OUTCOMES or outcome == "unknown":
@@ -371,6 +373,36 @@ def _read(bag: Path, reader, load_images: bool, tolerance_ns: int) -> Episode:
                           token_space=space, chunk=chunk_info))
     return Episode(path=str(bag), steps=steps, metadata=metadata, outcome=outcome, truncated=truncated,
                    events=events, dropped_steps=dropped)
+
+
+def _camera_frame(raw, msgtype: str, decode) -> tuple[int, np.ndarray]:
+    """(stamp, RGB image) of a camera message; ImageProblem for a frame the stack does not take
+    (apo_ros.recording.images: an unsupported encoding, an empty or oversized image, a bad step)."""
+    if msgtype == schema.IMAGE:
+        try:
+            return cdr.image(raw)
+        except (cdr.CdrLayoutError, struct.error, UnicodeDecodeError):
+            pass  # not the layout the fast decoder reads: the generic one below
+    msg = decode(raw, msgtype)
+    try:
+        return M.stamp_to_ns(msg.header), M.image_to_numpy(msg)
+    except ImageProblem:
+        raise
+    except ValueError as err:  # a compressed frame that does not decode
+        raise ImageProblem("decode", str(err)) from None
+
+
+def _drop_odd_shapes(table: dict, skipped: dict[str, int]) -> None:
+    """A camera's frames share one shape (training stacks them): frames of another shape than
+    the camera's most common one are skipped (kind "shape"), not the episode."""
+    shapes: dict[tuple, int] = {}
+    for img in table.values():
+        shapes[img.shape] = shapes.get(img.shape, 0) + 1
+    if len(shapes) > 1:
+        usual = max(shapes, key=lambda s: shapes[s])
+        for stamp in [t for t, img in table.items() if img.shape != usual]:
+            del table[stamp]
+            skipped["shape"] = skipped.get("shape", 0) + 1
 
 
 def _next_proposal(proposed: dict[int, list], obs_stamp: int, default=None):

@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike
 from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX
 from apo_ros.observation import CAMERAS, Observation
 from apo_ros.recording import messages as M
+from apo_ros.teleop.stamp_gate import StampGate
 
 NS = 1_000_000_000
 
@@ -105,8 +106,11 @@ class ObservationAssembler:
             self._objects = (M.stamp_to_ns(msg.header), poses)
 
     def on_instruction(self, msg: Any) -> None:
+        self.set_instruction(str(msg.data))
+
+    def set_instruction(self, text: str) -> None:
         with self._lock:
-            self._instruction = str(msg.data)
+            self._instruction = str(text)
 
     def observation(self, fresh_only: bool = True) -> Observation | None:
         """The newest complete observation (stamp = the oldest part's stamp, so its age is never
@@ -188,8 +192,12 @@ class ControlSteps:
     """The arbiter node's clock: the arm's observations open control steps, and each step is
     decided exactly once.
 
-    - `observe(stamp, now)`: a new observation (its stamp must be newer than the last) opens a
-      step; returns False when the previous step was still open (it ends undecided).
+    - `observe(stamp, now)`: a new observation opens a step; returns False when the previous step
+      was still open (it ends undecided). Its stamp must be newer than the last, and not more
+      than `tolerance_s` ahead of `now` (a future stamp would make every real observation after
+      it look old, and stop the arm and the operator's take-over with it): ValueError otherwise.
+      A stamp back near `now` after the last one drifted away (the sender's clock stepped back:
+      a restarted driver, a reset simulation) starts the steps over (`StampGate`).
     - `accept(obs_stamp, now)`: a policy command decides the open step when it is for this step's
       observation window (newer than the previous step's observation and than the last command
       accepted: never the same command twice) and arrives within `deadline_s` of the step opening.
@@ -202,8 +210,9 @@ class ControlSteps:
       opened its step.
     """
 
-    def __init__(self, deadline_s: float):
+    def __init__(self, deadline_s: float, tolerance_s: float = 0.5):
         self.deadline_ns = int(deadline_s * NS)
+        self.gate = StampGate(tolerance_s)  # which stamps open a step; counts what was refused
         self.stamp = 0  # observation of the current step
         self._previous = 0  # observation of the step before
         self._opened_ns = 0
@@ -212,8 +221,15 @@ class ControlSteps:
         self.open = False
 
     def observe(self, stamp_ns: int, now_ns: int) -> bool:
-        if stamp_ns <= self.stamp:
+        verdict = self.gate.check(int(stamp_ns), int(now_ns))
+        if verdict == "future":
+            raise ValueError(f"stamp {stamp_ns / NS:.3f} is {(stamp_ns - now_ns) / NS:.3f} s ahead of "
+                             f"this node's clock (tolerance {self.gate.tolerance_s} s): not a step")
+        if verdict == "old":
             raise ValueError(f"stamp {stamp_ns} is not newer than the last observation's ({self.stamp})")
+        if verdict == "reset":  # the clock stepped back: what was before belongs to another time
+            self.stamp = self._last_command = 0
+            self._early = None
         was_closed = not self.open
         self._previous, self.stamp, self._opened_ns, self.open = self.stamp, int(stamp_ns), now_ns, True
         return was_closed

@@ -9,6 +9,7 @@ feeds it from its subscription callback. Works with rclpy and rosbags Joy classe
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ def joy_to_state(msg: Any, t: float, config: JoyConfig | None = None) -> DeviceS
         raise ValueError(f"Joy message has {len(axes_in)} axes, the axis map needs index "
                          f"{max(cfg.axis_map)} (spacenav publishes 6)")
     raw = [float(axes_in[i]) for i in cfg.axis_map]
+    if not all(math.isfinite(a) for a in raw):  # NaN would read as "no deflection"
+        raise ValueError(f"Joy axes {raw} are not all finite")
     axes = condition_axes(raw, scale=cfg.scale, deadzone=cfg.deadzone, sign=cfg.sign)
     return DeviceState(t=float(t), axes=axes, buttons=tuple(int(b) for b in msg.buttons),
                        connected=True)
