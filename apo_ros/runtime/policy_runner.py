@@ -191,26 +191,26 @@ class PolicyRunner:
         come from an observation stamped at or after `not_before_ns` (hand-back after a
         take-over: the first policy action comes from an observation taken after it)."""
         with self._lock:
-            self._generation += 1
-            self._results.clear()
-            if not self.config.background:
-                self._in_flight = False  # in-step results were all pending ones; none left
+            self._forget_plans()
             self._not_before_ns = max(self._not_before_ns, int(not_before_ns))
-            self.queue.flush()
-            self._failure = None
+
+    def _forget_plans(self) -> None:
+        """Drop the queue and every chunk in flight (a chunk still being computed comes back with
+        an old generation and is discarded). Called with the lock held."""
+        self._generation += 1
+        self._results.clear()
+        if not self.config.background:
+            self._in_flight = False  # in-step results were all pending ones; none left
+        self.queue.flush()
+        self._failure = None
 
     def reset(self) -> None:
         """New episode: drop the queue and clear the policy's state."""
         with self._lock:
-            self._generation += 1
-            self._results.clear()
-            if not self.config.background:
-                self._in_flight = False  # in-step results were all pending ones; none left
-            self.queue.flush()
+            self._forget_plans()
             self._replan_requested = False
             self._not_before_ns = 0
             self._tick, self._tick_stamp, self._tick_served = -1, 0, True
-            self._failure = None
         with self._policy_lock:  # not while the worker is inside the policy
             self.policy.reset()
 
