@@ -212,11 +212,12 @@ def plot_study(res: dict, path: str) -> str:
         means = [t["policies"][n]["mean"] for n in names]
         lo = [m - t["policies"][n]["ci95"][0] for n, m in zip(names, means)]
         hi = [t["policies"][n]["ci95"][1] - m for n, m in zip(names, means)]
-        colors = ["#888888" if n == "base" else "#d62728" if n == "apo" else "#2ca02c" if n == "fresh"
+        colors = ["#888888" if n == "base" else "#d62728" if n == "apo" else "#2ca02c" if n in CONTROLS
                   else "#1f77b4" for n in names]
         ax = axes[row][0]
         ax.bar(names, means, yerr=[lo, hi], capsize=4, color=colors)
         ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_ylabel("test success (95% CI)")
         ax.set_title(f"{task}: every method from the base, same test states")
         ax2 = axes[row][1]
