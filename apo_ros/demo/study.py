@@ -256,8 +256,9 @@ def job_session(task: str, policy: str, operator: str, episodes: int, bags_dir: 
 
     if os.path.exists(bags_dir):  # a run killed half-way: record the whole set again
         shutil.rmtree(bags_dir)
-    person = (SimulatedOperator(task, OperatorConfig(human_noise=operator_noise,
-                                                             **(operator_config or {})), seed=seed)
+    # `operator_config` (the study's `operator` field) may set human_noise too: it wins
+    rules = {"human_noise": operator_noise, **(operator_config or {})}
+    person = (SimulatedOperator(task, OperatorConfig(**rules), seed=seed)
               if operator == "scripted" else operator)
     summary = run_session(task, policy, person, episodes, bags_dir, seed, expert_noise=expert_noise,
                           device="cpu", progress=False, max_steps=max_steps, render=render,
