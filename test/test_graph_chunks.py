@@ -78,6 +78,7 @@ def test_every_action_of_a_chunk_runs_once_at_its_tick(tmp_path, chunk_size, rem
 
             try:
                 wait_until(lambda: len(executed(probe, 0)) >= 3, 180, "the graph never acted", logs)
+                wait_until(lambda: probe.messages("ee_pose"), WAIT, "the probe saw no ee_pose", logs)
                 ok, path = probe.call("episode/start", timeout=30)
                 assert ok, path
                 t0 = time.time_ns()
@@ -95,8 +96,14 @@ def test_every_action_of_a_chunk_runs_once_at_its_tick(tmp_path, chunk_size, rem
                 ticks = [info.tick_stamp_ns for _st, _s, info in acted]
                 assert len(set(ticks)) == len(ticks), "two actions in one control step"
                 seen = set(M.stamp_to_ns(r.msg.header) for r in probe.messages("ee_pose"))
+                # a chunk planned before the probe's ee_pose subscription matched (discovery
+                # takes seconds on a loaded machine) links to an observation the probe never got:
+                # at most one chunk's worth of those
+                unseen = [stamp for stamp, _s, _i in acted if stamp < min(seen)]
+                assert len(unseen) <= chunk_size, (len(unseen), chunk_size)
                 for stamp, _s, info in acted:  # each linked to a real observation, run later
-                    assert stamp in seen and info.tick_stamp_ns in seen
+                    assert stamp in seen or stamp < min(seen)
+                    assert info.tick_stamp_ns in seen
                     assert info.tick_stamp_ns >= stamp and 0 <= info.chunk_index < chunk_size
                 if chunk_size > 1:
                     assert max(k for _s, k in keys) >= 2  # later actions of chunks ran too
