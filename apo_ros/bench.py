@@ -15,7 +15,7 @@ SECTIONS = {
     "bags": "apo_ros.recording.bench",
     "policy": "apo_ros.policies.bench",
     "train": "apo_ros.training.bench",
-    "runtime": "apo_ros.runtime.bench",
+    "runtime": "apo_ros.nodes.bench",  # the in-process figures and the ROS graph's
     "serve": "apo_ros.serving.bench",
 }
 

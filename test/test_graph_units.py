@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from apo_ros.actions.safety import SafetyFilter
+from apo_ros.control.policy_runner import PolicyRunner, provenance
 from apo_ros.observation import Observation
 from apo_ros.recording import messages as M
-from apo_ros.runtime.policy_runner import PolicyRunner, provenance
 from apo_ros.runtime.ros_io import CommandOnce, ControlSteps, cdr_header_stamp_ns
 from apo_ros.teleop.arbiter import PolicyCommand, TeleopArbiter
 

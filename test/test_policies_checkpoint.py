@@ -18,7 +18,7 @@ from apo_ros.policies import (
     save_policy,
     verify_policy_id,
 )
-from apo_ros.policies.checkpoint import check_remote_code
+from apo_ros.policies.errors import check_remote_code
 from apo_ros.policies.testing import default_statistics, random_batch
 
 INSTRUCTIONS = ["open it", "close it"]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from apo_ros.actions.safety import SafetyFilter
+from apo_ros.control.action_queue import ActionQueue, QueueConfig
+from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.observation import Observation
-from apo_ros.runtime.action_queue import ActionQueue, QueueConfig
-from apo_ros.runtime.policy_runner import PolicyRunner, RunnerConfig
 
 S = 1_000_000_000
 TICK = S // 10  # 10 Hz

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from apo_ros.actions.safety import SafetyConfig, SafetyFilter
+from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.observation import Observation
-from apo_ros.runtime.policy_runner import PolicyRunner, RunnerConfig
 
 
 def obs(stamp, x=0.5, gripper=1.0):

@@ -12,9 +12,9 @@ import pytest
 from serving_helpers import INSTRUCTION, make_checkpoint, observation
 
 from apo_ros.actions.safety import SafetyFilter
-from apo_ros.policies import load_policy, open_policy, policy_id, provenance
-from apo_ros.runtime.policy_runner import PolicyRunner
-from apo_ros.serving import protocol
+from apo_ros.control.policy_runner import PolicyRunner
+from apo_ros.policies import load_policy, policy_id
+from apo_ros.serving import open_policy, protocol, provenance
 from apo_ros.serving.client import RemoteConfig, RemotePolicy, RemotePolicyError, parse_url
 from apo_ros.serving.server import PolicyServer, ServeConfig
 

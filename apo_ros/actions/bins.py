@@ -23,6 +23,9 @@ from __future__ import annotations
 import numpy as np
 
 BIN_LAYOUTS: tuple[str, ...] = ("openvla", "grid")
+# how a bin policy's predictions become actions: the most likely bin, or the expected value of
+# each arm dimension (the gripper keeps its most likely bin)
+DECODE_MODES: tuple[str, ...] = ("argmax", "mean")
 
 
 class BinTokenizer:

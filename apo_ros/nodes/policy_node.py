@@ -25,6 +25,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.nodes.common import (
     LATCHED_QOS,
     RECORD_QOS,
@@ -40,15 +41,8 @@ from apo_ros.nodes.common import (
 from apo_ros.recording import chunks
 from apo_ros.recording import messages as M
 from apo_ros.runtime.config import load_safety_filter
-from apo_ros.runtime.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.runtime.ros_io import AssemblerConfig, ObservationAssembler
-
-
-def _load(checkpoint: str, device: str) -> Any:
-    # the one loader for a directory or ws://HOST:PORT (a policy served by `apo-ros serve`)
-    from apo_ros.policies import open_policy
-
-    return open_policy(checkpoint, device=device)
+from apo_ros.serving.source import open_policy
 
 
 class PolicyNode(ApoNode):
@@ -65,13 +59,12 @@ class PolicyNode(ApoNode):
         if not p["checkpoint"]:
             raise StartupError("set 'checkpoint' to a checkpoint directory or ws://HOST:PORT")
         self.device, self.checkpoint, self.types = str(p["device"]), str(p["checkpoint"]), M.rclpy_types()
-        policy = _load(self.checkpoint, self.device)
+        # the one loader for a directory or ws://HOST:PORT (a policy served by `apo-ros serve`)
+        policy = open_policy(self.checkpoint, device=self.device)
         # the policy's own inputs: its cameras (none for a state policy), its object poses
-        cameras = tuple(getattr(policy, "cameras", p["cameras"]))
-        objects = bool(getattr(policy, "uses_object_state", False))
+        cameras, objects = tuple(policy.cameras), policy.uses_object_state
         # the instruction: the parameter, else the policy's only one; an instruction message wins
-        known = list(getattr(policy, "instructions", None) or getattr(getattr(policy, "config", None),
-                                                                      "instructions", []) or [])
+        known = policy.instructions
         instruction = str(p["instruction"]) or (known[0] if len(known) == 1 else "")
         self.assembler = ObservationAssembler(AssemblerConfig(cameras, float(p["max_skew_s"]),
                                                               instruction, object_poses=objects))
@@ -80,7 +73,7 @@ class PolicyNode(ApoNode):
         except ValueError as err:
             raise StartupError(str(err)) from None
         self.runner = PolicyRunner(policy, load_safety_filter(p["safety_config"]), config,
-                                   policy_id=str(getattr(policy, "policy_id", p["checkpoint"])))
+                                   policy_id=policy.policy_id or str(p["checkpoint"]))
         self.command_pub = self.create_publisher(JointState, "policy/command", RECORD_QOS)
         self.proposed_pub = self.create_publisher(JointState, "action/proposed", RECORD_QOS)
         self.tokens_pub = self.create_publisher(JointState, "action/tokens", RECORD_QOS)
@@ -172,11 +165,11 @@ class PolicyNode(ApoNode):
 
         def load_and_swap() -> None:  # loading takes seconds: off the control loop
             try:
-                policy = _load(path, self.device)
+                policy = open_policy(path, device=self.device)
             except Exception as err:  # noqa: BLE001 - a bad checkpoint must not stop the node
                 self.get_logger().error(f"policy/checkpoint {path}: cannot load: {err}")
                 return
-            self.runner.swap_policy(policy, str(getattr(policy, "policy_id", path)))
+            self.runner.swap_policy(policy, policy.policy_id or path)
             self.get_logger().info(f"hot-swapping to {path}")
 
         threading.Thread(target=load_and_swap, daemon=True).start()

@@ -31,7 +31,7 @@ from apo_ros.recording import messages as M
 from apo_ros.runtime.config import load_safety_filter
 from apo_ros.runtime.ros_io import ControlSteps, action_to_twist
 from apo_ros.teleop.arbiter import ArbiterConfig, ArbiterEvent, Mode, PolicyCommand, TeleopArbiter
-from apo_ros.teleop.device import open_device
+from apo_ros.teleop.devices import open_device
 from apo_ros.teleop.joy import JoyDevice
 from apo_ros.teleop.watchdog import WatchdogHold
 

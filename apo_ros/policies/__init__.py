@@ -9,11 +9,11 @@ from apo_ros.lazy import lazy_exports
 _LAZY = {
     "TokenPolicy": "base", "concat_inputs": "base", "index_inputs": "base", "inputs_to": "base",
     "pick_device": "base",
-    "CheckpointError": "checkpoint", "PickleRefusedError": "checkpoint",
-    "RemoteCodeRefusedError": "checkpoint", "load_policy": "checkpoint", "policy_id": "checkpoint",
+    "CheckpointError": "errors", "PickleRefusedError": "errors",
+    "RemoteCodeRefusedError": "errors", "load_policy": "checkpoint", "policy_id": "checkpoint",
     "save_policy": "checkpoint", "verify_policy_id": "checkpoint",
-    "open_policy": "dispatch", "provenance": "dispatch",
-    "POLICY_KINDS": "factory", "build_policy": "factory",
+    "POLICY_KINDS": "factory", "PolicyKind": "factory", "build_policy": "factory",
+    "policy_kinds": "factory",
     "ReferencePolicy": "reference", "make_reference": "reference",
 }
 

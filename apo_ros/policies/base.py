@@ -98,6 +98,10 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
     # tokenizers: 7); None when a token mixes steps (FAST). The trainer masks the tokens of chunk
     # steps that lie outside a sample's own segment only when this is set.
     tokens_per_step: int | None = None
+    # the `PolicySource` attributes (apo_ros.control.policy_source): a checkpoint loaded here
+    # keeps its ids, and a failed decode needs no reason beyond "decode_failed"
+    reports_policy_id: bool = False
+    failure_reason: str = ""
 
     def __init__(self, stats: ActionStatistics):
         super().__init__()
@@ -246,6 +250,16 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
 
     def reset(self) -> None:
         """Clear any per-episode state (none by default)."""
+
+    @property
+    def statistics_id(self) -> str:
+        return self.stats.statistics_id()
+
+    @property
+    def instructions(self) -> list[str]:
+        """The fixed instruction list of a policy built with one (bin-head policies); [] for a
+        policy that reads any text (VLAs)."""
+        return []
 
     @property
     def device(self) -> torch.device:

@@ -34,67 +34,19 @@ import os
 import shutil
 import tempfile
 
+from apo_ros import __version__
 from apo_ros.actions.statistics import STATISTICS_FILENAME, load_statistics, save_statistics
-from apo_ros.errors import UserError
+from apo_ros.policies.errors import (
+    CheckpointError,
+    PickleRefusedError,
+    find_pickles,
+    require_file,
+)
+from apo_ros.policies.factory import policy_class
 
 CONFIG_FILENAME = "apo_policy.json"
 FORMAT = "apo_ros.policy"
 FORMAT_VERSION = 1
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-class CheckpointError(UserError, ValueError):
-    """A policy checkpoint that is missing pieces or is malformed; the message says which."""
-
-
-class PickleRefusedError(CheckpointError):
-    """The weights exist only in a pickle-based format, which apo_ros never loads."""
-
-
-class RemoteCodeRefusedError(CheckpointError):
-    """The checkpoint needs its own Python code and trust_remote_code was not given."""
-
-
-def find_pickles(directory: str) -> list[str]:
-    """Relative paths of pickle-format weight files under `directory`."""
-    found = []
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            if name.endswith(PICKLE_SUFFIXES):
-                found.append(os.path.relpath(os.path.join(root, name), directory))
-    return sorted(found)
-
-
-def require_file(directory: str, name: str, what: str) -> str:
-    """Path of `directory/name`; a CheckpointError naming it (and any pickle found instead)."""
-    path = os.path.join(directory, name)
-    if os.path.isfile(path):
-        return path
-    pickles = find_pickles(directory) if os.path.isdir(directory) else []
-    if pickles:
-        raise PickleRefusedError(
-            f"{directory}: {what} missing ({name}); found only pickle weights {pickles}. apo_ros loads "
-            "safetensors only (pickle files can run code when loaded) — convert them with "
-            "safetensors (e.g. transformers `save_pretrained(..., safe_serialization=True)`) in an "
-            "environment you trust")
-    raise CheckpointError(f"{directory}: {what} missing ({name})")
-
-
-def check_remote_code(directory: str, trust_remote_code: bool) -> None:
-    """Refuse a transformers checkpoint whose config maps to its own code unless trusted."""
-    path = os.path.join(directory, "config.json")
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory}: transformers config missing (config.json)") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    if cfg.get("auto_map") and not trust_remote_code:
-        raise RemoteCodeRefusedError(
-            f"{directory}: this checkpoint ships its own Python code (auto_map in config.json: "
-            f"{sorted(cfg['auto_map'])}); it runs only with trust_remote_code=True "
-            "(CLI: --trust-remote-code) — pass it only for code you have read and trust")
 
 
 def compute_policy_id(directory: str, kind: str, config: dict) -> str:
@@ -133,8 +85,6 @@ def save_policy(policy, directory: str, *, extra: dict | None = None, merge_lora
     """Write `policy` to `directory` atomically; returns (and sets on the policy) its policy_id.
     `extra`: training facts (objective, steps, data, parent policy id...) kept in apo_policy.json.
     `merge_lora`: LoRA policies save merged full weights (default) or the base + adapter."""
-    from apo_ros import __version__
-
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
@@ -219,15 +169,13 @@ def load_policy(directory: str, *, device: str | None = None, trust_remote_code:
     """Rebuild a saved policy. `device`: None = CUDA + bf16 when available, else CPU float32.
     `lora` (VLA kinds): None = as saved (a fresh zero adapter for training when the policy was
     built with LoRA), False = plain merged weights (inference), True = force a fresh adapter."""
-    from apo_ros.policies.factory import policy_class
-
     directory = os.path.abspath(directory)
     document = read_checkpoint_config(directory)
     kind = document["kind"]
     try:
         cls = policy_class(kind)
-    except KeyError as err:
-        raise CheckpointError(f"{directory}: {err.args[0]}") from None
+    except ValueError as err:
+        raise CheckpointError(f"{directory}: {err}") from None
     require_file(directory, STATISTICS_FILENAME, "action statistics")
     try:
         stats = load_statistics(directory)

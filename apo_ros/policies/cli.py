@@ -7,13 +7,22 @@ import json
 import os
 import sys
 
-KINDS = ("small", "state", "vla_bins", "vla_fast")
+from safetensors import safe_open
+
+from apo_ros.actions.bins import DECODE_MODES
+from apo_ros.actions.statistics import load_statistics
+from apo_ros.errors import UserError, check_writable, reading
+from apo_ros.policies.checkpoint import read_checkpoint_config, save_policy, verify_policy_id
+from apo_ros.policies.errors import CheckpointError
+from apo_ros.policies.factory import POLICY_KINDS, build_policy, policy_kinds
+from apo_ros.policies.testing import default_statistics
+from apo_ros.sim.task_specs import TASK_SPECS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `apo-ros`."""
     p = sub.add_parser("policy",
-                       help="create or inspect policy checkpoints (small, state, vla_bins, vla_fast)",
+                       help=f"create or inspect policy checkpoints ({', '.join(policy_kinds())})",
                        description="Create an untrained policy checkpoint or inspect one.")
     psub = p.add_subparsers(dest="policy_command", metavar="ACTION")
 
@@ -22,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Build an untrained policy of a kind and save it as a checkpoint directory. "
         "VLA kinds use --pretrained (a local transformers checkpoint, e.g. PaliGemma) or, without "
         "it, a tiny PaliGemma built from config (no download).")
-    new.add_argument("kind_pos", nargs="?", choices=KINDS, metavar="KIND", help="policy kind (or --kind)")
-    new.add_argument("--kind", choices=KINDS,
-                     help="small (CPU, images), state (CPU, object poses instead of images), "
-                     "vla_bins (OpenVLA-style), vla_fast (pi0-FAST-style)")
+    new.add_argument("kind_pos", nargs="?", choices=policy_kinds(), metavar="KIND",
+                     help="policy kind (or --kind)")
+    new.add_argument("--kind", choices=policy_kinds(),
+                     help=", ".join(f"{k.name} ({k.summary})" for k in POLICY_KINDS.values()))
     new.add_argument("-o", "--out", required=True, metavar="DIR", help="checkpoint directory to write")
     new.add_argument("--instructions", nargs="+", metavar="TEXT",
                      help="instruction list (default: the simulator tasks' instructions)")
@@ -37,11 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     new.add_argument("--pretrained", metavar="DIR",
                      help="VLA kinds: local transformers checkpoint directory")
     new.add_argument("--chunk-size", type=int, default=None,
-                     help="actions per prediction (default 1; vla_fast 8)")
+                     help="actions per prediction (default: the kind's, "
+                     + ", ".join(f"{k.name} {k.default_chunk_size}" for k in POLICY_KINDS.values()) + ")")
     new.add_argument("--no-lora", action="store_true", help="VLA kinds: train all weights instead of LoRA")
     new.add_argument("--lora-rank", type=int, default=32, help="VLA kinds: LoRA rank (default 32, alpha 16)")
     new.add_argument("--cameras", nargs="+", help="cameras read (default: small front wrist; VLAs front)")
-    new.add_argument("--decode", choices=("argmax", "mean"), default=None,
+    new.add_argument("--decode", choices=DECODE_MODES, default=None,
                      help="small / state: actions from the most likely bin (argmax, default) or the "
                      "expected value of each arm dimension (mean; the gripper keeps its argmax)")
     new.add_argument("--objects", type=int, default=None, metavar="N",
@@ -64,20 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _default_instructions() -> list[str]:
-    try:
-        from apo_ros.sim.tasks import TASKS
-
-        # task variants share their base task's instruction: keep each instruction once
-        return list(dict.fromkeys(task.instruction for task in TASKS.values()))
-    except Exception:  # the simulator area is optional for this command
-        return ["put the lemon on the plate", "insert the square into the stick", "hang the cup on the rack"]
+    # task variants share their base task's instruction: keep each instruction once
+    return list(dict.fromkeys(task.instruction for task in TASK_SPECS.values()))
 
 
 def _statistics(args: argparse.Namespace):
-    from apo_ros.actions.statistics import load_statistics
-    from apo_ros.errors import UserError
-    from apo_ros.policies.testing import default_statistics
-
     if not args.stats_from:
         return default_statistics()
     try:
@@ -86,12 +87,14 @@ def _statistics(args: argparse.Namespace):
         raise UserError(str(err).strip("'\"")) from None
 
 
-def run_new(args: argparse.Namespace) -> int:
-    from apo_ros.errors import UserError, check_writable
+def _kinds_with(flag: str) -> str:
+    return " and ".join(k.name for k in POLICY_KINDS.values() if getattr(k, flag))
 
-    kind = args.kind or args.kind_pos
-    if kind is None:
-        raise UserError("policy new: give the kind (small, state, vla_bins or vla_fast), e.g. `--kind small`")
+
+def run_new(args: argparse.Namespace) -> int:
+    name = args.kind or args.kind_pos
+    if name is None:
+        raise UserError(f"policy new: give the kind ({', '.join(policy_kinds())}), e.g. `--kind small`")
     if args.kind and args.kind_pos and args.kind != args.kind_pos:
         raise UserError(f"policy new: two different kinds given ({args.kind_pos}, {args.kind})")
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -102,57 +105,50 @@ def run_new(args: argparse.Namespace) -> int:
         raise UserError(f"--pretrained {args.pretrained}: not a directory (a local transformers checkpoint)")
     check_writable(args.out, "--out")
     stats = _statistics(args)
-    import torch
-
-    from apo_ros.policies import CheckpointError, build_policy, save_policy
+    import torch  # lazy: `apo-ros --help` does not load torch
 
     torch.manual_seed(args.seed)
+    kind = POLICY_KINDS[name]
     options: dict = {"device": args.device}
-    if args.cameras and kind == "state":
-        raise UserError("--cameras: the state policy reads no camera (it reads object poses)")
+    if args.cameras and not kind.reads_images:
+        raise UserError(f"--cameras: the {name} policy reads no camera (it reads object poses)")
     if args.cameras:
         options["cameras"] = tuple(args.cameras)
     if args.decode is not None:
-        if kind not in ("small", "state"):
-            raise UserError("--decode is for the small and state kinds")
+        if not kind.bin_head:
+            raise UserError(f"--decode is for the {_kinds_with('bin_head')} kinds")
         options["decode"] = args.decode
     if args.objects is not None:
-        if kind != "state":
-            raise UserError("--objects is for the state kind")
+        if not kind.reads_object_poses:
+            raise UserError(f"--objects is for the {_kinds_with('reads_object_poses')} kind")
         options["n_objects"] = args.objects
     if args.chunk_size is not None:
         options["chunk_size"] = args.chunk_size
-    elif kind == "vla_fast":
-        options["chunk_size"] = 8
-    if kind.startswith("vla"):
+    elif kind.default_chunk_size != 1:
+        options["chunk_size"] = kind.default_chunk_size
+    if kind.pretrained:
         if args.pretrained:
             options["pretrained"] = args.pretrained
             options["trust_remote_code"] = args.trust_remote_code
         options["lora"] = None if args.no_lora else {"r": args.lora_rank, "alpha": 16, "dropout": 0.0,
                                                      "target_modules": "all-linear"}
     elif args.pretrained:
-        raise UserError(f"--pretrained is for the VLA kinds (vla_bins, vla_fast), not {kind}")
+        raise UserError(f"--pretrained is for the {_kinds_with('pretrained')} kinds, not {name}")
     instructions = args.instructions or _default_instructions()
     try:
-        policy = build_policy(kind, stats, instructions=instructions, **options)
+        policy = build_policy(name, stats, instructions=instructions, **options)
         pid = save_policy(policy, args.out, extra={"created_by": "apo-ros policy new", "trained": False,
                                                    "seed": args.seed})
     except (CheckpointError, ValueError) as err:
         raise UserError(str(err)) from None
     n = sum(p.numel() for p in policy.parameters())
-    print(f"{kind} policy {pid} ({n:,} parameters) written to {os.path.abspath(args.out)}")
+    print(f"{name} policy {pid} ({n:,} parameters) written to {os.path.abspath(args.out)}")
     return 0
 
 
 def checkpoint_summary(directory: str, verify: bool = False) -> dict:
     """What `policy info` prints: read from the files, the model is not built."""
-    from safetensors import safe_open
-
-    from apo_ros.actions.statistics import load_statistics
-    from apo_ros.errors import reading
-    from apo_ros.policies.base import ACTION_TOKENIZER_FILENAME
-    from apo_ros.policies.checkpoint import read_checkpoint_config, verify_policy_id
-
+    from apo_ros.policies.base import ACTION_TOKENIZER_FILENAME  # lazy: base imports torch
     directory = os.path.abspath(directory)
     document = read_checkpoint_config(directory)
     params: dict[str, int] = {}
@@ -187,9 +183,6 @@ def checkpoint_summary(directory: str, verify: bool = False) -> dict:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from apo_ros.errors import UserError
-    from apo_ros.policies.checkpoint import CheckpointError
-
     try:
         summary = checkpoint_summary(args.directory, verify=args.verify)
     except (CheckpointError, OSError, ValueError, KeyError) as err:

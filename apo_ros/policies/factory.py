@@ -1,30 +1,65 @@
-"""`build_policy(kind, stats, instructions=..., **config)`: a fresh (untrained) policy of a kind."""
+"""The policy kinds, one registration each, and `build_policy(kind, stats, instructions=...,
+**options)`: a fresh (untrained) policy of a kind.
+
+Adding a kind is one module (a `TokenPolicy` subclass with `kind = "name"` and a classmethod
+`build(stats, *, instructions, **options)`) plus one `PolicyKind` entry below; the CLI's choices,
+`load_policy` and the docs read this table. Importing it is cheap: the policy classes (torch,
+transformers) load on first use."""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from apo_ros.actions.statistics import ActionStatistics
-from apo_ros.policies.base import TokenPolicy
 
-# kind -> "module:Class"; the VLA classes import transformers, so they are loaded on demand.
-POLICY_KINDS: dict[str, str] = {
-    "small": "apo_ros.policies.small:SmallPolicy",
-    "state": "apo_ros.policies.state:StatePolicy",
-    "vla_bins": "apo_ros.policies.vla:VLABinsPolicy",
-    "vla_fast": "apo_ros.policies.vla:VLAFastPolicy",
-}
+if TYPE_CHECKING:  # the classes import torch: loaded only when a policy is built or loaded
+    from apo_ros.policies.base import TokenPolicy
+
+
+@dataclass(frozen=True)
+class PolicyKind:
+    """One policy kind: what the CLI and the trainer may ask of it."""
+
+    name: str
+    target: str  # "module:Class" of its TokenPolicy subclass
+    summary: str  # one line, for --help
+    bin_head: bool = False  # per-dimension action bins with a fixed instruction list: `decode` applies
+    reads_images: bool = True  # reads camera images (else only proprio and object poses)
+    reads_object_poses: bool = False  # reads Observation.object_poses: `n_objects` applies
+    pretrained: bool = False  # built on a transformers backbone: --pretrained, LoRA, remote code
+    default_chunk_size: int = 1  # actions per prediction when none is given
+
+
+POLICY_KINDS: dict[str, PolicyKind] = {k.name: k for k in (
+    PolicyKind("small", "apo_ros.policies.small:SmallPolicy", "CPU, images", bin_head=True),
+    PolicyKind("state", "apo_ros.policies.state:StatePolicy", "CPU, object poses instead of images",
+               bin_head=True, reads_images=False, reads_object_poses=True),
+    PolicyKind("vla_bins", "apo_ros.policies.vla:VLABinsPolicy", "OpenVLA-style", pretrained=True),
+    PolicyKind("vla_fast", "apo_ros.policies.vla:VLAFastPolicy", "pi0-FAST-style", pretrained=True,
+               default_chunk_size=8),
+)}
+
+
+def policy_kinds() -> tuple[str, ...]:
+    """The kind names, in registration order (the CLI's choices)."""
+    return tuple(POLICY_KINDS)
+
+
+def policy_kind(kind: str) -> PolicyKind:
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"unknown policy kind {kind!r} (known: {', '.join(POLICY_KINDS)})")
+    return POLICY_KINDS[kind]
 
 
 def policy_class(kind: str) -> type[TokenPolicy]:
-    if kind not in POLICY_KINDS:
-        raise KeyError(f"unknown policy kind {kind!r} (known: {sorted(POLICY_KINDS)})")
-    module, name = POLICY_KINDS[kind].split(":")
+    module, name = policy_kind(kind).target.split(":")
     return getattr(importlib.import_module(module), name)
 
 
-def build_policy(kind: str, stats: ActionStatistics, *, instructions: list[str], **config) -> TokenPolicy:
-    """A new policy of `kind` ("small", "state", "vla_bins", "vla_fast").
+def build_policy(kind: str, stats: ActionStatistics, *, instructions: list[str], **options) -> TokenPolicy:
+    """A new policy of `kind` (see POLICY_KINDS); `options` are its class's build options:
 
     small:    SmallPolicyConfig fields (cameras, chunk_size, channels, hidden, ...) + device.
     state:    StatePolicyConfig fields (n_objects, chunk_size, hidden, layers, ...) + device; proprio
@@ -33,32 +68,4 @@ def build_policy(kind: str, stats: ActionStatistics, *, instructions: list[str],
               lora=dict or None, cameras, chunk_size, fast settings, ...) + device,
               fast_tokenizer / fit_chunks for vla_fast. See apo_ros.policies.vla.
     """
-    if kind not in POLICY_KINDS:
-        raise ValueError(f"unknown policy kind {kind!r} (known: {sorted(POLICY_KINDS)})")
-    if kind in ("small", "state"):
-        device = config.pop("device", None)
-        extra = stats.extra if isinstance(stats.extra, dict) else {}
-        standardization = [("proprio", "proprio")] + ([("object_state", "object")] if kind == "state" else [])
-        for key, prefix in standardization:
-            entry = extra.get(key)
-            if isinstance(entry, dict) and "mean" in entry and "std" in entry:
-                config.setdefault(f"{prefix}_mean", [float(v) for v in entry["mean"]])
-                config.setdefault(f"{prefix}_std", [float(v) for v in entry["std"]])
-        if kind == "state":
-            from apo_ros.policies.state import POSE_DIM, StatePolicy, StatePolicyConfig
-
-            mean = config.get("object_mean")
-            if mean is not None and "n_objects" not in config:
-                config["n_objects"] = max(1, len(mean) // POSE_DIM)
-            config_cls, policy_cls = StatePolicyConfig, StatePolicy
-        else:
-            from apo_ros.policies.small import SmallPolicy, SmallPolicyConfig
-
-            config_cls, policy_cls = SmallPolicyConfig, SmallPolicy
-        try:
-            cfg = config_cls(instructions=list(instructions), **config)
-        except TypeError as err:
-            raise ValueError(f"bad {kind} policy option: {err}") from None
-        return policy_cls(cfg, stats, device=device)
-    cls = policy_class(kind)
-    return cls.build(stats, instructions=list(instructions), **config)  # type: ignore[attr-defined]
+    return policy_class(kind).build(stats, instructions=list(instructions), **options)

@@ -28,13 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apo_ros.actions.bins import BIN_LAYOUTS
+from apo_ros.actions.bins import BIN_LAYOUTS, DECODE_MODES
 from apo_ros.actions.statistics import ActionStatistics
 from apo_ros.observation import PROPRIO_DIM
 from apo_ros.policies.base import TokenPolicy, pick_device
-from apo_ros.policies.small import DECODE_MODES, BinTokenHead, _norm, quaternion_to_matrix
+from apo_ros.policies.bin_head import BinTokenHead, normalize_instruction, quaternion_to_matrix
 
-WEIGHTS_FILENAME = "model.safetensors"
 POSE_DIM = 7
 RELATIVE_SCALE = 10.0  # relative positions in decimetres
 
@@ -61,7 +60,7 @@ class StatePolicyConfig:
         self.instructions = [str(i) for i in self.instructions]
         if not self.instructions:
             raise ValueError("the state policy needs a non-empty instruction list (instructions=[...])")
-        if len({_norm(i) for i in self.instructions}) != len(self.instructions):
+        if len({normalize_instruction(i) for i in self.instructions}) != len(self.instructions):
             raise ValueError(f"instruction list has duplicates: {self.instructions}")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
@@ -82,13 +81,22 @@ class StatePolicy(BinTokenHead, TokenPolicy):
     kind = "state"
     cameras: tuple[str, ...] = ()
     uses_object_state = True
+    config_class = StatePolicyConfig
+    standardized = (("proprio", "proprio"), ("object_state", "object"))
+
+    @classmethod
+    def complete_options(cls, options: dict) -> None:
+        """The number of objects read follows the object standardization when not given."""
+        mean = options.get("object_mean")
+        if mean is not None and "n_objects" not in options:
+            options["n_objects"] = max(1, len(mean) // POSE_DIM)
 
     def __init__(self, config: StatePolicyConfig, stats: ActionStatistics, device: str | None = None):
         super().__init__(stats)
         self.config = config
         self.chunk_size = config.chunk_size
         self.object_dim = POSE_DIM * config.n_objects
-        self._instruction_index = {_norm(s): i for i, s in enumerate(config.instructions)}
+        self._instruction_index = {normalize_instruction(s): i for i, s in enumerate(config.instructions)}
         n = config.n_objects
         # proprio: xyz + rotation matrix + gripper (13); objects: xyz + matrix (12 each);
         # relative: each object - ee (3 each) and target - object (3 when there are two or more)

@@ -35,9 +35,12 @@ import numpy as np
 import torch
 
 from apo_ros.actions.bins import BinTokenizer
+from apo_ros.actions.fast import FastTokenizer
 from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX
 from apo_ros.actions.statistics import ActionStatistics
 from apo_ros.policies.base import TokenPolicy, pick_device, write_action_tokenizer
+from apo_ros.policies.errors import CheckpointError, check_remote_code, require_file
+from apo_ros.policies.tiny import build_tiny_paligemma, tiny_config_from_dict
 
 OPENVLA_PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
 BACKBONE_DIR = "backbone"
@@ -100,8 +103,6 @@ def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_backbone(path: str, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
     """(model, processor) from a local transformers checkpoint directory; safetensors only."""
-    from apo_ros.policies.checkpoint import CheckpointError, check_remote_code, require_file
-
     _quiet_transformers()
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -187,8 +188,6 @@ class VLABinsPolicy(TokenPolicy):
                                              trust_remote_code=config.trust_remote_code)
             config.source = os.path.abspath(config.pretrained)
         else:
-            from apo_ros.policies.tiny import build_tiny_paligemma, tiny_config_from_dict
-
             _quiet_transformers()
             model, processor = build_tiny_paligemma(tiny_config_from_dict(config.tiny))
             model = model.to(dev, dtype)
@@ -458,8 +457,6 @@ class VLABinsPolicy(TokenPolicy):
     def load_parts(cls, directory: str, config: dict, stats: ActionStatistics, *,
                    device: str | None = None, trust_remote_code: bool = False,
                    lora: bool | None = None) -> VLABinsPolicy:
-        from apo_ros.policies.checkpoint import CheckpointError, require_file
-
         try:
             cfg = VLAConfig(**config)
         except (TypeError, ValueError) as err:
@@ -527,8 +524,6 @@ class VLAFastPolicy(VLABinsPolicy):
     def _pop_build_options(cls, options: dict, stats: ActionStatistics) -> dict:
         """fast_tokenizer: a fitted FastTokenizer or its directory; else fit_actions: raw chunks
         [N, T, 7] to fit one on (the demos); else a BPE fitted on synthetic smooth chunks."""
-        from apo_ros.actions.fast import FastTokenizer
-
         given = options.pop("fast_tokenizer", None)
         fit_actions = options.pop("fit_actions", None)
         if isinstance(given, str):
@@ -609,9 +604,6 @@ class VLAFastPolicy(VLABinsPolicy):
 
     @classmethod
     def _load_extra(cls, directory: str) -> dict:
-        from apo_ros.actions.fast import FastTokenizer
-        from apo_ros.policies.checkpoint import CheckpointError, require_file
-
         path = os.path.join(directory, FAST_DIR)
         require_file(path, "fast_tokenizer.json", "FAST tokenizer settings")
         require_file(path, "tokenizer.json", "FAST tokenizer BPE model")
@@ -643,8 +635,6 @@ def synthetic_chunks(n: int, chunk: int, seed: int = 0) -> np.ndarray:
 
 def fit_fast_tokenizer(stats: ActionStatistics, raw_chunks, chunk: int, vocab: int, scale: float):
     """A FastTokenizer fitted on raw chunks (normalized with `stats`), or on synthetic chunks."""
-    from apo_ros.actions.fast import FastTokenizer
-
     tok = FastTokenizer(chunk, ACTION_DIM, scale=scale, vocab_size=vocab)
     if raw_chunks is None:
         normalized = synthetic_chunks(512, chunk)

@@ -1,7 +1,7 @@
 """Where a policy action came from, carried inside its action message (standard messages only).
 
 A chunked policy plans several actions from one observation, and with an action queue (see
-apo_ros.runtime.action_queue) an action may run several ticks after that observation and be a blend
+apo_ros.control.action_queue) an action may run several ticks after that observation and be a blend
 of two chunks. A policy action message (sensor_msgs/JointState, see recording/schema.py) keeps
 `header.stamp` = the observation its chunk was computed from, and appends these names after the
 seven action names, with their values in `position`:
@@ -27,7 +27,7 @@ from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES
 
 CHUNK_NAMES: tuple[str, ...] = ("chunk_index", "inference_latency_s", "merge_rule",
                                 "tick_stamp_sec", "tick_stamp_nanosec")
-# The merge rule as a number (apo_ros.runtime.action_queue names the rules).
+# The merge rule as a number (apo_ros.control.action_queue names the rules).
 MERGE_CODES: dict[str, int] = {"": 0, "replace": 1, "ensemble": 2, "crossfade": 3}
 MERGE_NAMES: dict[int, str] = {code: name for name, code in MERGE_CODES.items()}
 NS = 1_000_000_000
@@ -46,7 +46,7 @@ class ChunkInfo:
 
 
 def of_step(step: Any) -> ChunkInfo:
-    """The provenance of a PolicyRunner step (apo_ros.runtime.policy_runner.RunnerStep)."""
+    """The provenance of a PolicyRunner step (apo_ros.control.policy_runner.RunnerStep)."""
     return ChunkInfo(int(step.chunk_index), int(step.latency_ns), str(step.merge),
                      int(step.tick_stamp_ns))
 

@@ -134,18 +134,3 @@ def _string(view: memoryview, pos: int) -> tuple[str, int]:
     if n == 0 or end > len(view):
         raise ValueError("bad string")
     return bytes(view[pos + 4:end - 1]).decode(), end
-
-
-def as_rgb8_cdr(raw: bytes | memoryview, max_pixels: int | None = MAX_PIXELS) -> tuple[bytes, str]:
-    """A serialized Image as a serialized rgb8 Image: (the bytes as they are, "rgb8") when it
-    already is one, else (the converted message, the encoding it had); ImageProblem when it is
-    not taken (see `check`)."""
-    layout = parse_cdr(raw)
-    check(layout, max_pixels)
-    if layout.encoding == "rgb8":
-        return bytes(raw), "rgb8"
-    from apo_ros.recording import messages as M
-
-    msg = M.make_image(M.rosbags_types(), layout.stamp_ns, to_rgb(layout, max_pixels),
-                       frame_id=layout.frame_id)
-    return bytes(M.get_typestore().serialize_cdr(msg, "sensor_msgs/msg/Image")), layout.encoding

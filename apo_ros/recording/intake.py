@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from apo_ros.recording import cdr, images, schema
+from apo_ros.recording import messages as M
 from apo_ros.recording.event_stamps import EventStamper
 
 
@@ -30,7 +31,7 @@ class RawIntake:
         stamp too far ahead) when it does not."""
         converted = ""
         if msgtype == schema.IMAGE:
-            raw, encoding = images.as_rgb8_cdr(raw, self.max_pixels)
+            raw, encoding = _as_rgb8_cdr(raw, self.max_pixels)
             converted = "" if encoding == "rgb8" else encoding
         stamp, frame_id, _ = cdr.header(raw)
         if stamp > now_ns + self.tolerance_ns:
@@ -47,3 +48,16 @@ class RawIntake:
             self.max_pixels = int(value)
         else:
             raise ValueError(f"no setting {name!r}")
+
+
+def _as_rgb8_cdr(raw: bytes | memoryview, max_pixels: int | None = images.MAX_PIXELS) -> tuple[bytes, str]:
+    """A serialized Image as a serialized rgb8 Image: (the bytes as they are, "rgb8") when it
+    already is one, else (the converted message, the encoding it had); ImageProblem when it is
+    not taken (see `check`)."""
+    layout = images.parse_cdr(raw)
+    images.check(layout, max_pixels)
+    if layout.encoding == "rgb8":
+        return bytes(raw), "rgb8"
+    msg = M.make_image(M.rosbags_types(), layout.stamp_ns, images.to_rgb(layout, max_pixels),
+                       frame_id=layout.frame_id)
+    return bytes(M.get_typestore().serialize_cdr(msg, "sensor_msgs/msg/Image")), layout.encoding

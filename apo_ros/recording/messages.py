@@ -21,6 +21,7 @@ import numpy as np
 
 from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES, SOURCES
 from apo_ros.recording import schema
+from apo_ros.recording.images import layout_of, to_rgb
 
 _CLASSES = {
     "Time": "builtin_interfaces/msg/Time",
@@ -254,8 +255,6 @@ def image_to_numpy(msg, *, copy: bool = True) -> np.ndarray:
     """sensor_msgs/Image (rgb8 / bgr8 / rgba8 / bgra8 / mono8, any row padding; see
     apo_ros.recording.images) or CompressedImage (JPEG/PNG) -> (H, W, 3) uint8 RGB."""
     if hasattr(msg, "encoding"):  # raw Image
-        from apo_ros.recording.images import layout_of, to_rgb
-
         return to_rgb(layout_of(msg), max_pixels=None, copy=copy)
     data = msg.data
     buf = data if isinstance(data, np.ndarray) else np.frombuffer(bytes(data), dtype=np.uint8)

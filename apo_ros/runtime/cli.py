@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+
+from apo_ros.actions.safety import SafetyConfig
+from apo_ros.control.action_queue import MERGE_RULES
+from apo_ros.control.policy_runner import EXECUTIONS
+from apo_ros.errors import UserError, check_writable
+from apo_ros.sim.task_specs import TASK_SPECS, task_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(`apo-ros bags info DIR` lists them). `--policy expert` records expert demonstrations.",
     )
     p.add_argument("--task", required=True,
-                   help="lemon_on_plate | lemon_on_plate_easy | square_on_stick | hang_cup")
+                   help=" | ".join(task_names()))
     p.add_argument("--policy", required=True, metavar="CKPT|ws://HOST:PORT|expert",
                    help="checkpoint directory, a policy server (apo-ros serve) as ws://HOST:PORT, or "
                    "'expert' for the scripted expert (demos)")
@@ -38,13 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "action at each state; 1 = about 1 cm per step at full speed)")
     p.add_argument("--replan-every", type=int, default=0,
                    help="re-plan after this many actions of a chunk (0 = whole chunks)")
-    p.add_argument("--execution", choices=("sync", "async"), default="async",
+    p.add_argument("--execution", choices=EXECUTIONS, default="async",
                    help="async (default): the next chunk is computed while the queue runs, actions "
                    "whose tick passed are dropped; sync: the arm waits (zero motion) for each chunk")
     p.add_argument("--latency-ms", type=float, default=0.0,
                    help="simulated inference latency: each chunk arrives this much later, in whole "
                    "control ticks (default 0)")
-    p.add_argument("--merge", choices=("replace", "ensemble", "crossfade"), default="replace",
+    p.add_argument("--merge", choices=MERGE_RULES, default="replace",
                    help="how a new chunk joins the queued actions (default replace)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
@@ -52,14 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_session_cli(args: argparse.Namespace) -> int:
-    import os
-
-    from apo_ros.errors import UserError, check_writable
-    from apo_ros.sim.cli import TASK_NAMES
-
     # every argument is checked before the simulator or a model is built
-    if args.task not in TASK_NAMES:
-        raise UserError(f"--task {args.task}: unknown task; choose from {', '.join(TASK_NAMES)}")
+    if args.task not in TASK_SPECS:
+        raise UserError(f"--task {args.task}: unknown task; choose from {', '.join(task_names())}")
     for flag, value, low in (("--episodes", args.episodes, 1), ("--max-steps", args.max_steps, 1),
                              ("--image-size", args.image_size, 8), ("--replan-every", args.replan_every, 0),
                              ("--expert-noise", args.expert_noise, 0),
@@ -75,10 +77,8 @@ def run_session_cli(args: argparse.Namespace) -> int:
         raise UserError(f"--policy {args.policy}: not a checkpoint directory, a ws://HOST:PORT policy "
                         "server or 'expert'")
     if args.safety_config:
-        from apo_ros.actions.safety import SafetyConfig
-
         SafetyConfig.from_yaml(args.safety_config)  # a ConfigError names the file and the key
-    from apo_ros.runtime.session import run_session
+    from apo_ros.runtime.session import run_session  # MuJoCo, torch
 
     try:
         summary = run_session(args.task, args.policy, args.operator, args.episodes, args.bags, args.seed,

@@ -23,11 +23,15 @@ from typing import Any
 import numpy as np
 
 from apo_ros.actions.space import GRIPPER_INDEX
+from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.observation import CAMERAS, Observation
 from apo_ros.recording.chunks import ChunkInfo
 from apo_ros.runtime.config import load_safety_filter
-from apo_ros.runtime.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.runtime.recorder import EpisodeRecorder, RecorderConfig
+from apo_ros.serving.source import open_policy, provenance
+from apo_ros.sim.env import make_env
+from apo_ros.sim.experts import make_expert
+from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
 from apo_ros.teleop.arbiter import ArbiterConfig, PolicyCommand, TeleopArbiter
 from apo_ros.teleop.device import N_AXES, DeviceState, TeleopDevice
 
@@ -154,12 +158,8 @@ def _resolve_policy(policy: Any, task: str, env: Any, seed: int, device: str | N
                     expert_noise: float) -> tuple[Any, str, bool]:
     """-> (object with select_action/reset, policy_id, is_expert)."""
     if isinstance(policy, str) and policy == "expert":
-        from apo_ros.sim.experts import make_expert
-
         return ExpertPolicy(make_expert(task, noise=expert_noise, seed=seed), env), "expert", True
     if isinstance(policy, str):  # a checkpoint directory or a policy server ws://HOST:PORT
-        from apo_ros.policies import open_policy, provenance
-
         loaded = open_policy(policy, device=device)
         return loaded, provenance(loaded)["policy_id"], False
     if not hasattr(policy, "select_action"):
@@ -172,8 +172,6 @@ def _make_operator(operator: Any, task: str, seed: int, noise: float = 0.0) -> A
     if operator in (None, "none"):
         return None
     if operator == "scripted":
-        from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
-
         return SimulatedOperator(task, OperatorConfig(human_noise=noise), seed=seed)
     if hasattr(operator, "step") and hasattr(operator, "reset"):
         return operator  # an operator object (tests, custom operators)
@@ -232,8 +230,6 @@ def run_session(task: str, policy: Any = "expert", operator: Any = "scripted", e
         control ticks of simulated time, so "sync" (the arm waits for each chunk) and "async"
         (the next chunk is computed while the queue runs) can be compared under latency.
     """
-    from apo_ros.sim.env import make_env
-
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     env = make_env(task, image_size=image_size, cameras=tuple(cameras), control_hz=control_hz,

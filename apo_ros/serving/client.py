@@ -117,6 +117,22 @@ class RemotePolicy:
         return bool(self.metadata.get("uses_object_state", False))
 
     @property
+    def instructions(self) -> list[str]:
+        """The served policy's fixed instruction list, when the server reports one."""
+        return [str(i) for i in self.metadata.get("instructions") or ()]
+
+    def action_token_space(self) -> str | None:
+        return None  # the wire format carries actions, not token ids
+
+    def select_action_with_tokens(self, observation: Observation
+                                  ) -> tuple[np.ndarray, bool, np.ndarray | None]:
+        chunk, ok = self.select_action(observation)
+        return chunk, ok, None
+
+    def eval(self) -> RemotePolicy:
+        return self  # the server runs its policy in inference mode
+
+    @property
     def chunk_size(self) -> int:
         return int(self.metadata.get("chunk_size") or 1)
 

@@ -13,13 +13,13 @@ import json
 import os
 import sys
 
-# mirrors apo_ros.sim.tasks.TASKS (kept here so --help does not import mujoco)
-TASK_NAMES = ("lemon_on_plate", "square_on_stick", "hang_cup", "lemon_on_plate_easy")
+from apo_ros.control.action_queue import MERGE_RULES
+from apo_ros.control.policy_runner import EXECUTIONS, RunnerConfig
+from apo_ros.errors import UserError, check_writable
+from apo_ros.sim.task_specs import TASK_SPECS, task_names
 
 
 def _user_error(message: str) -> Exception:
-    from apo_ros.errors import UserError
-
     return UserError(message)
 
 
@@ -31,24 +31,25 @@ def load_policy_arg(value: str):
     if not value.startswith(("ws://", "wss://")) and not os.path.isdir(value):
         raise _user_error(f"--policy {value!r}: not 'expert', a checkpoint directory or a "
                           "ws://HOST:PORT policy server")
-    from apo_ros.policies.dispatch import open_policy
+    # the policy server client and torch load only when a policy is given
+    from apo_ros.serving.source import open_policy
 
     try:
-        return open_policy(value)
+        policy = open_policy(value)
     except (OSError, ValueError, KeyError) as err:
         raise _user_error(f"--policy {value}: {err}") from None
+    policy.eval()
+    return policy
 
 
 def _check_task(name: str) -> str:
-    if name not in TASK_NAMES:
-        raise _user_error(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
+    if name not in TASK_SPECS:
+        raise _user_error(f"unknown task {name!r}; choose one of: {', '.join(task_names())}")
     return name
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from apo_ros.sim.tasks import TASKS
-
-    for name, task in TASKS.items():
+    for name, task in TASK_SPECS.items():
         print(f"{name:16s} max_steps={task.max_steps:<4d} \"{task.instruction}\"")
     return 0
 
@@ -67,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise _user_error("--episodes must be at least 1")
     _check_numbers(args)
     policy = load_policy_arg(args.policy)
-    from apo_ros.sim.evaluate import evaluate
+    from apo_ros.sim.evaluate import evaluate  # MuJoCo
 
     def progress(i: int, record: dict) -> None:
         if not args.json:
@@ -75,12 +76,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"  episode {i + 1:3d}/{args.episodes} seed {record['seed']:5d} {mark} "
                   f"{record['steps']} steps", flush=True)
 
-    if policy != "expert" and hasattr(policy, "eval"):
-        policy.eval()
     runner = None
     if args.latency_ms or args.execution or args.merge:  # the action queue's settings
-        from apo_ros.runtime.policy_runner import RunnerConfig
-
         if args.latency_ms < 0:
             raise _user_error(f"--latency-ms must be >= 0, got {args.latency_ms}")
         runner = RunnerConfig(execution=args.execution or "sync", merge=args.merge or "replace",
@@ -103,16 +100,12 @@ def cmd_view(args: argparse.Namespace) -> int:
     if not 16 <= args.size <= 640:
         raise _user_error("--size must be between 16 and 640 pixels")
     _check_numbers(args)
-    from apo_ros.errors import check_writable
-
     check_writable(args.output, "-o", create_parents=False)  # before the episode runs
     policy = load_policy_arg(args.policy)
     if args.output.lower().endswith(".mp4"):
         return _view_video(task, policy, args)
-    from apo_ros.sim.view import contact_sheet, record_episode, write_png
+    from apo_ros.sim.view import contact_sheet, record_episode, write_png  # MuJoCo, OpenCV
 
-    if policy != "expert" and hasattr(policy, "eval"):
-        policy.eval()
     run = record_episode(task, args.seed, policy, size=args.size, image_size=args.image_size,
                          max_steps=args.max_steps)
     outcome = "success" if run["success"] else "failure"
@@ -130,11 +123,9 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def _view_video(task: str, policy, args: argparse.Namespace) -> int:
     """`sim view -o X.mp4`: the episode recorded as a session and filmed as `bags video` films bags."""
-    from apo_ros.recording.video import VideoConfig
-    from apo_ros.sim.view import record_episode_video
+    from apo_ros.recording.video import VideoConfig  # PyAV
+    from apo_ros.runtime.video import record_episode_video  # MuJoCo
 
-    if policy != "expert" and hasattr(policy, "eval"):
-        policy.eval()
     run = record_episode_video(task, args.seed, policy, args.output, operator=args.operator,
                                image_size=args.image_size, max_steps=args.max_steps, bags_dir=args.keep_bag,
                                config=VideoConfig(panel_height=args.size if args.size >= 32 else 32),
@@ -160,7 +151,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run N seeded episodes (seeds SEED..SEED+N-1) and report the "
                        "success rate. --json prints {task, episodes, successes, success_rate, "
                        "mean_steps}.")
-    e.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
+    e.add_argument("--task", required=True, help=f"one of {', '.join(task_names())}")
     e.add_argument("--policy", default="expert",
                    help="'expert' (scripted, privileged), a checkpoint directory or a policy "
                    "server ws://HOST:PORT (apo-ros serve)")
@@ -172,10 +163,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--latency-ms", type=float, default=0.0,
                    help="simulated inference latency: each chunk arrives this much later, in "
                    "whole 100 ms control ticks (default 0)")
-    e.add_argument("--execution", choices=("sync", "async"), default=None,
+    e.add_argument("--execution", choices=EXECUTIONS, default=None,
                    help="sync: the arm waits (zero motion) for each chunk (the default); async: "
                    "the next chunk is computed while the queue runs, late actions dropped")
-    e.add_argument("--merge", choices=("replace", "ensemble", "crossfade"), default=None,
+    e.add_argument("--merge", choices=MERGE_RULES, default=None,
                    help="async: how a new chunk joins the queued actions (default replace)")
     e.add_argument("--json", action="store_true", help="print one JSON line")
     e.set_defaults(func=cmd_eval)
@@ -185,7 +176,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "front-camera frames and a row of wrist-camera frames along it) or, when -o "
                        "ends in .mp4, the episode's video as `apo-ros bags video` draws it (cameras, "
                        "who acted at each step, take-overs, outcome).")
-    v.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
+    v.add_argument("--task", required=True, help=f"one of {', '.join(task_names())}")
     v.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     v.add_argument("-o", "--output", default="sheet.png",
                    help="PNG (contact sheet) or .mp4 (video) to write (default sheet.png)")

@@ -2,8 +2,6 @@
 
     python -m apo_ros.sim.diagnostics nudge          # push each task's object, see where it stops
     python -m apo_ros.sim.diagnostics operator       # human-step statistics with a flawed policy
-    python -m apo_ros.sim.diagnostics deploy --policy CKPT --bags OUT [--demos DEMOS]
-                                                     # a checkpoint under the operator + agreement
 
 `nudge` gives the object a horizontal velocity (or a spin) on the table and reports how far it
 went and when it came to rest. `operator` runs a stand-in for a weak learned policy (the scripted
@@ -11,9 +9,8 @@ expert aiming its grasp 2-4 cm off the object, with action noise: the failure a 
 shows) under the simulated operator and reports what the human steps were: the share spent moving
 while the loose object was still moving more than 5 mm per step ("chasing"), and the share of
 human yaw actions outside the expert demos' 1st-99th percentile range (clipped to the edge bin by
-a tokenizer whose statistics come from the demos). `deploy` runs a checkpoint under the simulated
-operator (noise-free, no cameras: for state policies) and reports the session figures and the
-operator's agreement with the expert (`apo_ros.sim.operator_metrics`).
+a tokenizer whose statistics come from the demos). A checkpoint deployed under the operator is
+`python -m apo_ros.runtime.diagnostics` (it runs a session).
 """
 
 from __future__ import annotations
@@ -21,7 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import mujoco
 import numpy as np
+
+from apo_ros.recording.reader import read_episodes
+from apo_ros.sim.env import make_env
+from apo_ros.sim.experts import make_expert
+from apo_ros.sim.operator import SimulatedOperator
 
 CHASE_SPEED = 0.005  # m per control step
 
@@ -31,10 +34,6 @@ def nudge(task: str = "lemon_on_plate", speed: float = 0.6, spin: float = 0.0, s
     """Give the task's object a horizontal velocity `speed` (m/s) along `direction` and a spin
     about z (rad/s), run the physics for `seconds`; return the distance travelled (m), final
     height, final linear / angular speed and the time it came to rest (None = still moving)."""
-    import mujoco
-
-    from apo_ros.sim.env import make_env
-
     env = make_env(task, render=False)
     env.reset(seed)
     body = env.task.object_body
@@ -79,8 +78,6 @@ class _MislocalizedTask:
 
 def flawed_policy(task: str, seed: int, noise: float = 1.0):
     """The stand-in weak policy: the expert aiming 2-4 cm off the object, with action noise."""
-    from apo_ros.sim.experts import make_expert
-
     rng = np.random.default_rng(10_000 + seed)
     angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0.02, 0.04)
     expert = make_expert(task, noise=noise, seed=20_000 + seed)
@@ -90,9 +87,6 @@ def flawed_policy(task: str, seed: int, noise: float = 1.0):
 
 def demo_yaw_range(task: str, episodes: int = 20, noise: float = 0.3) -> tuple[float, float]:
     """1st and 99th percentile of the yaw action in noisy expert demos (seeds 0..episodes-1)."""
-    from apo_ros.sim.env import make_env
-    from apo_ros.sim.experts import make_expert
-
     env = make_env(task, render=False)
     yaws = []
     for seed in range(episodes):
@@ -112,9 +106,6 @@ def demo_yaw_range(task: str, episodes: int = 20, noise: float = 0.3) -> tuple[f
 def operator_statistics(task: str = "lemon_on_plate", episodes: int = 20, seed0: int = 50_000,
                         yaw_range: tuple[float, float] | None = None) -> dict:
     """Run the flawed stand-in policy under the simulated operator and describe the human steps."""
-    from apo_ros.sim.env import make_env
-    from apo_ros.sim.operator import SimulatedOperator
-
     lo, hi = yaw_range if yaw_range is not None else demo_yaw_range(task)
     env = make_env(task, render=False)
     human = chasing = yaw_out = interventions = successes = 0
@@ -170,66 +161,11 @@ def operator_statistics(task: str = "lemon_on_plate", episodes: int = 20, seed0:
             "episode_ends": end_reasons}
 
 
-def deploy_with_operator(task: str, policy_dir: str, bags_dir: str, episodes: int = 30,
-                         seed0: int = 300_000, demo_dirs=(), config=None) -> dict:
-    """Deploy a (state) policy checkpoint under the simulated operator; return the session's
-    figures (successes, interventions, human steps, corrected episodes that succeeded) and the
-    operator's agreement metrics on the bags it wrote."""
-    from apo_ros.runtime.session import run_session
-    from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
-    from apo_ros.sim.operator_metrics import operator_metrics
-
-    operator = SimulatedOperator(task, config or OperatorConfig(), seed=seed0)
-    summary = run_session(task, policy_dir, operator, episodes, bags_dir, seed0, device="cpu",
-                          render=False, cameras=())
-    corrected = [e for e in summary.episodes if e.interventions > 0]
-    d = summary.to_dict()
-    return {"task": task, "episodes": episodes, "successes": d["successes"],
-            "interventions": d["interventions"], "steps": d["steps"], "human_steps": d["human_steps"],
-            "corrected_episodes": len(corrected),
-            "corrected_episodes_succeeded": sum(e.outcome == "success" for e in corrected),
-            "operator": operator_metrics([bags_dir], list(demo_dirs))}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m apo_ros.sim.diagnostics", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("nudge", "operator", "deploy"))
-    parser.add_argument("--task", default=None, help="one task (default: all three; deploy: lemon_on_plate)")
-    parser.add_argument("--episodes", type=int, default=None, help="operator: episodes (20); deploy: 30")
-    parser.add_argument("--policy", help="deploy: checkpoint directory")
-    parser.add_argument("--bags", help="deploy: directory for the episode bags")
-    parser.add_argument("--demos", nargs="*", default=[], help="deploy: demo bags (nearest-demo agreement)")
-    parser.add_argument("--seed", type=int, default=300_000, help="deploy: seed of the first episode")
-    args = parser.parse_args(argv)
-    if args.what == "deploy":
-        if not args.policy or not args.bags:
-            parser.error("deploy needs --policy and --bags")
-        print(json.dumps(deploy_with_operator(args.task or "lemon_on_plate", args.policy, args.bags,
-                                              args.episodes or 30, args.seed, args.demos), indent=1))
-        return 0
-    args.episodes = args.episodes or 20
-    tasks = [args.task] if args.task else ["lemon_on_plate", "square_on_stick", "hang_cup"]
-    for task in tasks:
-        if args.what == "nudge":
-            for kw in ({"speed": 0.6}, {"speed": 0.2}, {"speed": 0.0, "spin": 3.0}):
-                print(json.dumps(nudge(task, **kw)))
-        else:
-            print(json.dumps(operator_statistics(task, args.episodes)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def bag_statistics(demo_dirs: list[str], deployment_dirs: list[str]) -> dict:
     """The same human-step statistics from recorded bags (e.g. a study's round 0): a human step
     "chases" when it moves the arm with the gripper commanded open (not carrying the object) while
     the object (Observation.object_poses row 0) moved more than 5 mm since the previous step; the
     yaw range is the 1st-99th percentile of the demos' yaw actions."""
-    from apo_ros.recording import read_episodes
-
     demos, _ = read_episodes(list(demo_dirs), load_images=False)
     yaws = np.concatenate([ep.actions()[:, 5] for ep in demos])
     lo, hi = float(np.quantile(yaws, 0.01)), float(np.quantile(yaws, 0.99))
@@ -254,3 +190,24 @@ def bag_statistics(demo_dirs: list[str], deployment_dirs: list[str]) -> dict:
             "chasing_share_of_open_gripper_steps": round(chasing / human, 3) if human else 0.0,
             "yaw_outside_demo_q01_q99_share": round(yaw_all / human_all, 3) if human_all else 0.0,
             "demo_yaw_q01_q99": [round(lo, 4), round(hi, 4)]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m apo_ros.sim.diagnostics", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("nudge", "operator"))
+    parser.add_argument("--task", default=None, help="one task (default: all three)")
+    parser.add_argument("--episodes", type=int, default=20, help="operator: episodes (default 20)")
+    args = parser.parse_args(argv)
+    tasks = [args.task] if args.task else ["lemon_on_plate", "square_on_stick", "hang_cup"]
+    for task in tasks:
+        if args.what == "nudge":
+            for kw in ({"speed": 0.6}, {"speed": 0.2}, {"speed": 0.0, "spin": 3.0}):
+                print(json.dumps(nudge(task, **kw)))
+        else:
+            print(json.dumps(operator_statistics(task, args.episodes)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

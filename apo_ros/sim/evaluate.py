@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX, as_chunk
+from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.observation import CAMERAS, Observation
-from apo_ros.runtime.policy_runner import PolicyRunner, RunnerConfig
 
 
 class ExpertPolicy:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from apo_ros.runtime.policy_runner import RunnerConfig
+from apo_ros.control.policy_runner import RunnerConfig
 
 
 def _arm_state(env: Any) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -23,10 +23,29 @@ from apo_ros.sim.scene import (  # noqa: E402
     GRASP_MIN_Z,
     OBJECT_CONDIM,
     OBJECT_FRICTION,
+    SceneInfo,  # noqa: E402
 )
+from apo_ros.sim.task_specs import TASK_SPECS, TaskSpec, check_task_name  # noqa: E402
 
-if TYPE_CHECKING:
-    from apo_ros.sim.env import TabletopEnv
+
+class TaskEnv(Protocol):
+    """What a task reads and sets in its environment (a `TabletopEnv`): the env builds its scene
+    from the task, so the task names the env by this interface instead of importing it."""
+
+    data: mujoco.MjData
+    info: SceneInfo
+
+    def body_pos(self, name: str) -> np.ndarray: ...
+
+    def body_mat(self, name: str) -> np.ndarray: ...
+
+    def geoms_of(self, body: str) -> frozenset[int]: ...
+
+    def free_qpos_adr(self, body: str) -> int: ...
+
+    def set_mocap_pos(self, body: str, pos) -> None: ...
+
+    def touching(self, geoms_a: frozenset[int], geoms_b: frozenset[int]) -> bool: ...
 
 _BOX = mujoco.mjtGeom.mjGEOM_BOX
 _CYL = mujoco.mjtGeom.mjGEOM_CYLINDER
@@ -72,37 +91,37 @@ class Task:
     def add_objects(self, spec: mujoco.MjSpec) -> None:
         raise NotImplementedError
 
-    def randomize(self, env: TabletopEnv, rng: np.random.Generator) -> None:
+    def randomize(self, env: TaskEnv, rng: np.random.Generator) -> None:
         """Place fixtures and the object for a new episode (before physics settles)."""
         raise NotImplementedError
 
-    def is_success(self, env: TabletopEnv) -> bool:
+    def is_success(self, env: TaskEnv) -> bool:
         raise NotImplementedError
 
     # ---- geometry the experts and the operator use (privileged state) -------------------------
-    def grasp_target(self, env: TabletopEnv) -> tuple[np.ndarray, np.ndarray]:
+    def grasp_target(self, env: TaskEnv) -> tuple[np.ndarray, np.ndarray]:
         """(TCP position to grasp the object at, horizontal closing direction for the fingers)."""
         raise NotImplementedError
 
-    def object_point(self, env: TabletopEnv) -> np.ndarray:
+    def object_point(self, env: TaskEnv) -> np.ndarray:
         """The object reference point the placing path is written for (default: body origin)."""
         return env.body_pos(self.object_body)
 
-    def place_path(self, env: TabletopEnv) -> list[np.ndarray]:
+    def place_path(self, env: TaskEnv) -> list[np.ndarray]:
         """Waypoints for `object_point` from after the lift to the release pose (last)."""
         raise NotImplementedError
 
-    def carry_yaw(self, env: TabletopEnv) -> float:
+    def carry_yaw(self, env: TaskEnv) -> float:
         """Rotation about z (rad) the held object still needs before it can be placed."""
         return 0.0
 
     # ---- shared helpers -----------------------------------------------------------------------
-    def _place_free(self, env: TabletopEnv, body: str, pos, yaw: float) -> None:
+    def _place_free(self, env: TaskEnv, body: str, pos, yaw: float) -> None:
         adr = env.free_qpos_adr(body)
         env.data.qpos[adr:adr + 3] = pos
         env.data.qpos[adr + 3:adr + 7] = yaw_quat(yaw)
 
-    def _released(self, env: TabletopEnv) -> bool:
+    def _released(self, env: TaskEnv) -> bool:
         return not env.touching(env.geoms_of(self.object_body), env.info.finger_geoms)
 
 
@@ -138,7 +157,7 @@ class LemonOnPlate(Task):
             _visual(lemon, type=_SPH, size=[0.0065, 0, 0], pos=[sign * (LEMON_SIZE[0] - 0.002), 0, 0],
                     rgba=[0.90, 0.78, 0.10, 1], mass=0)
 
-    def randomize(self, env: TabletopEnv, rng: np.random.Generator) -> None:
+    def randomize(self, env: TaskEnv, rng: np.random.Generator) -> None:
         plate = _sample_xy(rng, self.plate_box)
         while True:
             lemon = _sample_xy(rng, self.lemon_box)
@@ -148,18 +167,18 @@ class LemonOnPlate(Task):
         self._place_free(env, "lemon", [lemon[0], lemon[1], LEMON_SIZE[2]],
                          rng.uniform(-self.lemon_yaw, self.lemon_yaw))
 
-    def is_success(self, env: TabletopEnv) -> bool:
+    def is_success(self, env: TaskEnv) -> bool:
         lemon, plate = env.body_pos("lemon"), env.body_pos("plate")
         on_plate = np.linalg.norm(lemon[:2] - plate[:2]) < PLATE_RADIUS - 0.015
         resting = lemon[2] < PLATE_TOP + LEMON_SIZE[2] + 0.012
         return bool(on_plate and resting and self._released(env))
 
-    def grasp_target(self, env: TabletopEnv) -> tuple[np.ndarray, np.ndarray]:
+    def grasp_target(self, env: TaskEnv) -> tuple[np.ndarray, np.ndarray]:
         mat = env.body_mat("lemon")
         pos = env.body_pos("lemon")
         return np.array([pos[0], pos[1], max(pos[2], GRASP_MIN_Z)]), mat[:, 1]
 
-    def place_path(self, env: TabletopEnv) -> list[np.ndarray]:
+    def place_path(self, env: TaskEnv) -> list[np.ndarray]:
         plate = env.body_pos("plate")
         release = np.array([plate[0], plate[1], PLATE_TOP + LEMON_SIZE[2] + 0.012])
         return [np.array([plate[0], plate[1], 0.14]), release]
@@ -199,7 +218,7 @@ class SquareOnStick(Task):
                      pos=[NUT_OUTER + HANDLE_LENGTH / 2, 0, 0], mass=0.012,
                      rgba=[0.70, 0.50, 0.15, 1])
 
-    def randomize(self, env: TabletopEnv, rng: np.random.Generator) -> None:
+    def randomize(self, env: TaskEnv, rng: np.random.Generator) -> None:
         stick = _sample_xy(rng, (0.44, 0.54, -0.15, 0.15))
         while True:
             nut = _sample_xy(rng, (0.34, 0.46, -0.20, 0.20))
@@ -210,22 +229,22 @@ class SquareOnStick(Task):
         self._place_free(env, "square", [nut[0], nut[1], NUT_HALF_HEIGHT],
                          np.pi + rng.uniform(-0.7, 0.7))
 
-    def stick_in_hole(self, env: TabletopEnv) -> bool:
+    def stick_in_hole(self, env: TaskEnv) -> bool:
         """The stick's axis passes through the square's hole."""
         local = env.body_mat("square").T @ (env.body_pos("stick") - env.body_pos("square"))
         slack = NUT_OUTER - NUT_WALL - STICK_RADIUS + 0.002
         return bool(abs(local[0]) < slack and abs(local[1]) < slack)
 
-    def is_success(self, env: TabletopEnv) -> bool:
+    def is_success(self, env: TaskEnv) -> bool:
         low = env.body_pos("square")[2] < 0.5 * STICK_HEIGHT
         return bool(low and self.stick_in_hole(env) and self._released(env))
 
-    def grasp_target(self, env: TabletopEnv) -> tuple[np.ndarray, np.ndarray]:
+    def grasp_target(self, env: TaskEnv) -> tuple[np.ndarray, np.ndarray]:
         mat = env.body_mat("square")
         pos = env.body_pos("square") + mat[:, 0] * NUT_GRASP_OFFSET
         return np.array([pos[0], pos[1], max(pos[2], GRASP_MIN_Z + 0.003)]), mat[:, 1]
 
-    def place_path(self, env: TabletopEnv) -> list[np.ndarray]:
+    def place_path(self, env: TaskEnv) -> list[np.ndarray]:
         stick = env.body_pos("stick")
         above = STICK_HEIGHT + NUT_HALF_HEIGHT + 0.02
         return [np.array([stick[0], stick[1], above + 0.01]),
@@ -281,34 +300,34 @@ class HangCup(Task):
                      pos=[HOLE_X1 + HANDLE_BAR / 2, 0, (HOLE_Z0 + HOLE_Z1) / 2], mass=0.004,
                      rgba=color)
 
-    def randomize(self, env: TabletopEnv, rng: np.random.Generator) -> None:
+    def randomize(self, env: TaskEnv, rng: np.random.Generator) -> None:
         rack = _sample_xy(rng, (0.50, 0.56, 0.10, 0.22))
         cup = _sample_xy(rng, (0.28, 0.40, -0.22, -0.02))
         env.set_mocap_pos("rack", [rack[0], rack[1], 0.0])
         self._place_free(env, "cup", [cup[0], cup[1], CUP_HALF_HEIGHT],
                          rng.uniform(-np.pi / 2, np.pi / 2))
 
-    def is_success(self, env: TabletopEnv) -> bool:
+    def is_success(self, env: TaskEnv) -> bool:
         cup = env.geoms_of("cup")
         on_rack = env.touching(cup, env.geoms_of("rack"))
         off_table = not env.touching(cup, frozenset([env.info.table_geom]))
         return bool(on_rack and off_table and self._released(env))
 
-    def grasp_target(self, env: TabletopEnv) -> tuple[np.ndarray, np.ndarray]:
+    def grasp_target(self, env: TaskEnv) -> tuple[np.ndarray, np.ndarray]:
         mat = env.body_mat("cup")
         pos = env.body_pos("cup") + mat[:, 2] * 0.01
         return pos, mat[:, 1]
 
-    def carry_yaw(self, env: TabletopEnv) -> float:
+    def carry_yaw(self, env: TaskEnv) -> float:
         """Turn the cup until its handle faces +x, across the peg."""
         handle = env.body_mat("cup")[:, 0]
         return float(-np.arctan2(handle[1], handle[0]))
 
-    def object_point(self, env: TabletopEnv) -> np.ndarray:
+    def object_point(self, env: TaskEnv) -> np.ndarray:
         """The centre of the handle's hole (what has to go around the peg)."""
         return env.body_pos("cup") + env.body_mat("cup") @ HOLE_CENTER
 
-    def place_path(self, env: TabletopEnv) -> list[np.ndarray]:
+    def place_path(self, env: TaskEnv) -> list[np.ndarray]:
         rack = env.body_pos("rack")
         peg_end_y = rack[1] - POST_HALF - PEG_LENGTH
         hang_y = rack[1] - POST_HALF - PEG_LENGTH / 2
@@ -319,28 +338,16 @@ class HangCup(Task):
         return [before - [0.05, 0, 0], before, threaded, resting]
 
 
-TASKS: dict[str, Task] = {
-    "lemon_on_plate": LemonOnPlate(name="lemon_on_plate", instruction="put the lemon on the plate",
-                                   max_steps=150, object_body="lemon", target_body="plate"),
-    # The same task with a narrower seeded randomization (8 cm x 8 cm boxes, lemon yaw +-0.5 rad,
-    # the plate always to the left of the lemon): the `apo-ros demo` task, where a small BC base
-    # trained in minutes on a 2-core CPU reaches tens of percent (the full task's localization
-    # and grasp precision at 64 px need far more demos and steps).
-    "lemon_on_plate_easy": LemonOnPlate(name="lemon_on_plate_easy",
-                                        instruction="put the lemon on the plate", max_steps=150,
-                                        object_body="lemon", target_body="plate",
-                                        plate_box=(0.42, 0.50, 0.10, 0.18),
-                                        lemon_box=(0.34, 0.42, -0.16, -0.08), lemon_yaw=0.5),
-    "square_on_stick": SquareOnStick(name="square_on_stick",
-                                     instruction="insert the square into the stick", max_steps=160,
-                                     object_body="square", target_body="stick"),
-    "hang_cup": HangCup(name="hang_cup", instruction="hang the cup on the rack", max_steps=180,
-                        hold_steps=3, object_body="cup", target_body="rack"),
-}
+def _build(spec: TaskSpec) -> Task:
+    classes = {cls.__name__: cls for cls in Task.__subclasses__()}
+    return classes[spec.task_class](name=spec.name, instruction=spec.instruction,
+                                    max_steps=spec.max_steps, hold_steps=spec.hold_steps,
+                                    object_body=spec.object_body, target_body=spec.target_body,
+                                    **dict(spec.options))
+
+
+TASKS: dict[str, Task] = {name: _build(spec) for name, spec in TASK_SPECS.items()}
 
 
 def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+    return TASKS[check_task_name(name)]

@@ -81,25 +81,11 @@ def write_png(path: str | Path, image_rgb: np.ndarray) -> None:
         raise OSError(f"could not write image {path} (is the extension .png or .jpg?)")
 
 
-def record_episode_video(task: str, seed: int, policy="expert", out: str = "episode.mp4", *,
-                         operator="none", image_size: int = 96, max_steps: int | None = None,
-                         bags_dir: str | None = None, config=None, progress: bool = False) -> dict:
-    """Run one seeded episode through the session (the recording path of `apo-ros session`, so the
-    video is the one `apo-ros bags video` makes of its bag) and write its MP4 to `out`.
+def __getattr__(name: str):
+    # compat: record_episode_video moved to apo_ros.runtime.video (it runs a session); the demo
+    # still imports it from here
+    if name == "record_episode_video":
+        from apo_ros.runtime.video import record_episode_video
 
-    operator: "none" or "scripted" (the simulated operator takes over when the policy goes wrong,
-    and the take-overs show in the video). bags_dir: keep the episode's bag there (default: a
-    temporary directory). Returns {"bag", "video", "frames", "outcome", "steps", "interventions"}."""
-    import tempfile
-
-    from apo_ros.recording.video import write_episode_video
-    from apo_ros.runtime.session import run_session
-
-    with tempfile.TemporaryDirectory(prefix="apo_ros_view_") as tmp:
-        where = bags_dir or tmp
-        summary = run_session(task, policy, operator, 1, where, seed, image_size=image_size,
-                              max_steps=max_steps, progress=False)
-        ep = summary.episodes[0]
-        frames = write_episode_video(ep.path, out, config, progress=progress)
-        return {"bag": ep.path if bags_dir else None, "video": out, "frames": frames, "outcome": ep.outcome,
-                "steps": ep.steps, "interventions": ep.interventions}
+        return record_episode_video
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

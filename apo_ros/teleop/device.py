@@ -89,19 +89,3 @@ def condition_axes(raw: tuple[float, ...] | list[float], *, scale: tuple[float, 
         v = max(-1.0, min(1.0, v))
         out.append(apply_deadzone(v, deadzone))
     return tuple(out)
-
-
-def open_device(kind: str, *, scale: tuple[float, ...], deadzone: float,
-                sign: tuple[float, ...]) -> TeleopDevice:
-    """The operator's device by name: "spacemouse" (pyspacemouse over HID; raises
-    DeviceUnavailable with the fix when there is none) or "joy" (the spacenav driver's
-    sensor_msgs/Joy, fed by the node's subscription)."""
-    if kind == "joy":
-        from apo_ros.teleop.joy import JoyConfig, JoyDevice
-
-        return JoyDevice(JoyConfig(scale=tuple(scale), deadzone=float(deadzone), sign=tuple(sign)))
-    if kind == "spacemouse":
-        from apo_ros.teleop.spacemouse import SpaceMouse, SpaceMouseConfig
-
-        return SpaceMouse(SpaceMouseConfig(scale=tuple(scale), deadzone=float(deadzone), sign=tuple(sign)))
-    raise ValueError(f"device must be 'spacemouse' or 'joy', got {kind!r}")

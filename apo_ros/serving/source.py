@@ -2,32 +2,29 @@
 
 `spec` is a checkpoint directory (loaded in this process) or a policy server URL
 `ws://HOST:PORT` (`apo-ros serve`, or any openpi-protocol server; the policy runs there). Both
-give an object with `select_action(observation) -> (chunk [T, 7], ok)`, `reset()`, `policy_id`
-and a statistics id (`provenance`), so policy_node, `apo-ros session` and `apo-ros sim eval`
-accept either.
+give a `PolicySource` (apo_ros.control.policy_source), so policy_node, `apo-ros session` and
+`apo-ros sim eval` accept either. It lives with the serving client because it chooses between a
+local checkpoint and a server.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from apo_ros.control.policy_source import PolicySource
+from apo_ros.control.policy_source import provenance as source_provenance
+from apo_ros.policies.checkpoint import load_policy
+from apo_ros.serving.client import RemotePolicy, is_remote
 
 
-def open_policy(spec: str, *, device: str | None = None, trust_remote_code: bool = False) -> Any:
+def open_policy(spec: str, *, device: str | None = None, trust_remote_code: bool = False) -> PolicySource:
     """A runnable policy for `spec`: a checkpoint directory or a ws:// server URL (query options:
     timeout_s, connect_timeout_s, backoff_s, max_backoff_s). Raises ValueError subclasses with a
     one-line message (CheckpointError, RemotePolicyError)."""
-    from apo_ros.serving.client import RemotePolicy, is_remote
-
     if is_remote(spec):
         return RemotePolicy(spec)
-    from apo_ros.policies.checkpoint import load_policy
-
     return load_policy(spec, device=device, trust_remote_code=trust_remote_code)
 
 
-def provenance(policy: Any) -> dict[str, str]:
+def provenance(policy: PolicySource) -> dict[str, str]:
     """{"policy_id", "stats_id"} of a policy as bags record them: a loaded checkpoint's ids, or
     the ones a policy server last reported (they change when the server hot-swaps)."""
-    from apo_ros.runtime.policy_runner import provenance as runner_provenance
-
-    return runner_provenance(policy, getattr(policy, "policy_id", None) or type(policy).__name__)
+    return source_provenance(policy, policy.policy_id or type(policy).__name__)

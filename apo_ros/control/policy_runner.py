@@ -1,6 +1,6 @@
 """Runs a policy on the live observation stream and turns its chunks into safe, stamped actions.
 
-Inference and control are decoupled by an `ActionQueue` (apo_ros.runtime.action_queue): every
+Inference and control are decoupled by an `ActionQueue` (apo_ros.control.action_queue): every
 `step(observation)` is one control tick, and takes the action the queue planned for that tick.
 1. a pending hot-swap is applied (between ticks, never inside one): the queue is flushed;
 2. finished inference results are merged into the queue (a chunk from the observation of tick k
@@ -29,25 +29,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from apo_ros.actions.safety import FilterResult, SafetyFilter, zero_action
 from apo_ros.actions.space import ACTION_DIM
+from apo_ros.control.action_queue import MERGE_RULES, ActionQueue, Planned, QueueConfig
+from apo_ros.control.policy_source import ActionSource, provenance
 from apo_ros.observation import Observation
-from apo_ros.runtime.action_queue import MERGE_RULES, ActionQueue, Planned, QueueConfig
 
 EXECUTIONS: tuple[str, ...] = ("sync", "async")
-
-
-class ActionSource(Protocol):
-    """What the runner needs from a policy (TokenPolicy satisfies it; so do experts, see
-    `apo_ros.runtime.session.ExpertPolicy`)."""
-
-    def select_action(self, observation: Observation) -> tuple[np.ndarray, bool]: ...
-
-    def reset(self) -> None: ...
 
 
 @dataclass
@@ -61,7 +53,7 @@ class RunnerConfig:
     # recent inference latency in ticks, so the next chunk lands as the queue runs out)
     refill_steps: int = -1
     refill_s: float = 0.0  # the same threshold in seconds (the larger of the two applies)
-    merge: str = "replace"  # replace | ensemble | crossfade (apo_ros.runtime.action_queue)
+    merge: str = "replace"  # replace | ensemble | crossfade (apo_ros.control.action_queue)
     horizon_s: float = 1.0  # actions planned from an observation older than this never run
     ensemble_decay: float = 0.01  # ensemble: ACT's weight exp(-m * i)
     crossfade_steps: int = 0  # crossfade: ticks to fade over (0 = the whole overlap)
@@ -511,21 +503,6 @@ class PolicyRunner:
                 "latency_ms": self.latency_ms(),
                 "filter": self.safety.summary() if self.safety is not None else {},
                 "policy_id": self.policy_id}
-
-
-def provenance(policy: Any, policy_id: str) -> dict[str, str]:
-    """What a bag records about the policy that acted: its content-hash id and the id of its
-    action statistics ("" for a policy without statistics, e.g. the scripted expert). The
-    in-process session and the ROS graph both write exactly this. A policy server's ids (a
-    `RemotePolicy`: `reports_policy_id`, a `statistics_id` string) are the ones it last reported,
-    so they follow a hot-swap on the server."""
-    stats_id = getattr(policy, "statistics_id", None)
-    if not isinstance(stats_id, str):
-        stats = getattr(policy, "stats", None)
-        stats_id = stats.statistics_id() if hasattr(stats, "statistics_id") else ""
-    if getattr(policy, "reports_policy_id", False) and getattr(policy, "policy_id", ""):
-        policy_id = policy.policy_id
-    return {"policy_id": str(policy_id), "stats_id": str(stats_id)}
 
 
 def _select(policy: Any, observation: Observation) -> tuple[Any, bool, np.ndarray | None, str]:
