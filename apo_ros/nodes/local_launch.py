@@ -117,9 +117,6 @@ class LocalGraph:
                                                   env=self.env, cwd=self.workdir,
                                                   start_new_session=True)
 
-    def alive(self) -> dict[str, bool]:
-        return {name: p.poll() is None for name, p in self.procs.items()}
-
     def dead(self) -> dict[str, int]:
         """Nodes that exited, with their exit codes."""
         return {name: rc for name, p in self.procs.items() if (rc := p.poll()) is not None}

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apo_ros.policies.factory import POLICY_KINDS, build_policy, policy_kind
 from apo_ros.policies.testing import default_statistics, random_batch
 
 INSTRUCTIONS = ["put the lemon on the plate", "hang the cup on the rack"]
@@ -29,12 +30,8 @@ def _percentiles(times: list[float]) -> dict:
 
 
 def _latency(kind: str, device: str, n: int) -> dict:
-    from apo_ros.policies import build_policy
-
-    options = {"device": device}
-    if kind == "vla_fast":
-        options["chunk_size"] = 8
-    policy = build_policy(kind, default_statistics(), instructions=INSTRUCTIONS, **options)
+    policy = build_policy(kind, default_statistics(), instructions=INSTRUCTIONS, device=device,
+                          chunk_size=policy_kind(kind).default_chunk_size)
     policy.eval()
     images, proprio, _ = random_batch(1, cameras=len(policy.cameras))
     times = []
@@ -73,8 +70,6 @@ class NaiveBaseline(nn.Module):
 
 
 def _train_speed(steps: int, batch: int = 128, threads: int = 2) -> dict:
-    from apo_ros.policies import build_policy
-
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -138,7 +133,7 @@ def run(quick: bool) -> dict:
     torch.set_num_threads(1)
     try:
         for device in devices:
-            for kind in ("small", "vla_bins", "vla_fast"):
+            for kind in (k.name for k in POLICY_KINDS.values() if k.reads_images):  # same inputs
                 latency[f"{kind}@{device}"] = _latency(kind, device, n)
     finally:
         torch.set_num_threads(saved)

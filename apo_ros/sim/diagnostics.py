@@ -25,6 +25,7 @@ from apo_ros.recording.reader import read_episodes
 from apo_ros.sim.env import make_env
 from apo_ros.sim.experts import make_expert
 from apo_ros.sim.operator import SimulatedOperator
+from apo_ros.sim.task_specs import base_task_names, task_names
 
 CHASE_SPEED = 0.005  # m per control step
 
@@ -196,10 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m apo_ros.sim.diagnostics", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("nudge", "operator"))
-    parser.add_argument("--task", default=None, help="one task (default: all three)")
+    parser.add_argument("--task", default=None, choices=task_names(),
+                        help="one task (default: every task that is not a variant)")
     parser.add_argument("--episodes", type=int, default=20, help="operator: episodes (default 20)")
     args = parser.parse_args(argv)
-    tasks = [args.task] if args.task else ["lemon_on_plate", "square_on_stick", "hang_cup"]
+    tasks = [args.task] if args.task else list(base_task_names())
     for task in tasks:
         if args.what == "nudge":
             for kw in ({"speed": 0.6}, {"speed": 0.2}, {"speed": 0.0, "spin": 3.0}):

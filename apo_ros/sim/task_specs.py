@@ -21,6 +21,7 @@ class TaskSpec:
     object_body: str = ""  # the manipulated (free) object
     target_body: str = ""  # where it must go (plate, stick, rack)
     options: tuple[tuple[str, Any], ...] = ()  # the class's own fields (randomization ranges)
+    variant_of: str = ""  # the task this one narrows (same objects and instruction)
 
 
 TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
@@ -31,7 +32,7 @@ TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     # trained in minutes on a 2-core CPU reaches tens of percent (the full task's localization
     # and grasp precision at 64 px need far more demos and steps).
     TaskSpec("lemon_on_plate_easy", "LemonOnPlate", "put the lemon on the plate", max_steps=150,
-             object_body="lemon", target_body="plate",
+             object_body="lemon", target_body="plate", variant_of="lemon_on_plate",
              options=(("plate_box", (0.42, 0.50, 0.10, 0.18)), ("lemon_box", (0.34, 0.42, -0.16, -0.08)),
                       ("lemon_yaw", 0.5))),
     TaskSpec("square_on_stick", "SquareOnStick", "insert the square into the stick", max_steps=160,
@@ -44,6 +45,11 @@ TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
 def task_names() -> tuple[str, ...]:
     """The task names, in registration order (the CLI's choices)."""
     return tuple(TASK_SPECS)
+
+
+def base_task_names() -> tuple[str, ...]:
+    """The tasks that are not a variant of another one."""
+    return tuple(name for name, spec in TASK_SPECS.items() if not spec.variant_of)
 
 
 def check_task_name(name: str) -> str:
