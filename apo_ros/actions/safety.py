@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES, GRIPPER_INDEX
+from apo_ros.config import parse_config
 from apo_ros.errors import ConfigError
 
 AXES = ("x", "y", "z")
@@ -80,8 +81,6 @@ class SafetyConfig:
     def from_dict(cls, params: dict, *, source: str = "safety config") -> SafetyConfig:
         """Build from a flat parameter dict; unknown keys and bad values raise ConfigError (a
         ValueError) naming `source` and the key."""
-        from apo_ros.config import parse_config
-
         return parse_config(cls, overrides=params, source=source)
 
     @classmethod

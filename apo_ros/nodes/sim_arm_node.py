@@ -34,6 +34,8 @@ from apo_ros.nodes.common import (
 )
 from apo_ros.recording import messages as M
 from apo_ros.runtime.ros_io import twist_to_action
+from apo_ros.sim.env import make_env
+from apo_ros.sim.tasks import TASKS
 from apo_ros.sim.twists import ServoInput
 
 NS = 1_000_000_000
@@ -42,8 +44,6 @@ NS = 1_000_000_000
 class SimArmNode(ApoNode):
     def __init__(self) -> None:
         super().__init__("sim_arm_node")
-        from apo_ros.sim.tasks import TASKS
-
         # descriptions: the comments in config/sim_arm_node.yaml
         p = self.declare({
             "task": Param("lemon_on_plate", choices=tuple(TASKS)),
@@ -55,7 +55,6 @@ class SimArmNode(ApoNode):
         }, appliers={"seed": self.setter("seed", lambda v: int(v) - 1),  # the next reset's
                      "publish_clock": self.setter("publish_clock", bool),
                      **{k: functools.partial(self.set_servo, k) for k in ServoInput.SETTINGS}})
-        from apo_ros.sim.env import make_env  # mujoco: imported once the parameters are known
 
         self.control_hz = float(p["control_hz"])
         self.cameras = tuple(p["cameras"])

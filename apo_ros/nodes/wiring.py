@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from apo_ros.runtime.config import find_config
+
 PACKAGE = "apo_ros"
 
 
@@ -205,8 +207,6 @@ def resolve(graph: Graph, values: dict[str, Any] | None = None,
     """The graph's apo_ros nodes with every launch argument replaced by `values[name]` (or its
     default). `extra_parameters[node]` adds parameters, as `ros2 launch ... --ros-args -p` or a
     user's own parameter file would."""
-    from apo_ros.runtime.config import find_config
-
     values = dict(values or {})
     unknown = set(values) - {a.name for a in graph.arguments}
     if unknown:

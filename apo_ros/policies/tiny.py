@@ -20,6 +20,8 @@ import os
 import string
 from dataclasses import dataclass
 
+from apo_ros.config import parse_config
+
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<image>")
 EXTRA_TOKENS = tuple(f"<loc{i:0>4}>" for i in range(1024)) + tuple(f"<seg{i:0>3}>" for i in range(128))
 
@@ -116,6 +118,4 @@ def save_tiny_checkpoint(directory: str, config: TinyVLAConfig | None = None) ->
 
 def tiny_config_from_dict(d: dict | None) -> TinyVLAConfig:
     """TinyVLAConfig from overrides (unknown keys and wrong types raise ConfigError, a ValueError)."""
-    from apo_ros.config import parse_config
-
     return parse_config(TinyVLAConfig, overrides=d or {}, source="tiny VLA config")

@@ -21,7 +21,10 @@ import numpy as np
 from apo_ros.actions.space import ACTION_NAMES
 from apo_ros.recording import messages as M
 from apo_ros.recording import schema
-from apo_ros.recording.synthetic import JOINT_NAMES, START_NS, synthetic_image
+from apo_ros.recording.labels import label_episode
+from apo_ros.recording.reader import read_episode
+from apo_ros.recording.synthetic import JOINT_NAMES, START_NS, synthetic_image, write_synthetic_episode
+from apo_ros.recording.writer import EpisodeWriter
 
 IMAGE_HZ, JOINT_HZ, ACTION_HZ = 30, 500, 15
 
@@ -37,8 +40,6 @@ def _timeline(seconds: float):
 
 
 def _bench_ours(path, events, frames, image_format="raw"):
-    from apo_ros.recording.writer import EpisodeWriter
-
     rng = np.random.default_rng(0)
     joints = rng.normal(size=len(JOINT_NAMES))
     action = rng.uniform(-0.01, 0.01, size=7)
@@ -143,9 +144,6 @@ def bench_recording(seconds: float, tmp: str, repeats: int = 3) -> dict:
 def bench_reading(steps: int, tmp: str) -> dict:
     from rosbags.rosbag2 import Reader
 
-    from apo_ros.recording.labels import label_episode
-    from apo_ros.recording.reader import read_episode
-    from apo_ros.recording.synthetic import write_synthetic_episode
 
     path = os.path.join(tmp, "read")
     sources = (["policy"] * 40 + ["human"] * 10) * (steps // 50) + ["policy"] * (steps % 50)

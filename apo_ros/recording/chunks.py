@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES
+from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES, SOURCES
+from apo_ros.recording import messages as M
 
 CHUNK_NAMES: tuple[str, ...] = ("chunk_index", "inference_latency_s", "merge_rule",
                                 "tick_stamp_sec", "tick_stamp_nanosec")
@@ -83,11 +84,8 @@ def split(names: Any, positions: Any) -> ChunkInfo | None:
 def make_policy_action(types: Any, obs_stamp_ns: int, action: Any, source: str,
                        chunk: ChunkInfo | None):
     """An action message (see recording/schema.py) with its chunk provenance appended."""
-    from apo_ros.recording import messages as M
-
     if chunk is None:
         return M.make_action(types, obs_stamp_ns, action, source)
-    from apo_ros.actions.space import SOURCES
 
     if source not in SOURCES:
         raise ValueError(f"action source must be one of {SOURCES}, got {source!r}")

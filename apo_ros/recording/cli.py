@@ -9,6 +9,21 @@ import os
 import sys
 
 from apo_ros.errors import UserError, check_writable
+from apo_ros.recording.export import ExportConfig, export_lerobot
+from apo_ros.recording.groups import format_group_tables, summarize_groups
+from apo_ros.recording.labels import label_episode
+from apo_ros.recording.plot import plot_group_summary, plot_timeline
+from apo_ros.recording.reader import BagError, find_bags, read_episode, read_episodes
+from apo_ros.recording.repair import repair_bag
+from apo_ros.recording.video import (
+    VideoConfig,
+    group_by_initial_state,
+    video_name,
+    write_episode_video,
+    write_grid_still,
+    write_grid_video,
+    write_still,
+)
 
 DEFAULT_K = 10
 
@@ -94,8 +109,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(paths: list[str], *, load_images: bool = False):
-    from apo_ros.recording.reader import read_episodes
-
     episodes, bad = read_episodes(paths, load_images=load_images)
     for path, problem in bad:
         print(f"apo-ros bags: bad bag {path}: {problem}", file=sys.stderr)
@@ -107,8 +120,6 @@ def _load(paths: list[str], *, load_images: bool = False):
 
 def summarize(episodes, k: int = DEFAULT_K) -> dict:
     """The `bags info --json` document."""
-    from apo_ros.recording.labels import label_episode
-
     rows = []
     for ep in episodes:
         labels = label_episode(ep, k=k)
@@ -133,7 +144,6 @@ def summarize(episodes, k: int = DEFAULT_K) -> dict:
         "intervention_ratio": round(human / steps, 6) if steps else 0.0,
     }
     doc = {"episodes": rows, "totals": totals}
-    from apo_ros.recording.groups import summarize_groups
 
     groups = summarize_groups(episodes)
     if groups is not None:  # an `apo-ros demo` output folder
@@ -142,7 +152,6 @@ def summarize(episodes, k: int = DEFAULT_K) -> dict:
 
 
 def run_info(args: argparse.Namespace) -> int:
-
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
     episodes, bad = _load(args.paths)
@@ -163,8 +172,6 @@ def run_info(args: argparse.Namespace) -> int:
               f"{t['human_steps']} human steps, {t['undesirable_steps']} undesirable steps, "
               f"intervention ratio {t['intervention_ratio']:.1%}")
         if "rounds" in doc:
-            from apo_ros.recording.groups import format_group_tables
-
             print("\n".join(format_group_tables(doc)))
         if bad:
             print(f"{len(bad)} bad bag(s), listed on stderr")
@@ -172,20 +179,15 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from apo_ros.recording.plot import plot_timeline
-
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
     check_writable(args.output, "-o", create_parents=False)
     episodes, bad = _load(args.paths)
     plot_timeline(episodes, args.output, k=args.k)
     print(f"wrote {args.output} ({len(episodes)} episodes)")
-    from apo_ros.recording.groups import summarize_groups
 
     groups = summarize_groups(episodes)
     if groups is not None:  # an `apo-ros demo` output folder
-        from apo_ros.recording.plot import plot_group_summary
-
         root, ext = os.path.splitext(args.output)
         summary_png = f"{root}_summary{ext or '.png'}"
         plot_group_summary(groups, summary_png)
@@ -194,17 +196,6 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from apo_ros.recording.reader import BagError, find_bags, read_episode
-    from apo_ros.recording.video import (
-        VideoConfig,
-        group_by_initial_state,
-        video_name,
-        write_episode_video,
-        write_grid_still,
-        write_grid_video,
-        write_still,
-    )
-
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
     if not 32 <= args.size <= 1080:
@@ -279,8 +270,6 @@ def run_video(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from apo_ros.recording.export import ExportConfig, export_lerobot
-
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
     if args.fps < 0:
@@ -296,9 +285,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_repair(args: argparse.Namespace) -> int:
-    from apo_ros.recording.reader import BagError
-    from apo_ros.recording.repair import repair_bag
-
     if args.output:
         check_writable(args.output, "-o")
     try:

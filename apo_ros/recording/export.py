@@ -35,6 +35,8 @@ from apo_ros.errors import UserError
 from apo_ros.recording.episode import Episode
 from apo_ros.recording.labels import label_episode
 from apo_ros.recording.messages import ACTION_NAMES
+from apo_ros.recording.reader import BagError, find_bags, read_episode
+from apo_ros.recording.video import Mp4Writer, _progress, _require_av, control_rate
 
 CODEBASE_VERSION = "v3.0"
 DEFAULT_CHUNK_SIZE = 1000  # files per chunk directory
@@ -117,8 +119,6 @@ class _RollingFiles:
 
 
 def _episode_fps(ep: Episode) -> float:
-    from apo_ros.recording.video import control_rate
-
     return control_rate(ep)
 
 
@@ -206,9 +206,6 @@ def export_lerobot(paths, out: str, config: ExportConfig | None = None, *, overw
     in the directory `out`. Bags that cannot be read are skipped and listed in the report; bags
     whose cameras, image sizes, object count or rate differ from the first one are skipped too
     (one dataset has one feature set and one fps)."""
-    from apo_ros.recording.reader import BagError, find_bags, read_episode
-    from apo_ros.recording.video import Mp4Writer, _progress
-
     pa, pq = _require_pyarrow()
     c = config or ExportConfig()
     if c.k < 0:
@@ -402,8 +399,6 @@ def export_lerobot(paths, out: str, config: ExportConfig | None = None, *, overw
     assert features is not None
 
     # --- meta -------------------------------------------------------------------------------------
-    from apo_ros.recording.video import _require_av
-
     av = _require_av()
     for cam in cameras:
         key = f"observation.images.{cam}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from apo_ros.observation import CAMERAS, Observation
+from apo_ros.recording.writer import EpisodeWriter
 
 JOINT_NAMES = tuple(f"joint_{i}" for i in range(1, 8)) + ("finger_left", "finger_right")
 STEP_NS = 66_666_667  # 15 Hz control
@@ -52,8 +53,6 @@ def write_synthetic_episode(path: str, sources, *, seed: int = 0, size: int = 64
                             close: bool = True, **writer_kwargs):
     """Write an episode whose step i is executed by sources[i]; intervention events are written at
     the human runs' edges. Returns the writer (closed unless close=False) and the actions."""
-    from apo_ros.recording.writer import EpisodeWriter
-
     rng = np.random.default_rng(seed)
     sources = list(sources)
     if actions is None:

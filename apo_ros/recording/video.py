@@ -22,6 +22,7 @@ import numpy as np
 from apo_ros.errors import UserError
 from apo_ros.recording.episode import Episode
 from apo_ros.recording.labels import label_episode
+from apo_ros.recording.reader import read_episode
 
 # RGB. The same hues as `bags plot`, so a video and a timeline plot read alike.
 SOURCE_COLORS: dict[str, tuple[int, int, int]] = {
@@ -426,7 +427,6 @@ def _cell_title(ep: Episode) -> str:
 def _as_episode(episode: Episode | str) -> Episode:
     if isinstance(episode, Episode):
         return episode
-    from apo_ros.recording.reader import read_episode
 
     return read_episode(episode, load_images=True)
 

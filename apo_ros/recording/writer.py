@@ -29,6 +29,8 @@ from apo_ros.actions.space import ACTION_DIM, ACTION_NAMES, SOURCES
 from apo_ros.observation import CAMERAS, Observation
 from apo_ros.recording import messages as M
 from apo_ros.recording import schema
+from apo_ros.recording.chunks import make_policy_action
+from apo_ros.recording.episode import OUTCOMES
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +283,6 @@ class EpisodeWriter:
             if tokens is not None:
                 self.write_tokens(stamp_ns, tokens, obs_stamp_ns, token_space)
         # chunk provenance (recording/chunks.py): appended names, None = the plain action message
-        from apo_ros.recording.chunks import make_policy_action
-
         self.write_message(schema.ACTION_EXECUTED,
                            make_policy_action(self.types, obs_stamp_ns, action, source, chunk),
                            stamp_ns)
@@ -363,8 +363,6 @@ class EpisodeWriter:
     def close(self, outcome: str = "unknown") -> None:
         """Write a terminal event (if the outcome is success / failure / abort and none was
         written), custom_data, the MCAP summary and metadata.yaml. Idempotent."""
-        from apo_ros.recording.episode import OUTCOMES
-
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
         with self._guard():

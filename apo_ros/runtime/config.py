@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from apo_ros.actions.safety import SafetyConfig, SafetyFilter
+
 PACKAGE = "apo_ros"
 
 
@@ -49,6 +51,4 @@ def node_parameters(path: str, node_name: str) -> dict:
 
 def load_safety_filter(path: str = ""):
     """SafetyFilter from `path` (or the package's config/safety.yaml when empty)."""
-    from apo_ros.actions.safety import SafetyConfig, SafetyFilter
-
     return SafetyFilter(SafetyConfig.from_yaml(path or find_config("safety.yaml")))

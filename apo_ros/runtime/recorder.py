@@ -22,6 +22,7 @@ import numpy as np
 
 from apo_ros.actions.space import SOURCES
 from apo_ros.observation import CAMERAS, Observation
+from apo_ros.recording.writer import EpisodeWriter
 from apo_ros.teleop.device import DeviceState
 
 INTERVENTION_EVENTS = ("intervention_start", "intervention_end")
@@ -65,8 +66,6 @@ class EpisodeRecorder:
                  writer_factory: Callable[..., Any] | None = None):
         self.config = config or RecorderConfig()
         if writer_factory is None:
-            from apo_ros.recording.writer import EpisodeWriter
-
             writer_factory = EpisodeWriter
         self._factory = writer_factory
         self._writer: Any = None

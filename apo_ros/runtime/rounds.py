@@ -10,6 +10,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from apo_ros.training.trainer import TrainConfig, train_policy
+
 # train_fn(init_checkpoint, out_dir, round_index) -> new checkpoint directory
 TrainFn = Callable[[str, str, int], str]
 
@@ -75,8 +77,6 @@ def make_train_fn(*, demos: list[str], data: list[str], config_path: str = "", m
     when given, else method / steps / device."""
 
     def train(init: str, out: str, index: int) -> str:
-        from apo_ros.training.trainer import TrainConfig, train_policy
-
         overrides = {"method": method, "steps": steps, "device": device, "progress": False}
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if config_path:

@@ -21,6 +21,13 @@ import threading
 import time
 
 import numpy as np
+import torch
+
+from apo_ros.observation import Observation
+from apo_ros.policies import build_policy, load_policy, save_policy
+from apo_ros.policies.testing import default_statistics
+from apo_ros.serving.client import RemotePolicy
+from apo_ros.serving.protocol import observation_to_request, packb
 
 CASES = (("2 cameras 64x64", 64), ("2 cameras 224x224", 224))
 INSTRUCTION = "put the lemon on the plate"
@@ -49,14 +56,6 @@ def _start_server(checkpoint: str, device: str) -> tuple[subprocess.Popen, int]:
 
 
 def _case(size: int, n: int, device: str, workdir: str) -> dict:
-    import torch
-
-    from apo_ros.observation import Observation
-    from apo_ros.policies import build_policy, load_policy, save_policy
-    from apo_ros.policies.testing import default_statistics
-    from apo_ros.serving.client import RemotePolicy
-    from apo_ros.serving.protocol import observation_to_request, packb
-
     torch.manual_seed(0)
     checkpoint = os.path.join(workdir, f"small_{size}")
     save_policy(build_policy("small", default_statistics(), instructions=[INSTRUCTION], image_size=size,
@@ -104,8 +103,6 @@ def _case(size: int, n: int, device: str, workdir: str) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    import torch
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n = 60 if quick else 300
     with tempfile.TemporaryDirectory(prefix="apo_bench_serve_") as workdir:

@@ -7,6 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
+
+from apo_ros.errors import UserError
+from apo_ros.policies.checkpoint import load_policy
+from apo_ros.serving.server import PolicyServer, ServeConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,19 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import logging
-    import signal
-    import sys
-
-    from apo_ros.errors import UserError
-
     try:
-        from apo_ros.serving.server import PolicyServer, ServeConfig
-
         config = ServeConfig(host=args.host, port=args.port, device=args.device, watch_s=args.watch_s)
     except ValueError as err:
         raise UserError(str(err)) from None
-    from apo_ros.policies.checkpoint import load_policy
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

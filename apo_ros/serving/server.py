@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from apo_ros import __version__
+from apo_ros.policies.checkpoint import load_policy, policy_id
 from apo_ros.serving import protocol
 
 log = logging.getLogger("apo_ros.serving")
@@ -79,8 +81,6 @@ class PolicySlot:
         return self._metadata
 
     def _describe(self, p: Any) -> dict:
-        from apo_ros import __version__
-
         cameras = list(getattr(p, "cameras", ()))
         return {
             "server": "apo_ros", "apo_ros_version": __version__,
@@ -223,8 +223,6 @@ class PolicyServer:
 
     def reload_if_changed(self) -> bool:
         """Load and serve the checkpoint directory's policy when its id changed; True if swapped."""
-        from apo_ros.policies.checkpoint import load_policy, policy_id
-
         assert self.checkpoint is not None
         try:
             new_id = policy_id(self.checkpoint)

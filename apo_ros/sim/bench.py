@@ -12,6 +12,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
+from apo_ros.sim.env import make_env
+from apo_ros.sim.experts import make_expert
+
 BENCH_TASK = "square_on_stick"  # the most contacts of the three (5 boxes on the table)
 
 
@@ -31,9 +34,6 @@ def one_core():
 
 
 def _expert_actions(task: str, seed: int) -> list[np.ndarray]:
-    from apo_ros.sim.env import make_env
-    from apo_ros.sim.experts import make_expert
-
     env = make_env(task, render=False)
     expert = make_expert(task)
     env.reset(seed)
@@ -54,7 +54,6 @@ def _make_runners(task: str, actions: list[np.ndarray]) -> dict:
     `mj_step(nstep=substeps)` alone (same model, same contacts, no IK, no observation)."""
     import mujoco
 
-    from apo_ros.sim.env import make_env
 
     envs = {
         "no_render": make_env(task, render=False),

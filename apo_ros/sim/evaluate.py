@@ -24,14 +24,14 @@ import numpy as np
 from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX, as_chunk
 from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.observation import CAMERAS, Observation
+from apo_ros.sim.env import make_env
+from apo_ros.sim.experts import make_expert
 
 
 class ExpertPolicy:
     """The scripted expert behind the policy interface (reads the env's privileged state)."""
 
     def __init__(self, env, noise: float = 0.0, seed: int = 0):
-        from apo_ros.sim.experts import make_expert
-
         self.env = env
         self.expert = make_expert(env.task.name, noise=noise, seed=seed)
         self.expert.reset(env)
@@ -135,8 +135,6 @@ def evaluate(task: str, policy: PolicyLike, episodes: int = 50, seed0: int = 0, 
     one at a time, several times faster for small policies). `runner`: how chunks are executed
     (the runtime's RunnerConfig: sync / async, simulated latency `delay_ticks`, merge rule;
     default synchronous whole chunks)."""
-    from apo_ros.sim.env import make_env
-
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if render is None:
@@ -174,8 +172,6 @@ def _evaluate_batched(task: str, policy: Any, seeds: list[int], batch: int, *, i
                       progress: Callable[[int, dict], None] | None) -> dict:
     """`batch` environments in lock-step; every step, the ones whose chunk is used up are planned
     in one `policy.predict` call. Each episode sees exactly what `ChunkRunner` would give it."""
-    from apo_ros.sim.env import make_env
-
     envs = [make_env(task, image_size=image_size, cameras=cameras, max_steps=max_steps,
                      render=render) for _ in range(min(batch, len(seeds)))]
     if hasattr(policy, "reset"):

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from apo_ros.control.policy_runner import RunnerConfig
+from apo_ros.sim.evaluate import evaluate
+from apo_ros.sim.experts import make_expert
 
 
 def _arm_state(env: Any) -> np.ndarray:
@@ -34,8 +36,6 @@ class PlanningExpert:
     actions, are not the plan's)."""
 
     def __init__(self, env: Any, T: int = 8):
-        from apo_ros.sim.experts import make_expert
-
         self.env, self.T = env, int(T)
         self.expert = make_expert(env.task.name)
         self.expert.reset(env)
@@ -69,8 +69,6 @@ ROWS = [("sync", 0, "replace")] + [(e, ms, "replace") for ms in (100, 300, 500)
 
 def run(task: str = "lemon_on_plate", episodes: int = 100, seed0: int = 300000, chunk: int = 8,
         control_hz: float = 10.0) -> list[dict]:
-    from apo_ros.sim.evaluate import evaluate
-
     out = []
     for execution, ms, merge in ROWS:
         delay = int(round(ms / 1000.0 * control_hz))

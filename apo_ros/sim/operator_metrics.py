@@ -28,6 +28,10 @@ import json
 
 import numpy as np
 
+from apo_ros.recording import read_episodes
+from apo_ros.recording.labels import label_episode
+from apo_ros.sim.env import make_env
+from apo_ros.sim.experts import StateExpert
 from apo_ros.sim.operator import OperatorConfig, deviates
 
 SIGN_EPS = 1e-3  # m: an axis moving less than this has no meaningful sign
@@ -81,11 +85,6 @@ def operator_metrics(deployment_dirs, demo_dirs=(), *, k: int = 10, match_radius
                      config: OperatorConfig | None = None) -> dict:
     """Agreement of the human steps with the expert and the demos, and how many undesirable
     steps deviated (see the module docstring). Bags of several tasks may be mixed."""
-    from apo_ros.recording import read_episodes
-    from apo_ros.recording.labels import label_episode
-    from apo_ros.sim.env import make_env
-    from apo_ros.sim.experts import StateExpert
-
     cfg = config or OperatorConfig()
     episodes, bad = read_episodes(list(deployment_dirs), load_images=False)
     demo_feats, demo_actions = [], []

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from apo_ros.observation import CAMERAS
+from apo_ros.sim.env import make_env
+from apo_ros.sim.evaluate import ExpertPolicy, _episode_policy
 
 _FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 
@@ -16,9 +18,6 @@ def record_episode(task: str, seed: int, policy="expert", *, size: int = 160,
                    max_steps: int | None = None, factory: bool = False) -> dict:
     """Run one episode and keep `size` px frames of every camera at every step (step 0 = reset).
     Returns {"frames": {camera: [H x W x 3]}, "labels": [str], "success": bool, "steps": int}."""
-    from apo_ros.sim.env import make_env
-    from apo_ros.sim.evaluate import ExpertPolicy, _episode_policy
-
     render = not (isinstance(policy, str) and policy == "expert")
     env = make_env(task, image_size=image_size, cameras=cameras, max_steps=max_steps, render=render)
     frames: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
