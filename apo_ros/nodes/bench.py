@@ -71,7 +71,7 @@ def graph_figures(seconds: float, chunk_size: int = 1, remote_delay_s: float | N
     recorder_node) from the wiring table and watch it for `seconds` of steady state.
     `remote_delay_s`: the policy is served (`PolicyServer`) behind a `DelayRelay` whose replies
     take that long, and policy_node runs it as ws://...; `execution`: policy_node's mode."""
-    try:
+    try:  # rclpy is optional: without it the section reports that instead of failing
         from apo_ros.nodes.local_launch import LocalGraph
         from apo_ros.nodes.probe import GraphProbe
     except ImportError as err:
