@@ -76,15 +76,15 @@ class StudyConfig:
     # Build options of the base policy (train --policy.* options): one action per prediction,
     # 64 bins per dimension (about 0.5 mm for a translation), a 128-wide MLP, actions decoded as
     # the expected value of each arm dimension's bins (argmax: a base at ~0.25 instead of ~0.6;
-    # docs/demo_study.md).
+    # docs/experiments/demo_study.md).
     policy: dict = field(default_factory=lambda: {"chunk_size": 1, "hidden": 128, "n_bins": 64,
                                                   "decode": "mean"})
     # Seeds of the whole pipeline (demos, base, deployment, methods).
     pipeline_seeds: int = 3
     # Expert demonstrations per pipeline seed, and their action noise. Noise-free: with argmax
-    # decoding over narrow bins, noisy demos make a state policy freeze (docs/demo_study.md).
+    # decoding over narrow bins, noisy demos make a state policy freeze (docs/experiments/demo_study.md).
     # 30 demos: a base that more data of the deployment distribution still improves (100 demos
-    # gave a data-saturated base that no method could move; docs/demo_study.md).
+    # gave a data-saturated base that no method could move; docs/experiments/demo_study.md).
     demo_episodes: int = 30
     demo_noise: float = 0.0
     # The task whose demos train the base (None: the deployment task). A narrower task (e.g.
