@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from apo_ros.cli import main
+from apo_ros.demo.config import study_methods
 from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
-from apo_ros.demo.study import METHODS, StudyConfig, run_study
+from apo_ros.demo.study import StudyConfig, run_study
 from apo_ros.errors import ConfigError
 
 
@@ -83,7 +84,7 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
     results = run_study(_tiny(out), progress=False, log=lambda m: None)
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     t = results["tasks"]["lemon_on_plate"]
-    assert set(t["policies"]) == {"base", *METHODS, "apo_natural"}
+    assert set(t["policies"]) == {"base", *study_methods(), "apo_natural"}
     for name, entry in t["policies"].items():
         assert len(entry["per_seed"]) == 2
         assert 0.0 <= entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1] <= 1.0
@@ -104,7 +105,7 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
         fresh = build_policy("state", base.stats, instructions=["put the lemon on the plate"],
                              **_tiny(out).policy)
         fresh_w = torch.cat([x.detach().flatten() for x in fresh.parameters()])
-        for m in (*METHODS, "apo_natural"):
+        for m in (*study_methods(), "apo_natural"):
             run = out / "lemon_on_plate" / f"seed{p}" / "sweep" / f"{m}_lr1e-3_to4"
             facts = json.loads((run / "train_config.json").read_text())
             init, config = facts["init"], facts["config"]
