@@ -143,6 +143,7 @@ def test_sim_section():
            ["substeps"] + [f"rates.{name}" for name in runners])
 
 
+@pytest.mark.slow  # a real `apo-ros serve` subprocess: ~10 s
 def test_serve_section(tmp_path):
     from apo_ros.serving.bench import _case
 

@@ -85,8 +85,9 @@ def tiny_study(tmp_path_factory):
     return out, run_study(_tiny(out), progress=False, log=lambda m: None)
 
 
-# the tests sharing the study run on one xdist worker, so it runs once
-study_tests = pytest.mark.xdist_group("demo_tiny_study")
+# the tests sharing the study run on one xdist worker, so it runs once (about a minute: slow)
+def study_tests(test):
+    return pytest.mark.slow(pytest.mark.xdist_group("demo_tiny_study")(test))
 
 
 @study_tests

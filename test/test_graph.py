@@ -30,7 +30,7 @@ from apo_ros.nodes.probe import GraphProbe  # noqa: E402
 from apo_ros.nodes.wiring import SIM, TRAIN, resolve  # noqa: E402
 from apo_ros.recording import messages as M  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("ros_graph")
+pytestmark = [pytest.mark.xdist_group("ros_graph"), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 # The graph runs at 2.5 Hz here (10 Hz by default): the test machine is shared and often loaded
