@@ -46,7 +46,7 @@ def _make_step(samples, config):
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         run = prepare_run(config, samples, "small", out)
-        if get_method(config.method).needs_reference and config.reference == "cached":
+        if get_method(config.method).needs_reference and config.method_config.reference == "cached":
             info["reference_pass_s"] = round(time.perf_counter() - t0, 3)
             info["reference_pass_samples"] = len(samples)
     run.policy.train()

@@ -1,14 +1,15 @@
-"""One entry per training method: its data check, its sampler, its step loss, whether it needs the
-frozen reference, and its default learning rate.
+"""One entry per training method: its data check, its sampler, its step loss, its config class
+(its own settings), whether it needs the frozen reference, and its default learning rate.
 
-Adding a method = an objective in `objectives.py` (pure tensors) + a step loss in `losses.py`
-that feeds it from a `Batches` + one `register(Method(...))` here. The trainer, the CLI's
-choices, the config's checks and the docs' table read this registry; nothing else tests method
-names.
+Adding a method = an objective (`objectives.py`, pure tensors) + a step loss (`losses.py`) that
+feeds it from a `Batches` + a config class for its settings (`method_configs.py`) + one
+`register(Method(...))` here. The trainer, `TrainConfig`'s checks, the CLI's flags and choices,
+the study's method list and the docs' tables read this registry (`method_names`, `get_method`);
+nothing else lists method names.
 
 A step loss (in `losses.py`) is `loss(b: Batches, rows, step) -> StepOutput`, where `rows` is
-what the method's sampler drew for this process (sample rows, or TPO window pairs). Samplers are built for the
-GLOBAL batch (`batch_size x processes`); the trainer hands each process its slice.
+what the method's sampler drew for this process (sample rows, or TPO window pairs). Samplers are
+built for the GLOBAL batch (`batch_size x processes`); the trainer hands each process its slice.
 """
 
 from __future__ import annotations
@@ -21,27 +22,41 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from apo_ros.training.cache import DataError
+from apo_ros.training.method_configs import (
+    AposConfig,
+    BCConfig,
+    DaggerConfig,
+    KTOConfig,
+    MethodConfig,
+    SiriusConfig,
+    TPOConfig,
+)
 from apo_ros.training.samplers import BalancedSampler, UniformSampler, WindowSampler
 
 if TYPE_CHECKING:
     from apo_ros.training.samples import SampleSet
+
+SAMPLINGS: tuple[str, ...] = ("natural", "released", "capped")
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     summary: str  # one line for --help and the docs
-    loss_path: str  # "module:function" of the step loss (b: Batches, rows, step) -> StepOutput,
-    #                 imported on first use so `apo-ros --help` does not import torch
+    # the step loss (b: Batches, rows, step) -> StepOutput, or its "module:function", imported on
+    # first use so `apo-ros --help` does not import torch
+    loss_path: str | Callable
     sampler: Callable[[SampleSet, object, int, int], object]  # (samples, config, global batch, seed)
     needs_reference: bool
     default_lr: float
     check: Callable[[SampleSet, object], None]  # raises DataError when the data cannot train it
     default_sampling: str = "natural"  # the `sampling` used when the config leaves it null
-    samplings: tuple[str, ...] = ("natural", "released", "capped")  # the ones that make sense
-    default_z0_clamp: tuple[float, float] | None = None  # z0's clamp when the config leaves it null
+    samplings: tuple[str, ...] = SAMPLINGS  # the ones that make sense
+    config: type[MethodConfig] = MethodConfig  # the method's own settings (a fresh class per method)
 
     def loss(self, b, rows, step: int):
+        if callable(self.loss_path):
+            return self.loss_path(b, rows, step)
         module, name = self.loss_path.split(":")
         return getattr(importlib.import_module(module), name)(b, rows, step)
 
@@ -50,13 +65,33 @@ METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
+    """Add a method (its name must be new) and file its config class under its name."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    if not (isinstance(method.config, type) and issubclass(method.config, MethodConfig)):
+        raise TypeError(f"{method.name}: config must be a MethodConfig subclass, got {method.config!r}")
+    if method.default_sampling not in method.samplings or not set(method.samplings) <= set(SAMPLINGS):
+        raise ValueError(f"{method.name}: samplings {method.samplings} must be among {SAMPLINGS} and "
+                         f"hold the default {method.default_sampling!r}")
+    MethodConfig.register_subclass(method.name, method.config)  # one class per method name
     METHODS[method.name] = method
     return method
 
 
+def unregister(name: str) -> None:
+    """Remove a method (tests that register a toy one)."""
+    METHODS.pop(name, None)
+    MethodConfig.get_known_choices().pop(name, None)
+
+
+def method_names() -> list[str]:
+    """The registered methods, in registration order."""
+    return list(METHODS)
+
+
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} (known: {list(METHODS)})")
+        raise ValueError(f"unknown method {name!r} (known: {method_names()})")
     return METHODS[name]
 
 
@@ -109,16 +144,13 @@ def _needs_undesirable(name: str):
 
 
 def _check_tpo_windows(samples: SampleSet, config) -> None:
-    if len(samples.tpo_windows(config.tpo_window)) == 0:
+    if len(samples.tpo_windows(config.method_config.tpo_window)) == 0:
         raise DataError("tpo: no intervention has policy steps right before it to pair with")
 
 
 # ---------------------------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------------------------
-SAMPLINGS: tuple[str, ...] = ("natural", "released", "capped")
-
-
 def sampling_of(config) -> str:
     """The sampling a run uses: `config.sampling`, or its method's default when that is null."""
     return config.sampling or get_method(config.method).default_sampling
@@ -185,8 +217,9 @@ def _pooled(rows: Callable[[SampleSet], np.ndarray], *, targets_exclude_undesira
 
 def _tpo_pairs(samples: SampleSet, config, batch: int, seed: int):
     """Draws window pairs: `tpo_pairs` per process (0 = batch_size // (2 tpo_window))."""
-    windows = samples.tpo_windows(config.tpo_window)
-    per_process = config.tpo_pairs or max(1, config.batch_size // (2 * config.tpo_window))
+    own = config.method_config
+    windows = samples.tpo_windows(own.tpo_window)
+    per_process = own.tpo_pairs or max(1, config.batch_size // (2 * own.tpo_window))
     processes = batch // config.batch_size  # `batch` is the global batch
     sampler = WindowSampler(windows, per_process * processes, seed)
     sampler.description = {"sampling": "natural", "windows": int(len(windows)),
@@ -205,26 +238,27 @@ def _every_step(samples: SampleSet) -> np.ndarray:
 
 
 register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", _pooled(lambda s: s.is_demo),
-                needs_reference=False, default_lr=5e-4, check=_needs_demos("bc")))
+                needs_reference=False, default_lr=5e-4, check=_needs_demos("bc"), config=BCConfig))
 register(Method("dagger", "HG-DAgger: demos + the operator's corrections", f"{LOSSES}:bc_step",
                 _pooled(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
-                check=_check_dagger))
+                check=_check_dagger, config=DaggerConfig))
 register(Method("sirius", "every step, weighted by its Sirius class", f"{LOSSES}:sirius_step",
                 _pooled(_every_step), needs_reference=False, default_lr=5e-5,
-                check=_needs_interaction("sirius")))
+                check=_needs_interaction("sirius"), config=SiriusConfig))
 register(Method("kto", "KTO (TRL semantics) on desirable / human / undesirable steps",
                 f"{LOSSES}:kto_step", _pooled(_every_step, targets_exclude_undesirable=True),
                 needs_reference=True, default_lr=5e-5,
                 check=_all(_needs_interventions("kto"), _needs_undesirable("kto")),
-                default_sampling="released", default_z0_clamp=(0.0, float("inf"))))
+                default_sampling="released", config=KTOConfig))
 register(Method("tpo", "trajectory DPO on the windows around each intervention (GRAPE)", f"{LOSSES}:tpo_step",
                 _tpo_pairs, needs_reference=True, default_lr=2e-5,
-                check=_all(_needs_interventions("tpo"), _check_tpo_windows), samplings=("natural",)))
+                check=_all(_needs_interventions("tpo"), _check_tpo_windows), samplings=("natural",),
+                config=TPOConfig))
 register(Method("apo", "Action Preference Optimization: gripper masking + adaptive reweighting",
                 f"{LOSSES}:apo_step", _pooled(_every_step, targets_exclude_undesirable=True),
                 needs_reference=True, default_lr=5e-5,
                 check=_all(_needs_interventions("apo"), _needs_undesirable("apo")),
-                default_sampling="released", default_z0_clamp=(-5.0, 5.0)))
+                default_sampling="released", config=AposConfig))
 
 
 def check_method_data(method: str, samples: SampleSet, config) -> None:
