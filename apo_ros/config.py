@@ -332,7 +332,7 @@ def _flatten_encoded(cls: type, encoded: Any) -> Any:
     return _flatten_flat_choices(cls, encoded)
 
 
-def _doc(cls: type, name: str) -> str:
+def field_doc(cls: type, name: str) -> str:
     """The comment documenting field `name` of `cls` (in the class that declares it)."""
     owner = next((k for k in cls.__mro__ if name in vars(k).get("__annotations__", {})), cls)
     try:
@@ -369,7 +369,7 @@ def _leaves(cls: type, prefix: str = ""):
         if dataclasses.is_dataclass(tp):
             yield from _leaves(tp, name + ".")
             continue
-        text = _doc(cls, f.name)
+        text = field_doc(cls, f.name)
         if f.name in selectors:
             text = f"{text} (one of: {', '.join(selectors[f.name].get_known_choices())})".strip()
         default = getattr(defaults, f.name, None) if defaults is not None else None
@@ -385,7 +385,7 @@ def _choice_leaves(base: Any, prefix: str):
             if not f.init:
                 continue
             entry = options.setdefault(f.name, {"tp": _strip_optional(hints[f.name])[0],
-                                                "text": _doc(klass, f.name), "defaults": {}})
+                                                "text": field_doc(klass, f.name), "defaults": {}})
             entry["defaults"][choice] = _shown(getattr(instance, f.name))
     for option, entry in options.items():
         values = list(entry["defaults"].values())

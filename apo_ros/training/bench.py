@@ -1,5 +1,5 @@
-"""`apo-ros bench train`: training step time of apo / kto / bc on the same small policy and batch,
-and the bag -> samples throughput with and without the decoded-bag cache.
+"""`apo-ros bench train`: training step time of a few methods (and APO variants) on the same small
+policy and batch, and the bag -> samples throughput with and without the decoded-bag cache.
 
 Baseline: bc (one teacher-forced pass + backward). Target: apo <= 1.3x bc with cached reference
 log-probs. Also reported: apo with the reference run every step (the released code's way), apo

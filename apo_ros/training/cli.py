@@ -21,8 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a policy from expert-demo bags and interaction bags (policy steps with "
         f"human corrections) and write a checkpoint the policy node can load. Methods: {methods}. "
         "Every training option is a flag below and a key of the --config YAML (flags win); an "
-        "option whose help starts with method names (--beta: kto, tpo, apo) belongs to those "
-        "methods only. "
+        "option whose help starts with method names belongs to those methods only. "
         "Multi-GPU / multi-process: `torchrun --nproc_per_node N -m apo_ros.cli train ...` or "
         "`accelerate launch -m apo_ros.cli train ...` (DistributedDataParallel).",
     )

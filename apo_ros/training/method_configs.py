@@ -46,7 +46,7 @@ class MethodConfig(draccus.ChoiceRegistry):
 
 @dataclass
 class BCConfig(MethodConfig):
-    """Token NLL on the method's steps (bc, dagger; sirius weights it per class)."""
+    """Token NLL on the method's steps (sirius weights it per class)."""
 
     # share of the uniform distribution mixed into each token target
     label_smoothing: float = 0.0
@@ -86,7 +86,7 @@ class SiriusConfig(BCConfig):
 
 @dataclass
 class PreferenceConfig(MethodConfig):
-    """Methods that compare the policy with its frozen reference (kto, apo, tpo)."""
+    """Methods that compare the policy with its frozen reference."""
 
     # reward scale (paper, TRL and GRAPE: 0.1)
     beta: float = 0.1

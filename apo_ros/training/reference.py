@@ -1,4 +1,4 @@
-"""The frozen reference's scores for the preference objectives (kto, apo, tpo).
+"""The frozen reference's scores for the preference objectives (methods with `needs_reference`).
 
 With `reference: cached` (default) the frozen reference scores every sample once before
 training, on UN-AUGMENTED inputs; the policy then sees augmented inputs each step. The reward

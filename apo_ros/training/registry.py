@@ -31,7 +31,13 @@ from apo_ros.training.method_configs import (
     SiriusConfig,
     TPOConfig,
 )
-from apo_ros.training.samplers import BalancedSampler, UniformSampler, WindowSampler
+from apo_ros.training.samplers import (
+    BalancedSampler,
+    UniformSampler,
+    WindowSampler,
+    capped_shares,
+    group_counts,
+)
 
 if TYPE_CHECKING:
     from apo_ros.training.samples import SampleSet
@@ -96,16 +102,16 @@ def get_method(name: str) -> Method:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data checks (composable)
+# Data checks (composable; a new method picks its own from these)
 # ---------------------------------------------------------------------------------------------
-def _needs_demos(name: str):
+def needs_demos(name: str):
     def check(samples: SampleSet, config) -> None:
         if not samples.is_demo.any():
             raise DataError(f"{name} trains on expert demos: give demo bags with --demos")
     return check
 
 
-def _needs_interaction(name: str):
+def needs_interaction(name: str):
     def check(samples: SampleSet, config) -> None:
         if not samples.has_interaction_data():
             raise DataError(f"{name} needs interaction data (bags recorded while the policy ran, with "
@@ -113,16 +119,16 @@ def _needs_interaction(name: str):
     return check
 
 
-def _needs_interventions(name: str):
+def needs_interventions(name: str):
     def check(samples: SampleSet, config) -> None:
-        _needs_interaction(name)(samples, config)
+        needs_interaction(name)(samples, config)
         if samples.intervention_starts().size == 0:
             raise DataError(f"{name} learns from interventions, but the --data bags have none "
                             "(no human-controlled steps)")
     return check
 
 
-def _all(*checks):
+def all_checks(*checks):
     def check(samples: SampleSet, config) -> None:
         for c in checks:
             c(samples, config)
@@ -130,13 +136,13 @@ def _all(*checks):
 
 
 def _check_dagger(samples: SampleSet, config) -> None:
-    _needs_interaction("dagger")(samples, config)
+    needs_interaction("dagger")(samples, config)
     if not samples.human_mask().any():
         raise DataError("dagger adds the operator's corrections to the demos, but the --data bags "
                         "have no human-controlled steps")
 
 
-def _needs_undesirable(name: str):
+def needs_undesirable(name: str):
     def check(samples: SampleSet, config) -> None:
         if not samples.undesirable.any():
             raise DataError(f"{name}: no undesirable samples (no policy steps before any intervention)")
@@ -164,8 +170,6 @@ def group_shares(samples: SampleSet, pool: np.ndarray, config) -> tuple[dict, di
     saved config and the study's tables: per group its rows, its share of the pool ("data"), its
     expected share of every batch ("batch") and how much more often than uniform sampling each
     of its rows is drawn ("repeat" = batch / data)."""
-    from apo_ros.training.samplers import capped_shares, group_counts
-
     mode = sampling_of(config)
     groups = {g: rows[pool[rows]] for g, rows in samples.groups().items()}
     sizes = {g: len(rows) for g, rows in groups.items()}
@@ -191,7 +195,7 @@ def group_shares(samples: SampleSet, pool: np.ndarray, config) -> tuple[dict, di
     return groups, description
 
 
-def _pooled(rows: Callable[[SampleSet], np.ndarray], *, targets_exclude_undesirable: bool = False):
+def pooled(rows: Callable[[SampleSet], np.ndarray], *, targets_exclude_undesirable: bool = False):
     """A sampler over the method's pool `rows(samples)` (minus held-out / unused episodes and
     dropped steps) as the run's `sampling` says: natural = uniform over the pool (without
     replacement per pass); released = the ratio_* shares of its groups per batch (fixed counts,
@@ -233,31 +237,33 @@ def _tpo_pairs(samples: SampleSet, config, batch: int, seed: int):
 # and Sirius fine-tune the deployed policy like APO does, so they share its rate by default.
 # ---------------------------------------------------------------------------------------------
 LOSSES = "apo_ros.training.losses"
-def _every_step(samples: SampleSet) -> np.ndarray:
+
+
+def every_step(samples: SampleSet) -> np.ndarray:
     return np.ones(len(samples), bool)
 
 
-register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", _pooled(lambda s: s.is_demo),
-                needs_reference=False, default_lr=5e-4, check=_needs_demos("bc"), config=BCConfig))
+register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", pooled(lambda s: s.is_demo),
+                needs_reference=False, default_lr=5e-4, check=needs_demos("bc"), config=BCConfig))
 register(Method("dagger", "HG-DAgger: demos + the operator's corrections", f"{LOSSES}:bc_step",
-                _pooled(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
+                pooled(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
                 check=_check_dagger, config=DaggerConfig))
 register(Method("sirius", "every step, weighted by its Sirius class", f"{LOSSES}:sirius_step",
-                _pooled(_every_step), needs_reference=False, default_lr=5e-5,
-                check=_needs_interaction("sirius"), config=SiriusConfig))
+                pooled(every_step), needs_reference=False, default_lr=5e-5,
+                check=needs_interaction("sirius"), config=SiriusConfig))
 register(Method("kto", "KTO (TRL semantics) on desirable / human / undesirable steps",
-                f"{LOSSES}:kto_step", _pooled(_every_step, targets_exclude_undesirable=True),
+                f"{LOSSES}:kto_step", pooled(every_step, targets_exclude_undesirable=True),
                 needs_reference=True, default_lr=5e-5,
-                check=_all(_needs_interventions("kto"), _needs_undesirable("kto")),
+                check=all_checks(needs_interventions("kto"), needs_undesirable("kto")),
                 default_sampling="released", config=KTOConfig))
 register(Method("tpo", "trajectory DPO on the windows around each intervention (GRAPE)", f"{LOSSES}:tpo_step",
                 _tpo_pairs, needs_reference=True, default_lr=2e-5,
-                check=_all(_needs_interventions("tpo"), _check_tpo_windows), samplings=("natural",),
+                check=all_checks(needs_interventions("tpo"), _check_tpo_windows), samplings=("natural",),
                 config=TPOConfig))
 register(Method("apo", "Action Preference Optimization: gripper masking + adaptive reweighting",
-                f"{LOSSES}:apo_step", _pooled(_every_step, targets_exclude_undesirable=True),
+                f"{LOSSES}:apo_step", pooled(every_step, targets_exclude_undesirable=True),
                 needs_reference=True, default_lr=5e-5,
-                check=_all(_needs_interventions("apo"), _needs_undesirable("apo")),
+                check=all_checks(needs_interventions("apo"), needs_undesirable("apo")),
                 default_sampling="released", config=AposConfig))
 
 

@@ -11,7 +11,7 @@ Output directory:
     <out>/metrics.csv             one row per log interval and per validation pass
     <out>/tb/                     TensorBoard events (when tensorboard is installed)
     <out>/train_config.json       the resolved configuration
-    <out>/reference_cache.safetensors  frozen-reference log-probs (kto, apo, tpo with reference=cached)
+    <out>/reference_cache.safetensors  frozen-reference log-probs (methods with a reference, reference=cached)
 
 The pieces: `config` (TrainConfig), `registry` (per method: data check, sampler, step loss,
 reference, default lr), `batches` (rows -> tensors), `reference` (the frozen reference's scores),
