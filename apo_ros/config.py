@@ -305,14 +305,28 @@ def parse_config(cls: type[T], *, yaml_path: str | None = None, overrides: Mappi
         layers.append((source or f"{cls.__name__} options", overrides))
     if flags:
         layers.append(("command line", flags))
-    merged: dict = {}
     for name, layer in layers:
         if not isinstance(layer, Mapping):
             raise ConfigError(f"{name}: expected a mapping of {cls.__name__} options, got "
                               f"{type(layer).__name__} {layer!r}")
+    # a flat choice picked by a later layer (`--method bc`) applies to the earlier ones' options
+    chosen = _selectors(cls, [layer for _, layer in layers])
+    merged: dict = {}
+    for name, layer in layers:
         merged = merge(merged, layer)
-        _decode(cls, merged, name)
-    return _decode(cls, merged, layers[-1][0] if layers else source or cls.__name__)
+        _decode(cls, {**merged, **chosen}, name)
+    return _decode(cls, {**merged, **chosen}, layers[-1][0] if layers else source or cls.__name__)
+
+
+def _selectors(cls: type, layers: list[Mapping]) -> dict:
+    """The selector fields of `cls`'s flat choices that some layer sets: the last value of each."""
+    out: dict = {}
+    for f, _ in _flat_choices(cls):
+        selector = f.metadata[_FLAT_CHOICE]
+        for layer in layers:
+            if selector in layer:
+                out[selector] = layer[selector]
+    return out
 
 
 def config_to_dict(config: Any) -> dict:

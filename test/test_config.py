@@ -206,3 +206,16 @@ def test_messages_come_from_draccus_structured_errors_not_its_wording(monkeypatc
         with pytest.raises(ConfigError) as info:
             parse_config(Outer, overrides=layer, source="s")
         assert str(info.value) == f"s: {message}"
+
+
+def test_a_later_layers_choice_applies_to_the_earlier_layers_options(tmp_path):
+    path = tmp_path / "car.yaml"
+    path.write_text("kwh: 80\n")  # no kind: the command line picks it
+    parser = argparse.ArgumentParser(prog="t")
+    add_config_arguments(parser, Car)
+    car = config_from_args(Car, parser.parse_args(["--kind", "electric"]), yaml_path=str(path))
+    assert car.engine == Electric(kwh=80.0)
+    # the mistake is still named against the layer that made it
+    path.write_text("kind: electric\nkwh: 80\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: kwh: not an option of kind diesel"):
+        config_from_args(Car, parser.parse_args(["--kind", "diesel"]), yaml_path=str(path))

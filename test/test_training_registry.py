@@ -135,6 +135,21 @@ def test_register_refuses_a_taken_name_and_a_config_that_is_not_one():
     assert "odd" not in method_names()
 
 
+def test_a_method_without_settings_gets_a_config_class_of_its_own():
+    register(Method("plain", "bc without settings", losses.bc_step, pooled(lambda s: s.is_demo),
+                    needs_reference=False, default_lr=1e-3, check=needs_demos("plain")))
+    try:
+        own = get_method("plain").config
+        assert own is not MethodConfig and issubclass(own, MethodConfig)
+        assert type(TrainConfig(method="plain").method_config) is own
+        # the other methods still decode to their own classes
+        assert TrainConfig.from_dict({"method": "apo", "beta": 0.3}).method_config == AposConfig(beta=0.3)
+        with pytest.raises(ConfigError, match="beta: not an option of method plain"):
+            TrainConfig.from_dict({"method": "plain", "beta": 0.3})
+    finally:
+        unregister("plain")
+
+
 # ---------------------------------------------------------------------------------------------
 # The user-facing surface is unchanged: flat keys, in code, YAML and flags
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ built for the GLOBAL batch (`batch_size x processes`); the trainer hands each pr
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class Method:
     check: Callable[[SampleSet, object], None]  # raises DataError when the data cannot train it
     default_sampling: str = "natural"  # the `sampling` used when the config leaves it null
     samplings: tuple[str, ...] = SAMPLINGS  # the ones that make sense
-    config: type[MethodConfig] = MethodConfig  # the method's own settings (a fresh class per method)
+    config: type[MethodConfig] = MethodConfig  # the method's own settings (default: none)
 
     def loss(self, b, rows, step: int):
         if callable(self.loss_path):
@@ -79,7 +80,11 @@ def register(method: Method) -> Method:
     if method.default_sampling not in method.samplings or not set(method.samplings) <= set(SAMPLINGS):
         raise ValueError(f"{method.name}: samplings {method.samplings} must be among {SAMPLINGS} and "
                          f"hold the default {method.default_sampling!r}")
-    MethodConfig.register_subclass(method.name, method.config)  # one class per method name
+    if method.config is MethodConfig:  # no settings: a class of its own (draccus decodes the
+        # declared base type directly once the base itself has a name)
+        method = dataclasses.replace(method, config=dataclasses.make_dataclass(
+            f"{method.name.title().replace('_', '')}Config", [], bases=(MethodConfig,)))
+    MethodConfig.register_subclass(method.name, method.config)
     METHODS[method.name] = method
     return method
 
