@@ -68,7 +68,7 @@ def toy_step(b, rows, step) -> StepOutput:
 @pytest.fixture
 def toy():
     register(Method("toy", "bc scaled by a factor (a test's method)", toy_step, pooled(lambda s: s.is_demo),
-                    needs_reference=False, default_lr=1e-3, check=needs_demos("toy"), config=ToyConfig))
+                    needs_reference=False, default_lr=1e-3, check=needs_demos(), config=ToyConfig))
     try:
         yield "toy"
     finally:
@@ -128,16 +128,16 @@ def test_unregister_leaves_no_trace(toy):
 def test_register_refuses_a_taken_name_and_a_config_that_is_not_one():
     with pytest.raises(ValueError, match="already registered"):
         register(Method("apo", "again", toy_step, pooled(lambda s: s.is_demo), needs_reference=False,
-                        default_lr=1e-3, check=needs_demos("apo")))
+                        default_lr=1e-3, check=needs_demos()))
     with pytest.raises(TypeError, match="MethodConfig subclass"):
         register(Method("odd", "x", toy_step, pooled(lambda s: s.is_demo), needs_reference=False,
-                        default_lr=1e-3, check=needs_demos("odd"), config=dict))
+                        default_lr=1e-3, check=needs_demos(), config=dict))
     assert "odd" not in method_names()
 
 
 def test_a_method_without_settings_gets_a_config_class_of_its_own():
     register(Method("plain", "bc without settings", losses.bc_step, pooled(lambda s: s.is_demo),
-                    needs_reference=False, default_lr=1e-3, check=needs_demos("plain")))
+                    needs_reference=False, default_lr=1e-3, check=needs_demos()))
     try:
         own = get_method("plain").config
         assert own is not MethodConfig and issubclass(own, MethodConfig)

@@ -25,16 +25,22 @@ def _range(value) -> str:
     return json.dumps(value)
 
 
+def _loss_name(m) -> str:
+    loss = m.loss_path
+    return loss.rsplit(":", 1)[-1] if isinstance(loss, str) else loss.__name__
+
+
 def methods_table() -> str:
-    """One row per registered method: what it trains on and the defaults it leaves to itself."""
-    rows = ["| method | what it trains | reference | default lr | default sampling | "
-            "other defaults of null settings |", "|---|---|---|---|---|---|"]
+    """One row per registered method: what it trains, what it needs, the defaults it leaves to
+    itself."""
+    rows = ["| method | what it trains | step loss | needs | reference | default lr | default sampling | "
+            "other defaults of null settings |", "|---|---|---|---|---|---|---|---|"]
     for name, m in METHODS.items():
         sampling = m.default_sampling + ("" if len(m.samplings) > 1 else " (only)")
         effective = m.config().effective()
         other = ", ".join(f"`{k}` {_range(v)}" for k, v in effective.items()) or "-"
-        rows.append(f"| `{name}` | {m.summary} | {'yes' if m.needs_reference else 'no'} | "
-                    f"{m.default_lr:g} | {sampling} | {other} |")
+        rows.append(f"| `{name}` | {m.summary} | `{_loss_name(m)}` | {m.check.needs} | "
+                    f"{'yes' if m.needs_reference else 'no'} | {m.default_lr:g} | {sampling} | {other} |")
     return "\n".join(rows)
 
 

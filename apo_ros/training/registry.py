@@ -56,7 +56,7 @@ class Method:
     sampler: Callable[[SampleSet, object, int, int], object]  # (samples, config, global batch, seed)
     needs_reference: bool
     default_lr: float
-    check: Callable[[SampleSet, object], None]  # raises DataError when the data cannot train it
+    check: DataCheck  # raises DataError when the data cannot train it
     default_sampling: str = "natural"  # the `sampling` used when the config leaves it null
     samplings: tuple[str, ...] = SAMPLINGS  # the ones that make sense
     config: type[MethodConfig] = MethodConfig  # the method's own settings (default: none)
@@ -109,54 +109,76 @@ def get_method(name: str) -> Method:
 # ---------------------------------------------------------------------------------------------
 # Data checks (composable; a new method picks its own from these)
 # ---------------------------------------------------------------------------------------------
-def needs_demos(name: str):
+@dataclass(frozen=True)
+class DataCheck:
+    """`check(samples, config)` raises DataError, naming `config.method`, when the data cannot
+    train the method; `needs` says what it asks of the data, for the docs' table."""
+
+    needs: str
+    check: Callable[[SampleSet, object], None]
+
+    def __call__(self, samples: SampleSet, config) -> None:
+        self.check(samples, config)
+
+
+def needs_demos() -> DataCheck:
     def check(samples: SampleSet, config) -> None:
+        name = config.method
         if not samples.is_demo.any():
             raise DataError(f"{name} trains on expert demos: give demo bags with --demos")
-    return check
+    return DataCheck("demos", check)
 
 
-def needs_interaction(name: str):
+def needs_interaction() -> DataCheck:
     def check(samples: SampleSet, config) -> None:
+        name = config.method
         if not samples.has_interaction_data():
             raise DataError(f"{name} needs interaction data (bags recorded while the policy ran, with "
                             "human corrections): give them with --data")
-    return check
+    return DataCheck("interaction bags", check)
 
 
-def needs_interventions(name: str):
+def needs_interventions() -> DataCheck:
     def check(samples: SampleSet, config) -> None:
-        needs_interaction(name)(samples, config)
+        name = config.method
+        needs_interaction()(samples, config)
         if samples.intervention_starts().size == 0:
             raise DataError(f"{name} learns from interventions, but the --data bags have none "
                             "(no human-controlled steps)")
-    return check
+    return DataCheck("interaction bags with interventions", check)
 
 
-def all_checks(*checks):
+def needs_human_steps() -> DataCheck:
+    def check(samples: SampleSet, config) -> None:
+        name = config.method
+        needs_interaction()(samples, config)
+        if not samples.human_mask().any():
+            raise DataError(f"{name} adds the operator's corrections to the demos, but the --data bags "
+                            "have no human-controlled steps")
+    return DataCheck("interaction bags with human-controlled steps", check)
+
+
+def needs_undesirable() -> DataCheck:
+    def check(samples: SampleSet, config) -> None:
+        name = config.method
+        if not samples.undesirable.any():
+            raise DataError(f"{name}: no undesirable samples (no policy steps before any intervention)")
+    return DataCheck("undesirable steps", check)
+
+
+def needs_tpo_windows() -> DataCheck:
+    def check(samples: SampleSet, config) -> None:
+        name = config.method
+        if len(samples.tpo_windows(config.method_config.tpo_window)) == 0:
+            raise DataError(f"{name}: no intervention has policy steps right before it to pair with")
+    return DataCheck("policy steps right before an intervention", check)
+
+
+def all_checks(*checks: DataCheck) -> DataCheck:
     def check(samples: SampleSet, config) -> None:
         for c in checks:
             c(samples, config)
-    return check
-
-
-def _check_dagger(samples: SampleSet, config) -> None:
-    needs_interaction("dagger")(samples, config)
-    if not samples.human_mask().any():
-        raise DataError("dagger adds the operator's corrections to the demos, but the --data bags "
-                        "have no human-controlled steps")
-
-
-def needs_undesirable(name: str):
-    def check(samples: SampleSet, config) -> None:
-        if not samples.undesirable.any():
-            raise DataError(f"{name}: no undesirable samples (no policy steps before any intervention)")
-    return check
-
-
-def _check_tpo_windows(samples: SampleSet, config) -> None:
-    if len(samples.tpo_windows(config.method_config.tpo_window)) == 0:
-        raise DataError("tpo: no intervention has policy steps right before it to pair with")
+    return DataCheck(", ".join(c.needs for c in checks), check)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,26 +271,26 @@ def every_step(samples: SampleSet) -> np.ndarray:
 
 
 register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", pooled(lambda s: s.is_demo),
-                needs_reference=False, default_lr=5e-4, check=needs_demos("bc"), config=BCConfig))
+                needs_reference=False, default_lr=5e-4, check=needs_demos(), config=BCConfig))
 register(Method("dagger", "HG-DAgger: demos + the operator's corrections", f"{LOSSES}:bc_step",
                 pooled(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
-                check=_check_dagger, config=DaggerConfig))
+                check=needs_human_steps(), config=DaggerConfig))
 register(Method("sirius", "every step, weighted by its Sirius class", f"{LOSSES}:sirius_step",
                 pooled(every_step), needs_reference=False, default_lr=5e-5,
-                check=needs_interaction("sirius"), config=SiriusConfig))
+                check=needs_interaction(), config=SiriusConfig))
 register(Method("kto", "KTO (TRL semantics) on desirable / human / undesirable steps",
                 f"{LOSSES}:kto_step", pooled(every_step, targets_exclude_undesirable=True),
                 needs_reference=True, default_lr=5e-5,
-                check=all_checks(needs_interventions("kto"), needs_undesirable("kto")),
+                check=all_checks(needs_interventions(), needs_undesirable()),
                 default_sampling="released", config=KTOConfig))
 register(Method("tpo", "trajectory DPO on the windows around each intervention (GRAPE)", f"{LOSSES}:tpo_step",
                 _tpo_pairs, needs_reference=True, default_lr=2e-5,
-                check=all_checks(needs_interventions("tpo"), _check_tpo_windows), samplings=("natural",),
+                check=all_checks(needs_interventions(), needs_tpo_windows()), samplings=("natural",),
                 config=TPOConfig))
 register(Method("apo", "Action Preference Optimization: gripper masking + adaptive reweighting",
                 f"{LOSSES}:apo_step", pooled(every_step, targets_exclude_undesirable=True),
                 needs_reference=True, default_lr=5e-5,
-                check=all_checks(needs_interventions("apo"), needs_undesirable("apo")),
+                check=all_checks(needs_interventions(), needs_undesirable()),
                 default_sampling="released", config=AposConfig))
 
 
