@@ -19,12 +19,13 @@ export MUJOCO_GL ?= egl
 
 OPENPI_VENV := .venv-openpi-client
 
-.PHONY: demo study test lint typecheck-nodes venv constraints openpi-client-venv clean help
+.PHONY: demo study test test-fast lint typecheck-nodes venv constraints openpi-client-venv clean help
 
 help:
 	@echo "make demo   - set up .venv and run the correction flywheel on the simulator (apo-ros demo)"
 	@echo "make study  - the powered two-task method comparison (apo-ros demo --full; hours of CPU)"
 	@echo "make test   - set up .venv, then ruff, the static check of the ROS nodes, and pytest"
+	@echo "make test-fast - ruff and the tests not marked slow (no ROS graphs, servers or demo study)"
 
 venv: $(STAMP)
 
@@ -80,6 +81,11 @@ $(OPENPI_VENV)/.installed: test/openpi_client_requirements.txt
 
 test: lint typecheck-nodes openpi-client-venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS) test
+
+# the edit-test loop: everything but the tests marked slow (real ROS graphs, servers, the demo
+# study end to end); `make test` still runs them all
+test-fast: lint
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS) test
 
 clean:
 	rm -rf $(VENV) $(OPENPI_VENV) $(OPENPI_VENV).failed $(OPENPI_VENV).log .pytest_cache .ruff_cache .mypy_cache

@@ -32,7 +32,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "pyyaml>=6",
-        "draccus==0.11.6",  # dataclass configs (apo_ros/config.py), as LeRobot
+        "draccus>=0.11.6,<0.12",  # dataclass configs (apo_ros/config.py), as LeRobot
         "rich>=13",
         "matplotlib>=3.7",
         "torch>=2.2",

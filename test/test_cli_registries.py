@@ -17,8 +17,8 @@ from apo_ros.sim.task_specs import TASK_SPECS, task_names
 
 ROOT = Path(__file__).resolve().parents[1] / "apo_ros"
 
-# Full copies that other changes remove (the per-method training configs); the lead empties it at
-# merge.
+# Full copies kept by an area this change does not own (the trainer's options per policy kind);
+# its owners remove them, and the list with them.
 KNOWN_COPIES_REMOVED_AT_MERGE = {("apo_ros/training/config.py", "policy kinds")}
 
 

@@ -3,14 +3,15 @@ every method, validation, selection, test evaluation on shared seeds, lifelong r
 really start from the base, a rerun resumes, and the statistics are what they claim."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from apo_ros.cli import main
+from apo_ros.demo.config import learning_methods, study_methods
+from apo_ros.demo.report import POLICY_LABEL
 from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
-from apo_ros.demo.study import METHODS, StudyConfig, run_study
+from apo_ros.demo.study import StudyConfig, run_study
 from apo_ros.errors import ConfigError
 
 
@@ -74,29 +75,92 @@ def _tiny(out, **kw):
     return StudyConfig(**base)
 
 
-def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base(tmp_path):
+COMPARED = (*study_methods(), "apo_natural")
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """One toy study shared by the tests below: (its OUT, its results)."""
+    out = tmp_path_factory.mktemp("demo") / "study"
+    return out, run_study(_tiny(out), progress=False, log=lambda m: None)
+
+
+# the tests sharing the study run on one xdist worker, so it runs once (about a minute: slow)
+def study_tests(test):
+    return pytest.mark.slow(pytest.mark.xdist_group("demo_tiny_study")(test))
+
+
+@study_tests
+def test_tiny_study_writes_its_results_as_json_markdown_and_figure(tiny_study):
+    out, results = tiny_study
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    # the policy table: a row per policy in the tables' order, each with its success and interval
+    md = (out / "results.md").read_text()
+    rows = md.split("| policy | success")[1].split("\n\n")[0].splitlines()[2:]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    policies = results["tasks"]["lemon_on_plate"]["policies"]
+    assert [c[0] for c in cells] == ["base", *learning_methods(), POLICY_LABEL["fresh"],
+                                     POLICY_LABEL["fresh_matched"], "apo_natural (apo: sampling=natural)"]
+    for c, name in zip(cells, ["base", *study_methods(), "apo_natural"]):
+        e = policies[name]
+        assert c[1] == f"{e['mean']:.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]", name
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@study_tests
+def test_tiny_study_reports_every_policy_with_its_interval_and_chosen_setting(tiny_study):
+    _, results = tiny_study
+    t = results["tasks"]["lemon_on_plate"]
+    assert set(t["policies"]) == {"base", *COMPARED}
+    for name, entry in t["policies"].items():
+        # the same number of test episodes per pipeline seed: the mean is the mean of the seeds'
+        assert len(entry["per_seed"]) == 2
+        assert entry["mean"] == pytest.approx(sum(entry["per_seed"]) / 2), name
+        assert 0.0 <= entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1] <= 1.0, name
+        if name != "base":  # chosen by the same sweep (every setting validated), on validation
+            assert (entry["lr"], entry["steps"]) in {(lr, s) for lr in (1e-4, 1e-3) for s in (2, 4)}
+            assert sorted((r["lr"], r["steps"]) for r in t["sweep"][name]) == [
+                (1e-4, 2), (1e-4, 4), (1e-3, 2), (1e-3, 4)], name
+
+
+@study_tests
+def test_tiny_study_pairs_every_method_with_the_base_and_apo_with_every_other(tiny_study):
+    # (a toy base solves nothing: the values of the differences are checked in test_demo_report.py)
+    _, results = tiny_study
+    t = results["tasks"]["lemon_on_plate"]
+    assert set(t["paired"]) == ({f"{m} - base" for m in COMPARED}
+                                | {f"apo - {m}" for m in COMPARED if m != "apo"})
+    for name, d in t["paired"].items():
+        assert d["ci95"][0] <= d["diff"] <= d["ci95"][1] and len(d["per_seed"]) == 2, name
+
+
+@study_tests
+def test_tiny_study_runs_the_lifelong_rounds_from_the_deployments(tiny_study):
+    _, results = tiny_study
+    t = results["tasks"]["lemon_on_plate"]
+    r0 = t["round0"]
+    assert set(t["rounds"]) == {"apo", "dagger"}
+    for m, rows in t["rounds"].items():
+        assert [r["round"] for r in rows] == [0, 1, 2]
+        # round 0 is the base's deployment: the base's test success and round 0's take-overs
+        assert rows[0]["success"]["mean"] == t["policies"]["base"]["mean"]
+        assert rows[0]["interventions"] == r0["interventions"]
+        assert rows[0]["deployment_episodes"] == r0["episodes"] == 2 * 2  # 2 seeds x 2 episodes
+        # round 1 is the comparison's checkpoint; later rounds one deployment per seed
+        assert rows[1]["success"]["mean"] == t["policies"][m]["mean"]
+        assert [r["deployment_episodes"] for r in rows[1:]] == [2, 2]
+        assert all(0.0 <= r["intervention_ratio"]["mean"] <= 1.0 for r in rows)
+
+
+@study_tests
+def test_tiny_study_starts_every_method_from_its_seeds_base(tiny_study):
+    """Every method, every pipeline seed: trained from that seed's base (its policy id, and weights
+    far closer to the base than a fresh initialization is)."""
     import torch
 
     from apo_ros.policies import build_policy, load_policy
 
-    out = tmp_path / "study"
-    results = run_study(_tiny(out), progress=False, log=lambda m: None)
-    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
-    t = results["tasks"]["lemon_on_plate"]
-    assert set(t["policies"]) == {"base", *METHODS, "apo_natural"}
-    for name, entry in t["policies"].items():
-        assert len(entry["per_seed"]) == 2
-        assert 0.0 <= entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1] <= 1.0
-        if name != "base":  # chosen by the same sweep
-            assert entry["lr"] in (1e-4, 1e-3) and entry["steps"] in (2, 4)
-    assert {"apo - base", "apo - dagger", "fresh - base"} <= set(t["paired"])
-    for m in ("apo", "dagger"):
-        assert [r["round"] for r in t["rounds"][m]] == [0, 1, 2]
-        assert all(0.0 <= r["intervention_ratio"]["mean"] <= 1.0 for r in t["rounds"][m])
-    assert (out / "results.md").read_text().count("|") > 40 and (out / "results.png").stat().st_size > 1000
-
-    # every method, every pipeline seed: trained from that seed's base (its policy id, and weights
-    # far closer to the base than a fresh initialization is)
+    out, _ = tiny_study
     for p in range(2):
         base_dir = out / "lemon_on_plate" / f"seed{p}" / "base" / "policy"
         base = load_policy(str(base_dir), device="cpu")
@@ -104,11 +168,11 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
         fresh = build_policy("state", base.stats, instructions=["put the lemon on the plate"],
                              **_tiny(out).policy)
         fresh_w = torch.cat([x.detach().flatten() for x in fresh.parameters()])
-        for m in (*METHODS, "apo_natural"):
+        for m in COMPARED:
             run = out / "lemon_on_plate" / f"seed{p}" / "sweep" / f"{m}_lr1e-3_to4"
             facts = json.loads((run / "train_config.json").read_text())
             init, config = facts["init"], facts["config"]
-            if m.startswith("apo"):  # the variant is apo with its own weights, tuned the same way
+            if m.startswith("apo"):  # the variant is apo with its own sampling, tuned the same way
                 assert config["method"] == "apo"
                 assert config["sampling"] == ("natural" if m == "apo_natural" else None), m
             assert init["init_policy_id"] == base.policy_id, m
@@ -116,25 +180,34 @@ def test_tiny_study_writes_results_resumes_and_starts_every_method_from_the_base
             w = torch.cat([x.detach().flatten() for x in trained.parameters()])
             assert (w - base_w).norm() < 0.2 * (fresh_w - base_w).norm(), m
 
-    # a rerun with the same --out does no work again and gives the same results
+
+@study_tests
+def test_tiny_study_resumes_without_redoing_work(tiny_study):
+    out, results = tiny_study
     mtime = (out / "jobs" / "lemon_on_plate__seed0__base.json").stat().st_mtime
     again = run_study(_tiny(out), progress=False, log=lambda m: None)
     assert (out / "jobs" / "lemon_on_plate__seed0__base.json").stat().st_mtime == mtime
     assert again["tasks"] == results["tasks"]
-    assert os.path.isdir(out / "lemon_on_plate" / "seed1" / "rounds" / "round0")
     # the test of each method names the setting chosen for it (a resumed study that chooses
     # otherwise evaluates its new choice instead of reusing the old one's result)
-    chosen = t["policies"]["apo"]
+    chosen = results["tasks"]["lemon_on_plate"]["policies"]["apo"]
     assert (out / "jobs" / f"lemon_on_plate__seed0__test__apo_lr{chosen['lr']:.0e}_s{chosen['steps']}.json"
             .replace("e-0", "e-")).exists()
-    # a study made with other result-shaping settings is not resumed from its cache
+
+
+@study_tests
+def test_tiny_study_refuses_to_resume_with_other_result_shaping_settings(tiny_study):
+    out, _ = tiny_study
     with pytest.raises(ConfigError, match="base_steps: 3 there, 5 now"):
         run_study(_tiny(out, base_steps=5), progress=False, log=lambda m: None)
     with pytest.raises(ConfigError, match="variants"):  # a variant redefined under its old name
         run_study(_tiny(out, variants={"apo_natural": {"method": "apo", "k": 3}}), progress=False,
                   log=lambda m: None)
+
+
+def test_a_variant_must_name_a_trainable_method(tmp_path):
     with pytest.raises(ValueError, match="variant 'x'"):
-        _tiny(out, variants={"x": {"method": "nonsense"}})
+        _tiny(tmp_path, variants={"x": {"method": "nonsense"}})
 
 
 def test_demo_rejects_bad_options_in_one_line(tmp_path, capsys):

@@ -6,8 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from apo_ros.demo.study import StudyConfig, job_match_fresh, job_session
-from apo_ros.demo.study_report import winner, winner_line
+from apo_ros.demo.config import StudyConfig
+from apo_ros.demo.jobs import job_match_fresh, job_session
+from apo_ros.demo.keys import evaluation_key
+from apo_ros.demo.plan import Study
+from apo_ros.demo.report import build_results, winner, winner_line
+from apo_ros.demo.study import method_videos_for, run_study
 
 
 def test_matched_control_takes_whole_expert_episodes_until_the_corrections_steps(tmp_path):
@@ -51,9 +55,6 @@ def test_lifelong_methods_must_learn_from_deployments():
 
 
 def test_choice_stability_and_recovery_in_the_report(tmp_path):
-    from apo_ros.demo.study import Study
-    from apo_ros.demo.study_report import build_results
-
     c = StudyConfig(tasks=["lemon_on_plate"], pipeline_seeds=2, methods=["dagger"], lifelong_methods=[],
                     sweep_lrs=[1e-4, 1e-3], sweep_steps=[10], validation_episodes=4, test_episodes=4,
                     rounds=0, out=str(tmp_path), bootstrap_draws=200)
@@ -66,7 +67,6 @@ def test_choice_stability_and_recovery_in_the_report(tmp_path):
     assert ch["lr"] == 1e-3 and ch["seeds_agreeing"] == 1 and ch["per_seed_choice"][0] == [1e-4, 10]
     base = [[1, 1, 0, 0], [1, 0, 0, 0]]
     dagger = [[1, 0, 1, 1], [1, 0, 1, 0]]  # solves 3 of the base's 5 failures, keeps 2 of its 3 successes
-    from apo_ros.demo.study import evaluation_key
     for p in range(2):
         for name, rows in (("base", base), ("dagger", dagger)):
             results[evaluation_key("lemon_on_plate", p, name, chosen)] = {"success": rows[p], "failures": []}
@@ -82,8 +82,6 @@ def test_choice_stability_and_recovery_in_the_report(tmp_path):
 
 def test_demo_films_every_compared_policy_on_one_test_state(tmp_path):
     import av
-
-    from apo_ros.demo.study import method_videos_for, run_study
 
     c = StudyConfig(tasks=["lemon_on_plate"], out=str(tmp_path / "s"), pipeline_seeds=1, demo_episodes=2,
                     base_steps=3, batch_size=8, interaction_episodes=1, methods=["dagger"],

@@ -22,7 +22,8 @@ from apo_ros.nodes.wiring import SIM, resolve  # noqa: E402
 from apo_ros.recording import chunks  # noqa: E402
 from apo_ros.recording import messages as M  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("ros_graph")  # one graph at a time, with test_graph.py's
+# one graph at a time, with test_graph.py's; a real graph takes tens of seconds: not in the fast tier
+pytestmark = [pytest.mark.xdist_group("ros_graph"), pytest.mark.slow]
 
 HZ = 5.0  # below 10 Hz: the shared test machine is loaded, and the deadlines are real time
 RATE = {"sim_arm_node": {"control_hz": HZ}, "policy_node": {"rate_hz": HZ},

@@ -27,7 +27,7 @@ from apo_ros.nodes.probe import GraphProbe  # noqa: E402
 from apo_ros.nodes.wiring import SIM, resolve  # noqa: E402
 from apo_ros.recording import messages as M  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("ros_graph_hardening")
+pytestmark = [pytest.mark.xdist_group("ros_graph_hardening"), pytest.mark.slow]
 
 WAIT = 60.0
 T = M.rclpy_types()

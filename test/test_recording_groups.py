@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from apo_ros.cli import main
 from apo_ros.recording.groups import run_group
 from apo_ros.recording.synthetic import write_synthetic_episode
@@ -58,6 +60,7 @@ def test_info_summarizes_rounds_and_methods(tmp_path, capsys):
     assert "round1  apo" in text
 
 
+@pytest.mark.slow  # renders a figure of every episode: ~10 s
 def test_plot_writes_the_summary_next_to_the_timeline(tmp_path, capsys):
     _demo_tree(tmp_path / "demo_out")
     out = tmp_path / "timeline.png"

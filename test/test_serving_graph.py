@@ -19,7 +19,8 @@ from apo_ros.nodes.probe import GraphProbe  # noqa: E402
 from apo_ros.nodes.wiring import SIM, resolve  # noqa: E402
 from apo_ros.recording import messages as M  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("ros_graph")  # one graph at a time, with test_graph.py's
+# one graph at a time, with test_graph.py's; a real graph takes tens of seconds: not in the fast tier
+pytestmark = [pytest.mark.xdist_group("ros_graph"), pytest.mark.slow]
 
 
 def executed(probe: GraphProbe, since_ns: int) -> list[tuple[int, np.ndarray]]:

@@ -194,6 +194,7 @@ class KillingPolicy:
         self.remote.reset()
 
 
+@pytest.mark.slow  # starts the server twice and waits out a hold: ~10 s
 def test_server_killed_mid_episode_holds_then_recovers_without_stale_actions(checkpoint, tmp_path,
                                                                               caplog, one_thread):
     server = ServeProcess(checkpoint)

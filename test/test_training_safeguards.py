@@ -99,10 +99,13 @@ def test_z0_clamp_caps_a_climbing_reference_point_in_the_objective():
 
 
 def test_method_defaults_of_the_clamp():
-    assert TrainConfig(method="apo").effective_z0_clamp == (-5.0, 5.0)
-    assert TrainConfig(method="kto").effective_z0_clamp == (0.0, None)
-    assert TrainConfig(method="apo", z0_clamp=[0, float("inf")]).effective_z0_clamp == (0.0, None)
-    assert TrainConfig.from_dict({"method": "kto", "z0_clamp": ["-inf", 5]}).effective_z0_clamp == (None, 5.0)
+    def clamp(config):
+        return config.method_config.effective_z0_clamp
+
+    assert clamp(TrainConfig(method="apo")) == (-5.0, 5.0)
+    assert clamp(TrainConfig(method="kto")) == (0.0, None)
+    assert clamp(TrainConfig(method="apo", z0_clamp=[0, float("inf")])) == (0.0, None)
+    assert clamp(TrainConfig.from_dict({"method": "kto", "z0_clamp": ["-inf", 5]})) == (None, 5.0)
 
 
 @pytest.mark.parametrize("method, clamp, shift, expected", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from apo_ros.recording.synthetic import write_synthetic_episode
 from apo_ros.training import objectives
 from apo_ros.training.cache import DataError
 from apo_ros.training.policy_init import init_policy
+from apo_ros.training.registry import get_method, method_names
 from apo_ros.training.trainer import TrainConfig, TrainingError, train_policy
 
 TINY = {"image_size": 16, "channels": [4, 4], "hidden": 16}
@@ -39,7 +41,9 @@ def bags(tmp_path_factory):
 
 def _config(bags, **kw):
     base = dict(steps=4, batch_size=8, log_every=2, save_every=0, progress=False, cache_dir=bags["cache"],
-                policy=dict(TINY), threads=1, tpo_window=4)
+                policy=dict(TINY), threads=1)
+    if kw.get("method") == "tpo":
+        base["tpo_window"] = 4
     base.update(kw)
     return TrainConfig(**base)
 
@@ -53,7 +57,7 @@ def _rows(out):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("method", ["bc", "dagger", "sirius", "kto", "tpo", "apo"])
+@pytest.mark.parametrize("method", method_names())
 def test_every_method_trains_end_to_end(bags, tmp_path, method):
     out = str(tmp_path / method)
     path = train_policy(_config(bags, method=method), bags["demos"], [bags["data_dir"]], "small", out)
@@ -64,7 +68,7 @@ def test_every_method_trains_end_to_end(bags, tmp_path, method):
     rows = _rows(out)
     assert [r["step"] for r in rows] == ["2", "4"]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
-    if method in ("kto", "apo", "tpo"):
+    if get_method(method).needs_reference:
         assert os.path.isfile(os.path.join(out, "reference_cache.safetensors"))
         assert rows[-1]["reward_desirable"] != ""
     # the last periodic checkpoint is the same policy
@@ -90,29 +94,43 @@ def test_apo_variants_run(bags, tmp_path):
 
     base = run("base")
     assert len(base) == 3
-    # the clamp is applied: z0 = clamp(z0_unclamped, -5, 5) (apo default) at every step, and pinning
-    # it (min = max = 1) changes the loss
+    # the clamp is applied: z0 = clamp(z0_unclamped, -5, 5) (apo default) at every step
     for row in base:
         assert row["z0"] == pytest.approx(min(max(row["z0_unclamped"], -5.0), 5.0), abs=1e-6)
     pinned = run("pinned", z0_clamp=[1.0, 1.0])
     assert all(r["z0"] == pytest.approx(1.0) for r in pinned)
-    assert pinned[0]["loss"] != pytest.approx(base[0]["loss"], rel=1e-6)
-    # at step 1 the policy is its reference: every log-ratio (hence z0) is 0; after the first
-    # update the exact z0 (mismatched pairs) and the released code's matched estimate differ
-    matched = run("matched", z0_mode="matched", z0_clamp=["-inf", "inf"])
+    # at step 1 the policy is its reference: every reward (hence the exact z0) is 0. A batch of 8
+    # drawn at the released shares holds 4 desirable + 2 human (desirable) + 2 undesirable rows;
+    # with static weights (1) and one micro-group the loss is the sum of the row losses: 0.5
+    # each at z0 = 0, and at z0 = 1 sigmoid(0.1) per desirable row, sigmoid(-0.1) per undesirable
     assert base[0]["z0_unclamped"] == pytest.approx(0.0, abs=1e-5)
+    flat = run("flat", reweight=False)
+    assert flat[0]["loss"] == pytest.approx(8 * 0.5, rel=1e-5)
+    pinned_flat = run("pinned_flat", reweight=False, z0_clamp=[1.0, 1.0])
+    sig = 1 / (1 + math.exp(-0.1))
+    assert pinned_flat[0]["loss"] == pytest.approx(6 * sig + 2 * (1 - sig), rel=1e-5)
+    # without reweighting the static weights (1) are used; the adaptive ones are below 1
+    assert flat[0]["weight_desirable"] == 1.0 and base[0]["weight_desirable"] < 1.0
+    # matched z0 (the released code's cheap estimate) is the batch's own mean reward: with the
+    # gripper unmasked, (6 r_desirable + 2 r_undesirable) / 8 at every step
+    matched = run("matched", z0_mode="matched", z0_clamp=["-inf", "inf"], mask_gripper=False)
+    for row in matched:
+        own = (6 * row["reward_desirable"] + 2 * row["reward_undesirable"]) / 8
+        assert row["z0_unclamped"] == pytest.approx(own, rel=1e-4, abs=1e-6)
+    # ... which the exact estimate (mismatched pairs) is not, once the policy has moved
     assert matched[2]["z0_unclamped"] != pytest.approx(base[2]["z0_unclamped"], abs=1e-4)
-    # online exact z0 pairs batch neighbours instead of the cached fixed partners: another estimate
+    # online exact z0 pairs batch neighbours instead of the cached fixed partners: the same 0 at
+    # step 1 (policy = reference), another estimate after
     online = run("online", reference="online")
+    assert online[0]["z0_unclamped"] == pytest.approx(0.0, abs=1e-5)
     assert online[2]["z0_unclamped"] != pytest.approx(base[2]["z0_unclamped"], abs=1e-6)
     # mean instead of sum over a micro-group of 8: the step-1 loss is divided by 8 exactly
     mean = run("mean", apo_reduction="mean")
     assert mean[0]["loss"] == pytest.approx(base[0]["loss"] / 8, rel=1e-5)
-    # without reweighting, the static weights (1) are used
-    flat = run("flat", reweight=False)
-    assert flat[0]["weight_desirable"] == 1.0 and base[0]["weight_desirable"] < 1.0
-    # gripper masking changes the undesirable rewards once the policy has moved
+    # gripper masking changes the undesirable rewards once the policy has moved, and only those:
+    # at step 1 (before any update differs) the two runs are the same
     unmasked = run("unmasked", mask_gripper=False)
+    assert unmasked[0]["loss"] == pytest.approx(base[0]["loss"], rel=1e-6)
     assert unmasked[2]["reward_undesirable"] != pytest.approx(base[2]["reward_undesirable"], abs=1e-7)
 
 

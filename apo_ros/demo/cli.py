@@ -12,6 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from apo_ros.config import add_config_arguments, config_from_args, load_yaml, merge
+from apo_ros.demo.config import TEST_SEED0, StudyConfig
+from apo_ros.demo.report import study_markdown, winner_line
+from apo_ros.demo.study import method_videos_for, run_study
+
 # The three presets (StudyConfig fields over its defaults; the defaults are the full study).
 PRESETS: dict[str, dict] = {
     "quick": dict(tasks=["lemon_on_plate"], pipeline_seeds=1, base_steps=2000,
@@ -28,14 +33,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-TEST_SEED0 = 100_000
-
-
 def run_demo_command(args: argparse.Namespace) -> int:
-    from apo_ros.config import config_from_args, load_yaml, merge
-    from apo_ros.demo.study import StudyConfig, run_study
-    from apo_ros.demo.study_report import study_markdown
-
     mode = "full" if args.full else "quick" if args.quick else "default"
     preset = dict(PRESETS[mode])
     if args.config:
@@ -50,13 +48,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
                         log=lambda m: print(m, file=sys.stderr, flush=True))
     print(study_markdown(results))
     if args.videos:
-        from apo_ros.demo.study import method_videos_for
-
         videos = method_videos_for(config, results, log=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"videos: {videos['grid']} (every policy on test seed {TEST_SEED0}, side by side), "
               f"{videos['still']}")
-    from apo_ros.demo.study_report import winner_line
-
     for task, t in results["tasks"].items():
         print(winner_line(task, t.get("winner", {})))
     print(f"results: {config.out}/results.json, results.md, results.png (bags: "
@@ -65,9 +59,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from apo_ros.config import add_config_arguments
-    from apo_ros.demo.study import StudyConfig
-
     p = sub.add_parser(
         "demo",
         help="the correction flywheel end to end on the simulator, APO vs baselines",

@@ -19,6 +19,7 @@ Writes OUT/results.json and prints it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,15 +31,17 @@ TARGETS = ("recorded", "retokenized")
 
 def _register_own_steps_bc() -> str:
     """A bc variant over demos + the interaction bags' policy steps (plain NLL)."""
-    from apo_ros.training.registry import METHODS, Method, _needs_demos, _uniform, register
+    from apo_ros.training.method_configs import BCConfig
+    from apo_ros.training.registry import METHODS, Method, needs_demos, pooled, register
     from apo_ros.training.samples import SOURCE_CODE
 
     name = "bc_own_steps"
     if name not in METHODS:
         register(Method(name, "bc on the demos and the deployed policy's own steps",
                         "apo_ros.training.losses:bc_step",
-                        _uniform(lambda s: s.is_demo | ((s.source == SOURCE_CODE["policy"]) & ~s.is_demo)),
-                        needs_reference=False, default_lr=1e-4, check=_needs_demos(name)))
+                        pooled(lambda s: s.is_demo | ((s.source == SOURCE_CODE["policy"]) & ~s.is_demo)),
+                        needs_reference=False, default_lr=1e-4, check=needs_demos(),
+                        config=dataclasses.make_dataclass("BcOwnStepsConfig", [], bases=(BCConfig,))))
     return name
 
 

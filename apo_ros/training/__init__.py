@@ -1,9 +1,10 @@
-"""apo_ros.training: bags -> labeled samples, objectives (bc, dagger, sirius, kto, tpo, apo), the
-method registry, and the trainer. Names are imported lazily so `apo-ros --help` does not pay for
+"""apo_ros.training: bags -> labeled samples, the objectives, the method registry (one entry per
+method: `method_names()`), and the trainer. Names are imported lazily so `apo-ros --help` does not pay for
 torch.
 
     config.py        TrainConfig (+ PolicyOptions): every field a YAML key and a CLI flag
-    registry.py      one entry per method: data check, sampler, step loss, reference, default lr
+    method_configs.py  each method's own settings (AposConfig, KTOConfig ...), checked by their class
+    registry.py      one entry per method: data check, sampler, step loss, config class, default lr
     objectives.py    the losses on plain tensors (TRL style)
     cache.py         bags -> decoded columns, cached on disk
     samples.py       SampleSet: labeled steps, segments, validation split, target tokens
@@ -31,6 +32,10 @@ _EXPORTS = {
     "METHODS": "apo_ros.training.registry",
     "Method": "apo_ros.training.registry",
     "register": "apo_ros.training.registry",
+    "unregister": "apo_ros.training.registry",
+    "method_names": "apo_ros.training.registry",
+    "get_method": "apo_ros.training.registry",
+    "MethodConfig": "apo_ros.training.method_configs",
     "DataError": "apo_ros.training.cache",
     "LabelConfig": "apo_ros.training.samples",
     "SampleSet": "apo_ros.training.samples",

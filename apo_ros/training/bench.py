@@ -1,5 +1,5 @@
-"""`apo-ros bench train`: training step time of apo / kto / bc on the same small policy and batch,
-and the bag -> samples throughput with and without the decoded-bag cache.
+"""`apo-ros bench train`: training step time of a few methods (and APO variants) on the same small
+policy and batch, and the bag -> samples throughput with and without the decoded-bag cache.
 
 Baseline: bc (one teacher-forced pass + backward). Target: apo <= 1.3x bc with cached reference
 log-probs. Also reported: apo with the reference run every step (the released code's way), apo
@@ -46,7 +46,7 @@ def _make_step(samples, config):
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         run = prepare_run(config, samples, "small", out)
-        if get_method(config.method).needs_reference and config.reference == "cached":
+        if get_method(config.method).needs_reference and config.method_config.reference == "cached":
             info["reference_pass_s"] = round(time.perf_counter() - t0, 3)
             info["reference_pass_samples"] = len(samples)
     run.policy.train()

@@ -10,15 +10,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `apo-ros`."""
     from apo_ros.config import add_config_arguments
     from apo_ros.training.config import TrainConfig
-    from apo_ros.training.registry import METHODS
+    from apo_ros.training.registry import METHODS, method_names
 
-    methods = ", ".join(f"{name} ({m.summary})" for name, m in METHODS.items())
+    methods = "; ".join(f"{name}: {m.summary} (default lr {m.default_lr:g}, sampling "
+                        f"{m.default_sampling}{'' if len(m.samplings) > 1 else ' only'})"
+                        for name, m in METHODS.items())
     p = sub.add_parser(
         "train",
-        help=f"train a policy from demo + interaction bags ({', '.join(METHODS)})",
+        help=f"train a policy from demo + interaction bags ({', '.join(method_names())})",
         description="Train a policy from expert-demo bags and interaction bags (policy steps with "
         f"human corrections) and write a checkpoint the policy node can load. Methods: {methods}. "
-        "Every training option is a flag below and a key of the --config YAML (flags win). "
+        "Every training option is a flag below and a key of the --config YAML (flags win); an "
+        "option whose help starts with method names belongs to those methods only. "
         "Multi-GPU / multi-process: `torchrun --nproc_per_node N -m apo_ros.cli train ...` or "
         "`accelerate launch -m apo_ros.cli train ...` (DistributedDataParallel).",
     )

@@ -3,20 +3,30 @@
 `apo-ros train` exposes every field as a flag (`--steps 2000`, `--policy.image_size 64`), a YAML
 file (`--config`) holds the same keys, and every mistake is one line naming the source and the
 field (`train.yaml: steps: expected int, got 'ten'`), through the shared `apo_ros.config` helper.
-Checks across fields live in `TrainConfig.__post_init__`; the method-specific defaults (the
-learning rate) come from the method registry (`apo_ros.training.registry`).
+
+`TrainConfig` holds what every method uses; the chosen method's own settings (beta, z0_clamp,
+label_smoothing ...) are its config class from the method registry (`method_configs.py`), held in
+`method_config`. They are written flat all the same: `method: apo` and `beta: 0.2` side by side in
+YAML, `--beta 0.2`, `TrainConfig(method="apo", beta=0.2)`; a setting the chosen method does not
+take is refused, naming it and the method. Checks across the shared fields live in
+`TrainConfig.__post_init__`, each method's in its config class; the method-specific defaults of
+shared fields (learning rate, sampling) come from the registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from apo_ros.config import config_to_dict, flat_choice, parse_config
 from apo_ros.errors import ConfigError
+from apo_ros.training.method_configs import MethodConfig
+from apo_ros.training.registry import METHODS, SAMPLINGS, get_method, method_names, sampling_of
 
-Z0_MODES: tuple[str, ...] = ("exact", "neighbour_labels", "matched")
+DEFAULT_METHOD = "apo"
 
 # the options each policy kind takes (build_policy keyword names; lora_rank becomes lora)
 POLICY_OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
@@ -105,18 +115,41 @@ class PolicyOptions:
         return options
 
 
+def _flat_method_options(cls):
+    """Let `TrainConfig(method="apo", beta=0.2)` take the method's own settings flat, as YAML
+    files, dicts and flags do (the study builds its runs that way): they are parsed into the
+    method's config class, a setting the method does not take refused by name."""
+    generated = cls.__init__
+    shared = {f.name for f in dataclasses.fields(cls)}
+
+    @functools.wraps(generated)
+    def __init__(self, **settings) -> None:
+        own = {k: settings.pop(k) for k in list(settings) if k not in shared}
+        if own:
+            method = settings.get("method", DEFAULT_METHOD)
+            given = settings.get("method_config")
+            own = {**(config_to_dict(given) if isinstance(given, MethodConfig) else {}), **own}
+            parsed = parse_config(cls, overrides={"method": method, **own}, source="TrainConfig")
+            settings["method_config"] = parsed.method_config
+        generated(self, **settings)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_flat_method_options
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on. YAML files (`--config`) hold these keys; every key
-    is also a flag of `apo-ros train`."""
+    """Everything a training run depends on. YAML files (`--config`) hold these keys and the
+    chosen method's own settings; every key is also a flag of `apo-ros train`."""
 
-    # objective: bc | dagger | sirius | kto | tpo | apo
-    method: str = "apo"
+    # the training method
+    method: str = DEFAULT_METHOD
     # optimizer steps in total (a resumed run continues up to this)
     steps: int = 1000
     # samples per step and process (tpo: step samples, see tpo_pairs)
     batch_size: int = 32
-    # peak learning rate; null = the method's default (bc 5e-4, tpo 2e-5, others 5e-5)
+    # peak learning rate; null = the method's default (`apo-ros train --help` lists them)
     lr: float | None = None
     # AdamW decoupled weight decay (the paper uses plain Adam: 0)
     weight_decay: float = 0.0
@@ -128,41 +161,13 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     # max global gradient L2 norm (0 = no clipping, the norm is still logged)
     grad_clip: float = 1.0
-    # preference objectives (kto, apo, tpo): reward scale (paper, TRL and GRAPE: 0.1)
-    beta: float = 0.1
-    # static lambda_D (kto; apo with reweight off)
-    desirable_weight: float = 1.0
-    # static lambda_U
-    undesirable_weight: float = 1.0
-    # z0's mismatched pairs: exact (a second scoring: sample i's observation with its partner's
-    # action tokens as the teacher-forced input, as KTO/TRL), neighbour_labels (the partner's
-    # tokens scored on sample i's OWN teacher-forced pass, no second scoring, as the released APO
-    # code) or matched (the samples' own log-ratios, a cheap approximation)
-    z0_mode: str = "exact"
-    # z0 clamp [min, max] (inf allowed, e.g. [0, inf]); null = the method's default: apo
-    # [-5, 5] (the released APO code's kl_min / kl_max), kto [0, inf] (TRL)
-    z0_clamp: list[float] | None = None
-    # apo: leave the gripper token out of undesirable samples' reward
-    mask_gripper: bool = True
-    # apo: adaptive lambda from the decoded-action error
-    reweight: bool = True
-    # apo: sum (the paper's total, within micro-groups, averaged over them) or mean
-    apo_reduction: str = "sum"
-    # apo: rows per micro-group of the adaptive weights and the sum (the paper's per-device
-    # batch; 0 = the whole batch)
-    apo_weight_group: int = 8
-    # apo: the adaptive weights divide each error by its group's error sum (the paper's formula:
-    # lambda_D ~0.15, lambda_U ~0.65 in groups of 8) or mean (both ~0.45 in training here)
-    apo_weight_norm: str = "sum"
-    # cached (reference log-probs once per data set) or online (every step)
-    reference: str = "cached"
     # batch size of the one-off reference pass and of validation passes
     reference_batch_size: int = 64
     # how batches are drawn from the method's steps: natural (uniform over them: each group at
     # its share of the data), released (the ratio_* shares per batch, the released APO code's
     # 0.5 / 0.25 / 0.25: corrections ~5x their share), capped (the ratio_* shares, but no group
-    # drawn more than max_repeat times its natural rate); null = the method's default (kto, apo:
-    # released; bc, dagger, sirius, tpo: natural; tpo takes natural only)
+    # drawn more than max_repeat times its natural rate); null = the method's default (`apo-ros
+    # train --help` lists them; some methods take only some samplings)
     sampling: str | None = None
     # capped sampling: the most a group's rows are drawn, relative to natural sampling (>= 1;
     # 1 = natural)
@@ -173,7 +178,8 @@ class TrainConfig:
     ratio_human: float = 0.25
     # released / capped sampling: share of undesirable (pre-intervention) steps
     ratio_undesirable: float = 0.25
-    # policy steps before an intervention labeled undesirable
+    # policy steps before an intervention labeled undesirable (the undesirable group every
+    # sampling draws from; kto and apo learn from them)
     k: int = 10
     # drop no-op policy steps (arm motion below noop_threshold) from the data and skip them when
     # counting the k undesirable steps, as the released code
@@ -181,16 +187,6 @@ class TrainConfig:
     # no-op threshold (released code: 0.05) on sum over the arm dims of |a| / max(|q01|, |q99|):
     # the policy's action scale, with zero kept at zero
     noop_threshold: float = 0.05
-    # Sirius pre-intervention window
-    sirius_window: int = 15
-    # tpo: max steps per window (GRAPE public code: 8)
-    tpo_window: int = 8
-    # tpo: window pairs per step; 0 = max(1, batch_size // (2 * tpo_window))
-    tpo_pairs: int = 0
-    # bc family: share of the uniform distribution mixed into each token target
-    label_smoothing: float = 0.0
-    # bc family: Gaussian target over neighbouring bins, std in bins (small / state policies)
-    bin_sigma: float = 0.0
     # demo episodes used: all; matched (as many as the interaction data has intervened episodes:
     # the paper's real-world mix of 20 intervened trajectories + 20 demos); equal (as many as
     # interaction episodes, intervened or not); or a number
@@ -237,47 +233,41 @@ class TrainConfig:
     tensorboard: bool = True
     # build options when --init is a policy kind
     policy: PolicyOptions = field(default_factory=PolicyOptions)
+    # the method's own settings (its registered config class), written flat beside these keys;
+    # null = the method's defaults
+    method_config: MethodConfig = flat_choice("method")
 
     def __post_init__(self) -> None:
-        from apo_ros.training.registry import METHODS, SAMPLINGS
-
         if isinstance(self.policy, Mapping):  # TrainConfig(policy={"image_size": 16}) from code
-            from apo_ros.config import parse_config
-
             self.policy = parse_config(PolicyOptions, overrides=self.policy, source="policy")
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+            raise ValueError(f"method must be one of {method_names()}, got {self.method!r}")
+        method = get_method(self.method)
+        if self.method_config is None:
+            self.method_config = method.config()
+        if type(self.method_config) is not method.config:
+            raise ValueError(f"method_config: {type(self.method_config).__name__} does not configure "
+                             f"{self.method} (its settings are a {method.config.__name__})")
         self.demo_mix = str(self.demo_mix)
-        if self.z0_clamp is not None:
-            self.z0_clamp = [float(v) for v in self.z0_clamp]
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
-            (self.batch_size >= 2 or not METHODS[self.method].needs_reference,
+            (self.batch_size >= 2 or not method.needs_reference,
              "batch_size must be >= 2 for preference objectives"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.schedule in ("cosine", "constant"), "schedule must be 'cosine' or 'constant'"),
-            (self.z0_mode in Z0_MODES, f"z0_mode must be one of {list(Z0_MODES)}"),
-            (self.z0_clamp is None or (len(self.z0_clamp) == 2 and self.z0_clamp[0] <= self.z0_clamp[1]),
-             "z0_clamp must be [min, max] with min <= max (inf allowed), or null for the method's default"),
             (self.sampling is None or self.sampling in SAMPLINGS,
              f"sampling must be one of {list(SAMPLINGS)} or null (the method's default)"),
-            (self.sampling is None or self.sampling in METHODS[self.method].samplings,
-             f"{self.method} takes sampling {list(METHODS[self.method].samplings)}: its batches are "
-             "window pairs, one correction window and the policy window before it, so they hold "
-             "corrections and undesirable steps half and half by construction"),
+            (self.sampling is None or self.sampling in method.samplings,
+             f"{self.method} takes sampling {list(method.samplings)}"),
             (self.max_repeat >= 1, "max_repeat must be >= 1 (1 = natural sampling)"),
             (min(self.ratio_desirable, self.ratio_human, self.ratio_undesirable) >= 0
              and self.ratio_desirable + self.ratio_human + self.ratio_undesirable > 0,
              "ratio_desirable, ratio_human, ratio_undesirable must be >= 0, not all 0"),
+            (self.k >= 0, "k must be >= 0"),
             (self.noop_threshold >= 0, "noop_threshold must be >= 0"),
-            (self.reference in ("cached", "online"), "reference must be 'cached' or 'online'"),
-            (self.apo_reduction in ("sum", "mean"), "apo_reduction must be 'sum' or 'mean'"),
-            (self.tpo_window >= 1, "tpo_window must be >= 1"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.lr is None or self.lr > 0, "lr must be > 0"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (self.bin_sigma >= 0, "bin_sigma must be >= 0"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
             (self.val_every >= 1, "val_every must be >= 1"),
             (self.val_max_samples >= 1, "val_max_samples must be >= 1"),
@@ -285,8 +275,6 @@ class TrainConfig:
             (self.patience >= 0, "patience must be >= 0"),
             (self.patience == 0 or self.val_fraction > 0,
              "patience (early stopping) needs validation episodes: set val_fraction > 0"),
-            (self.apo_weight_group >= 0, "apo_weight_group must be >= 0"),
-            (self.apo_weight_norm in ("sum", "mean"), "apo_weight_norm must be 'sum' or 'mean'"),
             (self.demo_mix in ("all", "matched", "equal") or self.demo_mix.isdigit(),
              "demo_mix must be 'all', 'matched', 'equal' or a number of demo episodes"),
             (self.reference_batch_size >= 1, "reference_batch_size must be >= 1"),
@@ -297,50 +285,30 @@ class TrainConfig:
 
     @property
     def peak_lr(self) -> float:
-        from apo_ros.training.registry import METHODS
-
-        return float(self.lr) if self.lr is not None else METHODS[self.method].default_lr
+        return float(self.lr) if self.lr is not None else get_method(self.method).default_lr
 
     @property
     def effective_sampling(self) -> str:
         """`sampling`, or the method's default when null."""
-        from apo_ros.training.registry import sampling_of
-
         return sampling_of(self)
-
-    @property
-    def effective_z0_clamp(self) -> tuple[float | None, float | None]:
-        """(min, max) of z0's clamp (None = unbounded on that side): `z0_clamp`, or the
-        method's default when null (apo [-5, 5], kto [0, inf], none for the others)."""
-        from apo_ros.training.registry import METHODS
-
-        pair = self.z0_clamp if self.z0_clamp is not None else METHODS[self.method].default_z0_clamp
-        if pair is None:
-            return None, None
-        lo, hi = (float(v) for v in pair)
-        return (None if lo == -math.inf else lo), (None if hi == math.inf else hi)
 
     def effective(self) -> dict:
         """The settings a null field leaves to the method, as this run uses them (for the saved
         config and the study's tables)."""
-        return {"lr": self.peak_lr, "sampling": self.effective_sampling,
-                "z0_clamp": list(self.effective_z0_clamp)}  # null: unbounded on that side
+        return {"lr": self.peak_lr, "sampling": self.effective_sampling, **self.method_config.effective()}
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain YAML / JSON types, the method's settings flat beside the shared ones."""
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping, *, source: str = "config") -> TrainConfig:
         """From a mapping of options (ConfigError naming `source` and the field on a mistake)."""
-        from apo_ros.config import parse_config
-
         return parse_config(cls, overrides=dict(d), source=source)
 
     @classmethod
     def from_yaml(cls, path: str, **overrides) -> TrainConfig:
         """From a YAML file, `overrides` (not None) winning."""
-        from apo_ros.config import parse_config
-
         given = {k: v for k, v in overrides.items() if v is not None}
         return parse_config(cls, yaml_path=path, overrides=given or None, source="overrides")
 

@@ -157,9 +157,6 @@ class Validation:
             policy.train(was_training)
         return total / max(count, 1.0), (error / max(action_count, 1.0) if bins else float("nan"))
 
-    def token_nll(self, rows: np.ndarray) -> float:
-        return self.scores(rows)[0]
-
     def __call__(self) -> dict[str, float]:
         """{"val_nll_demos", "val_nll_data", "train_nll"} (and the *_bin_error figures for bin
         policies) for the sets that have rows."""

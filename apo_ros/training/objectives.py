@@ -37,7 +37,7 @@ SIRIUS_PRE_INTERVENTION_SHARE = 0.002
 
 
 # ---------------------------------------------------------------------------------------------
-# Behaviour cloning (bc, dagger, sirius)
+# Behaviour cloning (and its per-sample weighted form)
 # ---------------------------------------------------------------------------------------------
 def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor,
                    exclude: torch.Tensor | None = None) -> torch.Tensor:

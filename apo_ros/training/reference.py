@@ -1,4 +1,4 @@
-"""The frozen reference's scores for the preference objectives (kto, apo, tpo).
+"""The frozen reference's scores for the preference objectives (methods with `needs_reference`).
 
 With `reference: cached` (default) the frozen reference scores every sample once before
 training, on UN-AUGMENTED inputs; the policy then sees augmented inputs each step. The reward
@@ -49,6 +49,9 @@ class ReferenceScores:
     def __init__(self, reference, batches: Batches, out: str, init_facts: dict, log=print):
         self.reference, self.b, self.out, self.init_facts, self.log = reference, batches, out, init_facts, log
         self.config = batches.config
+        own = self.config.method_config
+        self.z0_mode = own.z0_pairs()  # None: the method has no z0 (tpo): no mismatched pairs
+        self.mode = own.reference  # cached or online
         self.logps_cache: torch.Tensor | None = None  # float [N, L]
         self.kl_cache: torch.Tensor | None = None  # float [N]: summed, on the partner's tokens
         self.partner: np.ndarray | None = None
@@ -56,7 +59,7 @@ class ReferenceScores:
     def key(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({"init": self.init_facts, "bags": [cache_key(b) for b in self.b.samples.bags],
-                             "z0_mode": self.config.z0_mode, "seed": self.config.seed,
+                             "z0_mode": self.z0_mode, "seed": self.config.seed,
                              "chunk": self.b.chunk}, sort_keys=True, default=str).encode())
         h.update(self.b.tokens.numpy().tobytes())
         h.update(self.b.token_mask.numpy().tobytes())
@@ -65,12 +68,12 @@ class ReferenceScores:
     def prepare(self) -> None:
         """Choose the partners and (cached mode) score every sample once."""
         n = len(self.b.samples)
-        if self.config.z0_mode in ("exact", "neighbour_labels") and n > 1:
+        if self.z0_mode in ("exact", "neighbour_labels") and n > 1:
             # A fixed single-cycle permutation: every sample has a partner other than itself.
             order = np.random.default_rng([self.config.seed, 13]).permutation(n)
             self.partner = np.empty(n, np.int64)
             self.partner[order] = np.roll(order, -1)
-        if self.config.reference != "cached":
+        if self.mode != "cached":
             return
         from safetensors.torch import load_file, save_file
 
@@ -98,7 +101,7 @@ class ReferenceScores:
             idx = np.arange(lo, min(n, lo + bs))
             inputs = self.b.inputs(idx, None)
             tok, mask = self.b.targets(idx)
-            if kl is not None and self.config.z0_mode == "neighbour_labels":
+            if kl is not None and self.z0_mode == "neighbour_labels":
                 ptok, pmask = self.b.targets(self.partner[idx])
                 ptok, pmask = _same_width(ptok, pmask, tok.shape[1])
                 with self.b.autocast():
@@ -141,9 +144,9 @@ class ReferenceScores:
         already computed for the sample's own tokens. z0_mode "matched": the samples' own sums;
         "neighbour_labels": the partner's tokens read off `logits`, the policy's own pass."""
         policy = self.b.policy
-        if self.config.z0_mode == "matched" or len(idx) < 2:
+        if self.z0_mode in (None, "matched") or len(idx) < 2:
             return logps.detach().sum(-1), ref.sum(-1)
-        if self.config.z0_mode == "neighbour_labels":
+        if self.z0_mode == "neighbour_labels":
             if logits is None:
                 raise ValueError("z0_mode neighbour_labels needs the policy's own-pass logits")
             if self.kl_cache is not None:

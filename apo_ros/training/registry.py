@@ -1,18 +1,20 @@
-"""One entry per training method: its data check, its sampler, its step loss, whether it needs the
-frozen reference, and its default learning rate.
+"""One entry per training method: its data check, its sampler, its step loss, its config class
+(its own settings), whether it needs the frozen reference, and its default learning rate.
 
-Adding a method = an objective in `objectives.py` (pure tensors) + a step loss in `losses.py`
-that feeds it from a `Batches` + one `register(Method(...))` here. The trainer, the CLI's
-choices, the config's checks and the docs' table read this registry; nothing else tests method
-names.
+Adding a method = an objective (`objectives.py`, pure tensors) + a step loss (`losses.py`) that
+feeds it from a `Batches` + a config class for its settings (`method_configs.py`) + one
+`register(Method(...))` here. The trainer, `TrainConfig`'s checks, the CLI's flags and choices,
+the study's method list and the docs' tables read this registry (`method_names`, `get_method`);
+nothing else lists method names.
 
 A step loss (in `losses.py`) is `loss(b: Batches, rows, step) -> StepOutput`, where `rows` is
-what the method's sampler drew for this process (sample rows, or TPO window pairs). Samplers are built for the
-GLOBAL batch (`batch_size x processes`); the trainer hands each process its slice.
+what the method's sampler drew for this process (sample rows, or TPO window pairs). Samplers are
+built for the GLOBAL batch (`batch_size x processes`); the trainer hands each process its slice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,27 +23,47 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from apo_ros.training.cache import DataError
-from apo_ros.training.samplers import BalancedSampler, UniformSampler, WindowSampler
+from apo_ros.training.method_configs import (
+    AposConfig,
+    BCConfig,
+    DaggerConfig,
+    KTOConfig,
+    MethodConfig,
+    SiriusConfig,
+    TPOConfig,
+)
+from apo_ros.training.samplers import (
+    BalancedSampler,
+    UniformSampler,
+    WindowSampler,
+    capped_shares,
+    group_counts,
+)
 
 if TYPE_CHECKING:
     from apo_ros.training.samples import SampleSet
+
+SAMPLINGS: tuple[str, ...] = ("natural", "released", "capped")
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     summary: str  # one line for --help and the docs
-    loss_path: str  # "module:function" of the step loss (b: Batches, rows, step) -> StepOutput,
-    #                 imported on first use so `apo-ros --help` does not import torch
+    # the step loss (b: Batches, rows, step) -> StepOutput, or its "module:function", imported on
+    # first use so `apo-ros --help` does not import torch
+    loss_path: str | Callable
     sampler: Callable[[SampleSet, object, int, int], object]  # (samples, config, global batch, seed)
     needs_reference: bool
     default_lr: float
-    check: Callable[[SampleSet, object], None]  # raises DataError when the data cannot train it
+    check: DataCheck  # raises DataError when the data cannot train it
     default_sampling: str = "natural"  # the `sampling` used when the config leaves it null
-    samplings: tuple[str, ...] = ("natural", "released", "capped")  # the ones that make sense
-    default_z0_clamp: tuple[float, float] | None = None  # z0's clamp when the config leaves it null
+    samplings: tuple[str, ...] = SAMPLINGS  # the ones that make sense
+    config: type[MethodConfig] = MethodConfig  # the method's own settings (default: none)
 
     def loss(self, b, rows, step: int):
+        if callable(self.loss_path):
+            return self.loss_path(b, rows, step)
         module, name = self.loss_path.split(":")
         return getattr(importlib.import_module(module), name)(b, rows, step)
 
@@ -50,75 +72,118 @@ METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
+    """Add a method (its name must be new) and file its config class under its name."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    if not (isinstance(method.config, type) and issubclass(method.config, MethodConfig)):
+        raise TypeError(f"{method.name}: config must be a MethodConfig subclass, got {method.config!r}")
+    if method.default_sampling not in method.samplings or not set(method.samplings) <= set(SAMPLINGS):
+        raise ValueError(f"{method.name}: samplings {method.samplings} must be among {SAMPLINGS} and "
+                         f"hold the default {method.default_sampling!r}")
+    if method.config is MethodConfig:  # no settings: a class of its own (draccus decodes the
+        # declared base type directly once the base itself has a name)
+        method = dataclasses.replace(method, config=dataclasses.make_dataclass(
+            f"{method.name.title().replace('_', '')}Config", [], bases=(MethodConfig,)))
+    MethodConfig.register_subclass(method.name, method.config)
     METHODS[method.name] = method
     return method
 
 
+def unregister(name: str) -> None:
+    """Remove a method (tests that register a toy one)."""
+    METHODS.pop(name, None)
+    MethodConfig.get_known_choices().pop(name, None)
+
+
+def method_names() -> list[str]:
+    """The registered methods, in registration order."""
+    return list(METHODS)
+
+
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} (known: {list(METHODS)})")
+        raise ValueError(f"unknown method {name!r} (known: {method_names()})")
     return METHODS[name]
 
 
 # ---------------------------------------------------------------------------------------------
-# Data checks (composable)
+# Data checks (composable; a new method picks its own from these)
 # ---------------------------------------------------------------------------------------------
-def _needs_demos(name: str):
+@dataclass(frozen=True)
+class DataCheck:
+    """`check(samples, config)` raises DataError, naming `config.method`, when the data cannot
+    train the method; `needs` says what it asks of the data, for the docs' table."""
+
+    needs: str
+    check: Callable[[SampleSet, object], None]
+
+    def __call__(self, samples: SampleSet, config) -> None:
+        self.check(samples, config)
+
+
+def needs_demos() -> DataCheck:
     def check(samples: SampleSet, config) -> None:
+        name = config.method
         if not samples.is_demo.any():
             raise DataError(f"{name} trains on expert demos: give demo bags with --demos")
-    return check
+    return DataCheck("demos", check)
 
 
-def _needs_interaction(name: str):
+def needs_interaction() -> DataCheck:
     def check(samples: SampleSet, config) -> None:
+        name = config.method
         if not samples.has_interaction_data():
             raise DataError(f"{name} needs interaction data (bags recorded while the policy ran, with "
                             "human corrections): give them with --data")
-    return check
+    return DataCheck("interaction bags", check)
 
 
-def _needs_interventions(name: str):
+def needs_interventions() -> DataCheck:
     def check(samples: SampleSet, config) -> None:
-        _needs_interaction(name)(samples, config)
+        name = config.method
+        needs_interaction()(samples, config)
         if samples.intervention_starts().size == 0:
             raise DataError(f"{name} learns from interventions, but the --data bags have none "
                             "(no human-controlled steps)")
-    return check
+    return DataCheck("interaction bags with interventions", check)
 
 
-def _all(*checks):
+def needs_human_steps() -> DataCheck:
+    def check(samples: SampleSet, config) -> None:
+        name = config.method
+        needs_interaction()(samples, config)
+        if not samples.human_mask().any():
+            raise DataError(f"{name} adds the operator's corrections to the demos, but the --data bags "
+                            "have no human-controlled steps")
+    return DataCheck("interaction bags with human-controlled steps", check)
+
+
+def needs_undesirable() -> DataCheck:
+    def check(samples: SampleSet, config) -> None:
+        name = config.method
+        if not samples.undesirable.any():
+            raise DataError(f"{name}: no undesirable samples (no policy steps before any intervention)")
+    return DataCheck("undesirable steps", check)
+
+
+def needs_tpo_windows() -> DataCheck:
+    def check(samples: SampleSet, config) -> None:
+        name = config.method
+        if len(samples.tpo_windows(config.method_config.tpo_window)) == 0:
+            raise DataError(f"{name}: no intervention has policy steps right before it to pair with")
+    return DataCheck("policy steps right before an intervention", check)
+
+
+def all_checks(*checks: DataCheck) -> DataCheck:
     def check(samples: SampleSet, config) -> None:
         for c in checks:
             c(samples, config)
-    return check
-
-
-def _check_dagger(samples: SampleSet, config) -> None:
-    _needs_interaction("dagger")(samples, config)
-    if not samples.human_mask().any():
-        raise DataError("dagger adds the operator's corrections to the demos, but the --data bags "
-                        "have no human-controlled steps")
-
-
-def _needs_undesirable(name: str):
-    def check(samples: SampleSet, config) -> None:
-        if not samples.undesirable.any():
-            raise DataError(f"{name}: no undesirable samples (no policy steps before any intervention)")
-    return check
-
-
-def _check_tpo_windows(samples: SampleSet, config) -> None:
-    if len(samples.tpo_windows(config.tpo_window)) == 0:
-        raise DataError("tpo: no intervention has policy steps right before it to pair with")
+    return DataCheck(", ".join(c.needs for c in checks), check)
 
 
 # ---------------------------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------------------------
-SAMPLINGS: tuple[str, ...] = ("natural", "released", "capped")
-
-
 def sampling_of(config) -> str:
     """The sampling a run uses: `config.sampling`, or its method's default when that is null."""
     return config.sampling or get_method(config.method).default_sampling
@@ -132,8 +197,6 @@ def group_shares(samples: SampleSet, pool: np.ndarray, config) -> tuple[dict, di
     saved config and the study's tables: per group its rows, its share of the pool ("data"), its
     expected share of every batch ("batch") and how much more often than uniform sampling each
     of its rows is drawn ("repeat" = batch / data)."""
-    from apo_ros.training.samplers import capped_shares, group_counts
-
     mode = sampling_of(config)
     groups = {g: rows[pool[rows]] for g, rows in samples.groups().items()}
     sizes = {g: len(rows) for g, rows in groups.items()}
@@ -159,7 +222,7 @@ def group_shares(samples: SampleSet, pool: np.ndarray, config) -> tuple[dict, di
     return groups, description
 
 
-def _pooled(rows: Callable[[SampleSet], np.ndarray], *, targets_exclude_undesirable: bool = False):
+def pooled(rows: Callable[[SampleSet], np.ndarray], *, targets_exclude_undesirable: bool = False):
     """A sampler over the method's pool `rows(samples)` (minus held-out / unused episodes and
     dropped steps) as the run's `sampling` says: natural = uniform over the pool (without
     replacement per pass); released = the ratio_* shares of its groups per batch (fixed counts,
@@ -185,8 +248,9 @@ def _pooled(rows: Callable[[SampleSet], np.ndarray], *, targets_exclude_undesira
 
 def _tpo_pairs(samples: SampleSet, config, batch: int, seed: int):
     """Draws window pairs: `tpo_pairs` per process (0 = batch_size // (2 tpo_window))."""
-    windows = samples.tpo_windows(config.tpo_window)
-    per_process = config.tpo_pairs or max(1, config.batch_size // (2 * config.tpo_window))
+    own = config.method_config
+    windows = samples.tpo_windows(own.tpo_window)
+    per_process = own.tpo_pairs or max(1, config.batch_size // (2 * own.tpo_window))
     processes = batch // config.batch_size  # `batch` is the global batch
     sampler = WindowSampler(windows, per_process * processes, seed)
     sampler.description = {"sampling": "natural", "windows": int(len(windows)),
@@ -200,31 +264,34 @@ def _tpo_pairs(samples: SampleSet, config, batch: int, seed: int):
 # and Sirius fine-tune the deployed policy like APO does, so they share its rate by default.
 # ---------------------------------------------------------------------------------------------
 LOSSES = "apo_ros.training.losses"
-def _every_step(samples: SampleSet) -> np.ndarray:
+
+
+def every_step(samples: SampleSet) -> np.ndarray:
     return np.ones(len(samples), bool)
 
 
-register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", _pooled(lambda s: s.is_demo),
-                needs_reference=False, default_lr=5e-4, check=_needs_demos("bc")))
+register(Method("bc", "behaviour cloning of the demos", f"{LOSSES}:bc_step", pooled(lambda s: s.is_demo),
+                needs_reference=False, default_lr=5e-4, check=needs_demos(), config=BCConfig))
 register(Method("dagger", "HG-DAgger: demos + the operator's corrections", f"{LOSSES}:bc_step",
-                _pooled(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
-                check=_check_dagger))
+                pooled(lambda s: s.is_demo | s.human_mask()), needs_reference=False, default_lr=5e-5,
+                check=needs_human_steps(), config=DaggerConfig))
 register(Method("sirius", "every step, weighted by its Sirius class", f"{LOSSES}:sirius_step",
-                _pooled(_every_step), needs_reference=False, default_lr=5e-5,
-                check=_needs_interaction("sirius")))
+                pooled(every_step), needs_reference=False, default_lr=5e-5,
+                check=needs_interaction(), config=SiriusConfig))
 register(Method("kto", "KTO (TRL semantics) on desirable / human / undesirable steps",
-                f"{LOSSES}:kto_step", _pooled(_every_step, targets_exclude_undesirable=True),
+                f"{LOSSES}:kto_step", pooled(every_step, targets_exclude_undesirable=True),
                 needs_reference=True, default_lr=5e-5,
-                check=_all(_needs_interventions("kto"), _needs_undesirable("kto")),
-                default_sampling="released", default_z0_clamp=(0.0, float("inf"))))
+                check=all_checks(needs_interventions(), needs_undesirable()),
+                default_sampling="released", config=KTOConfig))
 register(Method("tpo", "trajectory DPO on the windows around each intervention (GRAPE)", f"{LOSSES}:tpo_step",
                 _tpo_pairs, needs_reference=True, default_lr=2e-5,
-                check=_all(_needs_interventions("tpo"), _check_tpo_windows), samplings=("natural",)))
+                check=all_checks(needs_interventions(), needs_tpo_windows()), samplings=("natural",),
+                config=TPOConfig))
 register(Method("apo", "Action Preference Optimization: gripper masking + adaptive reweighting",
-                f"{LOSSES}:apo_step", _pooled(_every_step, targets_exclude_undesirable=True),
+                f"{LOSSES}:apo_step", pooled(every_step, targets_exclude_undesirable=True),
                 needs_reference=True, default_lr=5e-5,
-                check=_all(_needs_interventions("apo"), _needs_undesirable("apo")),
-                default_sampling="released", default_z0_clamp=(-5.0, 5.0)))
+                check=all_checks(needs_interventions(), needs_undesirable()),
+                default_sampling="released", config=AposConfig))
 
 
 def check_method_data(method: str, samples: SampleSet, config) -> None:

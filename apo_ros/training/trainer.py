@@ -11,7 +11,7 @@ Output directory:
     <out>/metrics.csv             one row per log interval and per validation pass
     <out>/tb/                     TensorBoard events (when tensorboard is installed)
     <out>/train_config.json       the resolved configuration
-    <out>/reference_cache.safetensors  frozen-reference log-probs (kto, apo, tpo with reference=cached)
+    <out>/reference_cache.safetensors  frozen-reference log-probs (methods with a reference, reference=cached)
 
 The pieces: `config` (TrainConfig), `registry` (per method: data check, sampler, step loss,
 reference, default lr), `batches` (rows -> tensors), `reference` (the frozen reference's scores),
@@ -129,8 +129,8 @@ def prepare_run(config: TrainConfig, samples: SampleSet, init: str, out: str, *,
         problem = samples.object_state_problem(policy.object_dim)
         if problem:
             raise DataError(problem)
-    samples.label(LabelConfig(k=config.k, noop_filter=config.drop_noop, sirius_window=config.sirius_window,
-                              noop_threshold=config.noop_threshold), stats=policy.stats)
+    samples.label(LabelConfig(k=config.k, noop_filter=config.drop_noop, noop_threshold=config.noop_threshold,
+                              **config.method_config.label_settings()), stats=policy.stats)
     check_method_data(config.method, samples, config)
     _check_smoothing(config, policy)
     params = policy.trainable_parameters()
@@ -329,11 +329,12 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
 
 
 def _check_smoothing(config: TrainConfig, policy) -> None:
-    if not (config.label_smoothing > 0 or config.bin_sigma > 0) or get_method(config.method).needs_reference:
+    own = config.method_config
+    if not own.soft_targets():
         return
     if not hasattr(policy, "token_logits"):
         raise TrainingError(f"label_smoothing / bin_sigma need a policy with token_logits "
                             f"({policy.kind} has none)")
-    if config.bin_sigma > 0 and policy.valid_target_ids.numel() != getattr(policy, "n_bins", -1):
+    if own.bin_sigma > 0 and policy.valid_target_ids.numel() != getattr(policy, "n_bins", -1):
         raise TrainingError(f"bin_sigma smooths over neighbouring bins of a policy whose tokens are "
                             f"the bins (small, state); {policy.kind} tokens are not")

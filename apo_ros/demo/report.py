@@ -9,17 +9,23 @@ from dataclasses import asdict
 
 import numpy as np
 
+from apo_ros.demo.config import CONTROLS, study_methods
+from apo_ros.demo.keys import evaluation_key, lifelong_key
 from apo_ros.demo.stats import bootstrap_difference, bootstrap_mean, bootstrap_ratio
-from apo_ros.demo.study import CONTROLS, evaluation_key, lifelong_key
 
-POLICY_ORDER = ("base", "dagger", "sirius", "kto", "tpo", "apo", "fresh", "fresh_matched")
 POLICY_LABEL = {"fresh": "fresh-expert control (bc, as many episodes as deployments)",
                 "fresh_matched": "matched fresh-expert control (bc, as many steps as the corrections)"}
 
 
+def policy_order() -> tuple[str, ...]:
+    """The tables' order: the base, the registered learning methods, the controls."""
+    return ("base", *study_methods())
+
+
 def _ordered(names) -> list[str]:
     """The compared policies in the tables' order: the known ones, then the variants."""
-    return [n for n in POLICY_ORDER if n in names] + sorted(n for n in names if n not in POLICY_ORDER)
+    order = policy_order()
+    return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
 
 def _label(name: str, variants: dict) -> str:
