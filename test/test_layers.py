@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -285,3 +287,22 @@ def test_the_checker_sees_a_back_door_a_lazy_import_and_a_cycle(tmp_path):
         ("apo_ros.sim.a", "apo_ros.policies.b"), ("apo_ros.sim.c", "apo_ros.policies.b")}
     assert unexpected_cycles([i for i in found if not i.in_function]) == []
     assert unexpected_cycles(found) == [["apo_ros.policies.b", "apo_ros.policies.d"]]
+
+
+# The libraries a command imports inside its handler, so `apo-ros --help` stays light.
+HEAVY_LIBRARIES = ("torch", "transformers", "peft", "rclpy", "av", "pyarrow")
+# MuJoCo still loads while the parser is built: apo_ros/demo/config.py checks task names against
+# apo_ros.sim.TASKS (apo_ros.sim.task_specs has them without MuJoCo); the demo's owners move it.
+HEAVY_AT_HELP_REMOVED_AT_MERGE = ("mujoco",)
+
+
+def test_building_the_command_line_loads_no_heavy_library():
+    code = ("import sys; from apo_ros.cli import build_parser; build_parser(); "
+            f"print(' '.join(m for m in {HEAVY_LIBRARIES + HEAVY_AT_HELP_REMOVED_AT_MERGE!r} "
+            "if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=ROOT.parent).stdout.split()
+    assert not set(loaded) & set(HEAVY_LIBRARIES), f"apo-ros --help imports {loaded}"
+    assert set(loaded) == set(HEAVY_AT_HELP_REMOVED_AT_MERGE), \
+        f"drop what no longer loads from HEAVY_AT_HELP_REMOVED_AT_MERGE: {loaded}"
+
