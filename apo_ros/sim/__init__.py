@@ -12,9 +12,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from apo_ros.sim.env import TabletopEnv, make_env
     from apo_ros.sim.experts import Expert, ExpertConfig, StateExpert, make_expert
     from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
+    from apo_ros.sim.task_specs import TASK_SPECS, TaskSpec, task_names
     from apo_ros.sim.tasks import TASKS, Task
 
 _EXPORTS = {
+    # the task registry without MuJoCo (names, instructions, episode lengths)
+    "TASK_SPECS": "apo_ros.sim.task_specs",
+    "TaskSpec": "apo_ros.sim.task_specs",
+    "task_names": "apo_ros.sim.task_specs",
     "TASKS": "apo_ros.sim.tasks",
     "Task": "apo_ros.sim.tasks",
     "TabletopEnv": "apo_ros.sim.env",
@@ -27,8 +32,8 @@ _EXPORTS = {
     "SimulatedOperator": "apo_ros.sim.operator",
 }
 
-__all__ = ["TASKS", "Expert", "ExpertConfig", "OperatorConfig", "SimulatedOperator", "StateExpert",
-           "TabletopEnv", "Task", "make_env", "make_expert"]
+__all__ = ["TASKS", "TASK_SPECS", "Expert", "ExpertConfig", "OperatorConfig", "SimulatedOperator",
+           "StateExpert", "TabletopEnv", "Task", "TaskSpec", "make_env", "make_expert", "task_names"]
 # `evaluate` lives in the submodule of the same name: `from apo_ros.sim.evaluate import evaluate`
 # (re-exporting it here would be shadowed by the submodule once that is imported).
 
