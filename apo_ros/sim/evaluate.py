@@ -4,7 +4,7 @@ A policy can be
 - the string "expert" (the scripted expert, privileged state, no cameras needed);
 - an object with `select_action(observation) -> (chunk [T, 7], ok)` (apo_ros TokenPolicy and
   anything loaded by `apo_ros.policies.checkpoint.load_policy`): chunk actions are executed one
-  per control step through the runtime's action queue (a new chunk when the last one is used
+  per control step through the control loop's action queue (a new chunk when the last one is used
   up by default; `runner=` for async execution and simulated latency), and `ok == False` means
   "zero motion" for one step (the gripper keeps its last command);
 - a plain callable `observation -> action (7,) or chunk (T, 7)`;
@@ -55,7 +55,7 @@ class _CallablePolicy:
 
 
 class ChunkRunner:
-    """Turns a chunk-producing policy into one action per step, through the runtime's action
+    """Turns a chunk-producing policy into one action per step, through the control loop's action
     queue (`PolicyRunner` without a safety filter: evaluation measures the policy). The default
     is synchronous whole-chunk execution; `config` sets the execution mode, a simulated
     inference latency (`delay_ticks`) and the merge rule. A tick with nothing planned (waiting
@@ -133,7 +133,7 @@ def evaluate(task: str, policy: PolicyLike, episodes: int = 50, seed0: int = 0, 
     `policy(env)` builds the per-episode policy. `batch > 1` runs that many episodes side by side
     and plans their chunks in one batched forward pass (for TokenPolicy objects: same actions as
     one at a time, several times faster for small policies). `runner`: how chunks are executed
-    (the runtime's RunnerConfig: sync / async, simulated latency `delay_ticks`, merge rule;
+    (the control loop's RunnerConfig: sync / async, simulated latency `delay_ticks`, merge rule;
     default synchronous whole chunks)."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")

@@ -5,7 +5,7 @@
 The chunked policy is the scripted expert planning `chunk` actions ahead on a copy of the
 simulator (`PlanningExpert`): a privileged, near-perfect chunked model of the task, so what
 changes between the rows is only latency and how it is handled. Each row runs `sim eval`'s loop
-(`evaluate` with the runtime's `RunnerConfig`): `delay_ticks` of simulated latency per chunk,
+(`evaluate` with the control loop's `RunnerConfig`): `delay_ticks` of simulated latency per chunk,
 "sync" (the arm waits for each chunk) or "async" (the next chunk is computed while the queue
 runs; the actions whose tick passed are dropped), and the merge rule.
 """
