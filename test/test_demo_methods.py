@@ -11,6 +11,7 @@ import pytest
 import apo_ros.demo
 from apo_ros.demo.config import (
     CONTROLS,
+    VARIANTS,
     StudyConfig,
     learning_methods,
     study_methods,
@@ -18,7 +19,7 @@ from apo_ros.demo.config import (
 )
 from apo_ros.demo.plan import Study
 from apo_ros.demo.report import policy_order
-from apo_ros.training.registry import METHODS
+from apo_ros.training.registry import METHODS, unregister
 
 DEMO_DIR = os.path.dirname(apo_ros.demo.__file__)
 
@@ -30,7 +31,7 @@ def toy_method():
     try:
         yield "toy"
     finally:
-        del METHODS["toy"]
+        unregister("toy")
 
 
 def test_the_study_compares_every_registered_learning_method_then_the_controls():
@@ -38,7 +39,7 @@ def test_the_study_compares_every_registered_learning_method_then_the_controls()
     assert learning_methods() == tuple(m for m in METHODS if m != "bc")
     assert study_methods() == (*learning_methods(), *CONTROLS)
     assert policy_order() == ("base", *study_methods())
-    assert StudyConfig().methods == [*study_methods(), "apo_natural"]
+    assert StudyConfig().methods == [*study_methods(), *VARIANTS]
 
 
 def test_a_newly_registered_method_is_swept_tested_and_tabled(toy_method, tmp_path):

@@ -40,7 +40,21 @@ def study_methods() -> tuple[str, ...]:
 
 # apo_natural: APO drawing its batches at the data's natural shares instead of the released
 # 0.5 / 0.25 / 0.25 mix (the sampling setting, shown both ways in every table).
-VARIANTS: dict[str, dict] = {"apo_natural": {"method": "apo", "sampling": "natural"}}
+# dagger_retrain: DAgger as its authors define it - aggregate the data, train a new policy on all
+# of it - i.e. the base's own recipe (from scratch, base_steps at base_lr) on the demos + the
+# corrections; fresh_matched_retrain: the same recipe on the demos + the matched fresh expert
+# steps (its control). A fine-tune from the base does not absorb data it can absorb from scratch
+# (docs/experiments/demo_study.md).
+VARIANTS: dict[str, dict] = {
+    "apo_natural": {"method": "apo", "sampling": "natural"},
+    "dagger_retrain": {"method": "dagger", "init": "scratch"},
+    "fresh_matched_retrain": {"method": "bc", "init": "scratch", "data": "fresh_matched"},
+}
+# Variant keys the study reads itself (not TrainConfig fields): where a run starts ("base": the
+# deployed base, fine-tuned over the sweep; "scratch": a new policy trained with the base's
+# recipe, one setting, no sweep) and what it trains on ("deployments": the demos + round 0; a
+# control's name: the demos + that control's expert data).
+STUDY_VARIANT_KEYS = {"init": ("base", "scratch"), "data": ("deployments", *CONTROLS)}
 # Fields whose change makes cached job results wrong (the job keys do not hold them): a study
 # resumes only with the same values. The others (tasks, seeds, methods, lrs, rounds, workers...)
 # only add or select jobs.
@@ -138,11 +152,19 @@ class StudyConfig:
             if name in methods or not isinstance(v, dict) or v.get("method") not in trainable:
                 raise ValueError(f"variant {name!r} must be a new name with a 'method' in {list(trainable)}, "
                                  f"got {v!r}")
+            for key, allowed in STUDY_VARIANT_KEYS.items():
+                if v.get(key, allowed[0]) not in allowed:
+                    raise ValueError(f"variant {name!r}: {key} must be one of {list(allowed)}, "
+                                     f"got {v[key]!r}")
+            if v.get("init") == "scratch" and REGISTERED_METHODS[v["method"]].needs_reference:
+                raise ValueError(f"variant {name!r}: {v['method']} is defined against the deployed "
+                                 "policy (its frozen reference), so it starts from the base; "
+                                 "init 'scratch' is for methods without a reference")
         bad = [m for m in self.methods if m not in methods and m not in self.variants]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; choose from {list(methods)} or the variants "
                              f"{list(self.variants)}")
-        bad = [m for m in self.lifelong_methods if m not in self.methods or m in CONTROLS]
+        bad = [m for m in self.lifelong_methods if m not in self.methods or self.is_control(m)]
         if bad:
             raise ValueError(f"lifelong_methods {bad} must be compared methods learning from the "
                              f"deployments (not the controls {list(CONTROLS)}): {self.methods}")
@@ -172,11 +194,33 @@ class StudyConfig:
         """A compared method's name -> (the trainer's method, its TrainConfig overrides)."""
         common = dict(self.train_overrides)
         if name in self.variants:
-            v = dict(self.variants[name])
+            v = {k: x for k, x in self.variants[name].items() if k not in STUDY_VARIANT_KEYS}
             method = v.pop("method")
             return method, {**common, **self.method_overrides.get(method, {}), **v}
         method = BASE_METHOD if name in CONTROLS else name
         return method, {**common, **self.method_overrides.get(name, {})}
+
+
+    def init_of(self, name: str) -> str:
+        """Where a compared method's runs start: "base" (fine-tuned over the sweep) or "scratch"."""
+        return self.variants.get(name, {}).get("init", "base")
+
+    def data_of(self, name: str) -> str:
+        """What a compared method trains on besides the demos: "deployments" or a control's data."""
+        if name in CONTROLS:
+            return name
+        return self.variants.get(name, {}).get("data", "deployments")
+
+    def is_control(self, name: str) -> bool:
+        """A control learns from fresh expert data, not from the deployments."""
+        return self.data_of(name) in CONTROLS
+
+    def settings(self, name: str) -> list[tuple[float, int]]:
+        """The (lr, steps) a compared method is tried at: the sweep, or the base's own recipe for
+        a run from scratch."""
+        if self.init_of(name) == "scratch":
+            return [(self.base_lr, self.base_steps)]
+        return [(lr, s) for lr in self.sweep_lrs for s in sorted(self.sweep_steps)]
 
 
 def check_resumable(out: str, config: StudyConfig) -> None:

@@ -44,9 +44,10 @@ class Study:
     def method_data(self, task: str, p: int, m: str) -> tuple[list[str], list[str], tuple[str, ...]]:
         """(demo folders, interaction folders, the jobs they come from) a compared method trains on."""
         k = f"{task}/seed{p}"
-        if m == "fresh":
+        data = self.c.data_of(m)
+        if data == "fresh":
             return [self.demos(task, p), self.fresh_demos(task, p)], [], (f"{k}/fresh_demos",)
-        if m == "fresh_matched":
+        if data == "fresh_matched":
             return [self.demos(task, p), self.matched_demos(task, p)], [], (f"{k}/fresh_matched",)
         return [self.demos(task, p)], [self.round_dir(task, p, 0)], (f"{k}/round0",)
 
@@ -58,16 +59,23 @@ class Study:
         """The sweep run that gives a method's checkpoint at (lr, steps). Constant schedule: one run
         per lr, trained to the longest step count of the sweep with a checkpoint at every count
         (a study resumed with other step counts trains new runs). Cosine: one run per setting,
-        its learning rate decayed to zero over exactly that many steps."""
-        if self.c.sweep_schedule == "cosine":
+        its learning rate decayed to zero over exactly that many steps (as is a run from scratch:
+        the base's recipe)."""
+        if self.c.sweep_schedule == "cosine" or self.c.init_of(method) == "scratch":
             return f"{method}_lr{lr_name(lr)}_s{steps}_cosine"
         return f"{method}_lr{lr_name(lr)}_to{max(self.c.sweep_steps)}"
 
-    def sweep_runs(self, method: str, lr: float) -> list[tuple[str, list[int]]]:
-        """(run name, the step counts it checkpoints) for every run of a method at one lr."""
-        if self.c.sweep_schedule == "cosine":
-            return [(self.sweep_name(method, lr, st), [st]) for st in sorted(self.c.sweep_steps)]
-        return [(self.sweep_name(method, lr), sorted(self.c.sweep_steps))]
+    def sweep_runs(self, method: str) -> list[tuple[float, str, list[int]]]:
+        """(lr, run name, the step counts it checkpoints) for every run of a method."""
+        settings = self.c.settings(method)
+        if self.c.sweep_schedule == "cosine" or self.c.init_of(method) == "scratch":
+            return [(lr, self.sweep_name(method, lr, st), [st]) for lr, st in settings]
+        lrs = list(dict.fromkeys(lr for lr, _ in settings))
+        return [(lr, self.sweep_name(method, lr), sorted(self.c.sweep_steps)) for lr in lrs]
+
+    def run_init(self, task: str, p: int, method: str) -> str:
+        """What a method's sweep run starts from: the base policy, or a new policy of the kind."""
+        return self.c.policy_kind if self.c.init_of(method) == "scratch" else self.base_policy(task, p)
 
     def base_policy(self, task: str, p: int) -> str:
         return os.path.join(self.seed_dir(task, p), "base", "policy")
@@ -107,7 +115,7 @@ class Study:
                     seed=2_000_000 + 10_000 * p, expert_noise=0.0, max_steps=c.max_steps,
                     render=c.render, operator_noise=c.operator_noise, operator_config=c.operator),
                     "session", self._ep_cost() * 2 * c.interaction_episodes, deps=(f"{k}/base",)))
-                if "fresh_matched" in c.methods:
+                if any(c.data_of(m) == "fresh_matched" for m in c.methods):
                     jobs.append(Job(f"{k}/fresh_matched", job_match_fresh_ref, dict(
                         fresh_dir=self.fresh_demos(task, p), corrections=("job", f"{k}/round0"),
                         out_dir=self.matched_demos(task, p), jobs_dir=os.path.join(self.out, "jobs")),
@@ -118,19 +126,18 @@ class Study:
                     method, overrides = c.trainer(m)
                     demos, data, sources = self.method_data(task, p, m)
                     deps = (f"{k}/base", *sources)
-                    for lr in c.sweep_lrs:
-                        for name, steps in self.sweep_runs(m, lr):
-                            run = f"{k}/sweep/{name}"
-                            jobs.append(Job(run, job_train, dict(
-                                method=method, demos=demos, data=data, init=self.base_policy(task, p),
-                                out=os.path.join(self.seed_dir(task, p), "sweep", name),
-                                steps=max(steps), lr=lr, batch_size=c.batch_size, seed=p,
-                                cache_dir=self.cache, policy=c.policy, checkpoint_steps=steps,
-                                overrides=overrides), "train", self._train_cost(max(steps)), deps=deps))
-                            for st in steps:
-                                jobs.append(self._eval_job(
-                                    f"{run}/val{st}", task, ("result", run, str(st)), c.validation_episodes,
-                                    VALIDATION_SEED0, (run,)))
+                    for lr, name, steps in self.sweep_runs(m):
+                        run = f"{k}/sweep/{name}"
+                        jobs.append(Job(run, job_train, dict(
+                            method=method, demos=demos, data=data, init=self.run_init(task, p, m),
+                            out=os.path.join(self.seed_dir(task, p), "sweep", name),
+                            steps=max(steps), lr=lr, batch_size=c.batch_size, seed=p,
+                            cache_dir=self.cache, policy=c.policy, checkpoint_steps=steps,
+                            overrides=overrides), "train", self._train_cost(max(steps)), deps=deps))
+                        for st in steps:
+                            jobs.append(self._eval_job(
+                                f"{run}/val{st}", task, ("result", run, str(st)), c.validation_episodes,
+                                VALIDATION_SEED0, (run,)))
         return jobs
 
     def _eval_job(self, key: str, task: str, policy, episodes: int, seed0: int, deps) -> Job:
@@ -148,13 +155,12 @@ class Study:
         for task in c.tasks:
             for m in c.methods:
                 table = []
-                for lr in c.sweep_lrs:
-                    for s in sorted(c.sweep_steps):
-                        run = self.sweep_name(m, lr, s)
-                        rates = [results[f"{task}/seed{p}/sweep/{run}/val{s}"]["successes"]
-                                 / c.validation_episodes for p in range(c.pipeline_seeds)]
-                        table.append({"lr": lr, "steps": s, "validation": sum(rates) / len(rates),
-                                      "per_seed": rates})
+                for lr, s in c.settings(m):
+                    run = self.sweep_name(m, lr, s)
+                    rates = [results[f"{task}/seed{p}/sweep/{run}/val{s}"]["successes"]
+                             / c.validation_episodes for p in range(c.pipeline_seeds)]
+                    table.append({"lr": lr, "steps": s, "validation": sum(rates) / len(rates),
+                                  "per_seed": rates})
                 def rank(r: dict, v: float) -> tuple:
                     return (v, -r["steps"], -r["lr"])
 
@@ -207,7 +213,9 @@ class Study:
                         if r == c.rounds:
                             break
                         train_key = f"{lk}/gen{r + 1}"
-                        init = current
+                        # a run from scratch retrains on everything so far; a fine-tune goes on
+                        # from the generation that was deployed
+                        init = c.policy_kind if c.init_of(m) == "scratch" else current
                         demos, _, _ = self.method_data(task, p, m)
                         jobs.append(Job(train_key, job_train_ref, dict(
                             method=method, demos=demos, data=list(lineage), init=init,

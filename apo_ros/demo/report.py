@@ -45,7 +45,8 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
     seeds = range(c.pipeline_seeds)
     draws = c.bootstrap_draws
     out: dict = {"config": asdict(c), "tasks": {}, "wall_s": round(wall_s, 1), "job_s": round(job_s, 1),
-                 "policy_kind": c.policy_kind}
+                 "policy_kind": c.policy_kind,
+                 "controls": [m for m in c.methods if c.is_control(m)]}
     for ti, task in enumerate(c.tasks):
         names = ["base", *c.methods]
         mats = {n: _matrix(results, [evaluation_key(task, p, n, chosen) for p in seeds]) for n in names}
@@ -103,7 +104,8 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
                 failures[f or "success_or_time_limit"] = failures.get(f or "success_or_time_limit", 0) + 1
         out["tasks"][task] = {
             "policies": policies, "paired": paired, "rounds": rounds,
-            "winner": winner(policies, paired, c.methods),
+            "winner": winner(policies, paired, c.methods,
+                             controls=[m for m in c.methods if c.is_control(m)]),
             "sweep": {m: chosen[f"{task}/{m}"]["sweep"] for m in c.methods},
             "round0": {"episodes": sum(len(s["per_episode"]) for s in r0),
                        "interventions": int(sum(s["interventions"] for s in r0)),
@@ -115,10 +117,10 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
     return out
 
 
-def winner(policies: dict, paired: dict, methods) -> dict:
+def winner(policies: dict, paired: dict, methods, controls=CONTROLS) -> dict:
     """The method a user should run: the learning method (controls aside) with the highest test
     success, and whether its paired interval against the base lies above zero."""
-    learners = [m for m in methods if m not in CONTROLS]
+    learners = [m for m in methods if m not in controls]
     if not learners:
         return {}
     best = max(learners, key=lambda m: policies[m]["mean"])
@@ -218,7 +220,8 @@ def plot_study(res: dict, path: str) -> str:
         means = [t["policies"][n]["mean"] for n in names]
         lo = [m - t["policies"][n]["ci95"][0] for n, m in zip(names, means)]
         hi = [t["policies"][n]["ci95"][1] - m for n, m in zip(names, means)]
-        colors = ["#888888" if n == "base" else "#d62728" if n == "apo" else "#2ca02c" if n in CONTROLS
+        controls = res.get("controls", CONTROLS)
+        colors = ["#888888" if n == "base" else "#d62728" if n == "apo" else "#2ca02c" if n in controls
                   else "#1f77b4" for n in names]
         ax = axes[row][0]
         ax.bar(names, means, yerr=[lo, hi], capsize=4, color=colors)
