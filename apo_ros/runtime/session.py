@@ -24,6 +24,7 @@ import numpy as np
 
 from apo_ros.actions.space import GRIPPER_INDEX
 from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
+from apo_ros.control.policy_source import ActionSource
 from apo_ros.observation import CAMERAS, Observation
 from apo_ros.recording.chunks import ChunkInfo
 from apo_ros.runtime.config import load_safety_filter
@@ -155,8 +156,8 @@ class SessionSummary:
 
 
 def _resolve_policy(policy: Any, task: str, env: Any, seed: int, device: str | None,
-                    expert_noise: float) -> tuple[Any, str, bool]:
-    """-> (object with select_action/reset, policy_id, is_expert)."""
+                    expert_noise: float) -> tuple[ActionSource, str, bool]:
+    """-> (the source the runner drives, policy_id, is_expert)."""
     if isinstance(policy, str) and policy == "expert":
         return ExpertPolicy(make_expert(task, noise=expert_noise, seed=seed), env), "expert", True
     if isinstance(policy, str):  # a checkpoint directory or a policy server ws://HOST:PORT
