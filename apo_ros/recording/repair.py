@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apo_ros.recording import schema
+from apo_ros.recording.messages import get_typestore as apo_typestore
 from apo_ros.recording.reader import BagError
 
 
@@ -72,9 +73,7 @@ def _rihs01(msgtype: str, msgdef: str, known: dict[str, str]) -> str:
         return known[msgtype]
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-    from apo_ros.recording.messages import get_typestore as apo_store
-
-    store = apo_store("humble")
+    store = apo_typestore("humble")
     if msgtype in store.types:
         return store.hash_rihs01(msgtype)
     fresh = get_typestore(Stores.EMPTY)
@@ -108,8 +107,6 @@ def repair_bag(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
     from rosbags.rosbag2.metadata import parse_qos
 
-    from apo_ros.recording.messages import get_typestore
-
     src = Path(path)
     mcap_path = _mcap_file(src)
     bag_dir = mcap_path.parent
@@ -124,7 +121,7 @@ def repair_bag(path: str | os.PathLike, out: str | os.PathLike | None = None, *,
     channels: dict[int, Channel] = {}
     report = RepairReport(source=str(src), output=str(dst), messages=0,
                           bytes_total=mcap_path.stat().st_size)
-    store = get_typestore("humble")
+    store = apo_typestore("humble")
     info_json: str | None = None
     events: list[str] = []
     writer = Writer(dst, version=8, storage_plugin=StoragePlugin.MCAP)
