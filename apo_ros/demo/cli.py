@@ -20,16 +20,19 @@ from apo_ros.demo.study import method_videos_for, run_study
 # The three presets (StudyConfig fields over its defaults; the defaults are the full study).
 PRESETS: dict[str, dict] = {
     "quick": dict(tasks=["lemon_on_plate"], pipeline_seeds=1, base_steps=2000,
-                  interaction_episodes=10, methods=["dagger", "apo", "fresh_matched"],
-                  lifelong_methods=["dagger"], sweep_lrs=[1e-3], sweep_steps=[1000],
-                  validation_episodes=10, test_episodes=50, rounds=1, round_episodes=10,
+                  interaction_episodes=40, methods=["dagger_retrain", "apo", "fresh_matched"],
+                  lifelong_methods=["dagger_retrain"], sweep_lrs=[1e-3], sweep_steps=[1000],
+                  validation_episodes=10, test_episodes=50, rounds=1, round_episodes=20,
                   round_test_episodes=50, out="demo_out"),
     "default": dict(tasks=["lemon_on_plate"], pipeline_seeds=2,
-                    methods=["dagger", "sirius", "kto", "apo", "apo_natural", "fresh", "fresh_matched"],
+                    methods=["dagger", "apo", "apo_natural", "fresh_matched", "dagger_retrain",
+                             "fresh_matched_retrain"],
                     sweep_lrs=[3e-4, 1e-3], sweep_steps=[2000], validation_episodes=30,
-                    test_episodes=100, rounds=2, round_episodes=10, round_test_episodes=100,
+                    test_episodes=100, rounds=2, round_episodes=30, round_test_episodes=100,
                     out="demo_out"),
-    "full": dict(out="study_out"),
+    # every compared method but the unmatched fresh control (the matched one shows the headroom)
+    "full": dict(methods=["dagger", "sirius", "kto", "tpo", "apo", "apo_natural", "fresh_matched",
+                          "dagger_retrain", "fresh_matched_retrain"], out="study_out"),
 }
 
 

@@ -102,12 +102,14 @@ class StudyConfig:
     base_lr: float = 1e-3
     # Samples per optimizer step (every method).
     batch_size: int = 64
-    # Base deployments with the simulated operator (round 0), per pipeline seed.
-    interaction_episodes: int = 20
+    # Base deployments with the simulated operator (round 0), per pipeline seed. 200: corrections
+    # worth about as many steps as the demos (20 deployments held ~170 operator steps per seed,
+    # too few to move anything; docs/experiments/demo_study.md).
+    interaction_episodes: int = 200
     # Methods compared (each trained from the base on the same data).
     methods: list[str] = field(default_factory=lambda: [*study_methods(), *VARIANTS])
     # The tuning sweep, the same for every method: learning rates x step counts.
-    sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3])
+    sweep_lrs: list[float] = field(default_factory=lambda: [3e-5, 3e-4, 1e-3])
     sweep_steps: list[int] = field(default_factory=lambda: [1000, 4000])
     # "constant": one run per lr at a constant rate, checkpointed at every step count (cheap);
     # "cosine": one run per setting, the rate decayed to zero over its steps, as the base is
@@ -117,10 +119,10 @@ class StudyConfig:
     # (seeds from 100000), the same initial states for every policy and pipeline seed.
     validation_episodes: int = 50
     test_episodes: int = 100
-    # Lifelong rounds after round 0 (apo and dagger), deployments per round, test episodes per
+    # Lifelong rounds after round 0 (lifelong_methods), deployments per round, test episodes per
     # round's policy.
     rounds: int = 3
-    round_episodes: int = 10
+    round_episodes: int = 50
     round_test_episodes: int = 100
     # Parallel worker processes, one torch thread each.
     workers: int = 2
@@ -135,7 +137,7 @@ class StudyConfig:
     train_overrides: dict = field(default_factory=dict)
     method_overrides: dict = field(default_factory=dict)
     # Methods whose lifelong rounds are run (each round: deploy, add the deployment, retrain).
-    lifelong_methods: list[str] = field(default_factory=lambda: ["apo", "dagger"])
+    lifelong_methods: list[str] = field(default_factory=lambda: ["dagger_retrain"])
     # Named variants of a method, compared as methods of their own and tuned the same way: name ->
     # {"method": a registered training method, TrainConfig field: value, ...}; list the name in `methods`.
     # The default one, apo_natural, is APO drawing its batches at the data's natural shares.
