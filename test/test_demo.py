@@ -70,7 +70,8 @@ def _tiny(out, **kw):
                 sweep_lrs=[1e-4, 1e-3], sweep_steps=[2, 4], sweep_schedule="constant",
                 validation_episodes=2, test_episodes=3,
                 rounds=2, round_episodes=1, round_test_episodes=3, workers=1, max_steps=40,
-                bootstrap_draws=200, eval_batch=2)
+                bootstrap_draws=200, eval_batch=2, methods=[*study_methods(), "apo_natural"],
+                lifelong_methods=["apo", "dagger"])
     base.update(kw)
     return StudyConfig(**base)
 
