@@ -17,8 +17,8 @@ import torch
 
 from apo_ros.training import objectives as O
 from apo_ros.training.augmentation import AugmentConfig, augment_images
-from apo_ros.training.config import TrainConfig
 from apo_ros.training.distributed import Distributed
+from apo_ros.training.method_configs import MethodConfig
 from apo_ros.training.samples import SampleSet, encode_targets
 
 
@@ -32,12 +32,19 @@ class StepOutput:
 
 
 class Batches:
-    def __init__(self, config: TrainConfig, samples: SampleSet, policy, dist: Distributed):
-        self.config, self.samples, self.policy, self.dist = config, samples, policy, dist
+    """A run's rows as tensors. It holds only what a step reads (the method's own settings, the
+    seed, augmentation, bf16), not the whole TrainConfig: the config names the methods, whose
+    losses read a Batches."""
+
+    def __init__(self, samples: SampleSet, policy, dist: Distributed, method_config: MethodConfig, *,
+                 seed: int, augment: AugmentConfig, bf16: bool):
+        self.samples, self.policy, self.dist = samples, policy, dist
+        self.method_config = method_config  # the running method's own settings (a loss reads them)
+        self.seed = seed
         self.device = policy.device
         self.chunk = int(policy.chunk_size)
-        self.aug = AugmentConfig(config.augment, config.aug_shift, config.aug_brightness)
-        self.use_autocast = config.bf16 and self.device.type == "cuda"
+        self.aug = augment
+        self.use_autocast = bf16 and self.device.type == "cuda"
         self.tokens, self.token_mask = encode_targets(policy, samples)  # once: they never change
         self.reference = None  # ReferenceScores, set by the trainer for methods that need one
         self.memo: dict = {}  # per-run values a loss function computes once (e.g. Sirius weights)
@@ -49,7 +56,7 @@ class Batches:
         if self.policy.cameras:  # a state policy reads no image: none is gathered or augmented
             images = self.samples.images(idx, self.policy.cameras)
             if augment_step is not None and self.aug.enabled:
-                rng = np.random.default_rng([self.config.seed, 7, self.dist.rank, augment_step])
+                rng = np.random.default_rng([self.seed, 7, self.dist.rank, augment_step])
                 images = augment_images(images, rng, self.aug)
         object_state = self.samples.object_state[idx] if self.policy.uses_object_state else None
         return self.policy.prepare(images, self.samples.proprio[idx], self.samples.instruction_texts(idx),

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from apo_ros.errors import UserError
+from apo_ros.training.augmentation import AugmentConfig
 from apo_ros.training.batches import Batches
 from apo_ros.training.cache import DataError, cache_key
 from apo_ros.training.config import PolicyOptions, TrainConfig, learning_rate
@@ -136,13 +137,14 @@ def prepare_run(config: TrainConfig, samples: SampleSet, init: str, out: str, *,
     params = policy.trainable_parameters()
     if not params:
         raise TrainingError("the policy has no trainable parameters")
-    b = Batches(config, samples, policy, dist_info)
+    b = Batches(samples, policy, dist_info, config.method_config, seed=config.seed, bf16=config.bf16,
+                augment=AugmentConfig(config.augment, config.aug_shift, config.aug_brightness))
     if method.needs_reference:
-        b.reference = ReferenceScores(make_reference(policy), b, out, init_facts, log=log)
+        b.reference = ReferenceScores(make_reference(policy), b, config, out, init_facts, log=log)
         b.reference.prepare()
     # every process draws the same global batch and trains on its slice (see distributed.py)
     sampler = method.sampler(samples, config, config.batch_size * dist_info.world, config.seed)
-    validation = Validation(b, sampler.target_rows())
+    validation = Validation(b, sampler.target_rows(), config)
     step_fn = wrap_step(policy, lambda rows, step: method.loss(b, rows, step), dist_info)
     optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
     return Run(config, samples, policy, b, sampler, validation, step_fn, optimizer, params, init_facts,
