@@ -92,15 +92,15 @@ class Batches:
 def logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor, want_argmax: bool,
                      encoding=None):
     """Teacher-forced per-token log-probs [B, L] and, when asked, the argmax token at each
-    position from the SAME pass (as the released code; no extra autoregressive decode) when the
-    policy exposes its logits, else from greedy decoding. `encoding`: the policy's
+    position from the SAME pass (as the released code; no extra autoregressive decode), or from
+    greedy decoding when the logits do not cover the target ids. `encoding`: the policy's
     `encode_observation(inputs)`, when the caller scores other tokens on it too."""
     if encoding is None:
         encoding = inputs
-        logits_fn, logps_fn = getattr(policy, "token_logits", None), policy.token_logps
+        logits_fn, logps_fn = policy.token_logits, policy.token_logps
     else:
         logits_fn, logps_fn = policy.token_logits_encoded, policy.token_logps_encoded
-    if want_argmax and hasattr(policy, "token_logits"):
+    if want_argmax:
         logits = logits_fn(encoding, tokens, mask).float()
         if logits.shape[-1] > int(tokens.max()):
             picked, argmax = scores_from_logits(policy, logits, tokens, mask)
@@ -116,18 +116,12 @@ def logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Ten
 def scores_from_logits(policy, logits: torch.Tensor, tokens: torch.Tensor,
                        mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """From teacher-forced logits [B, L, V]: (log-probs of `tokens` [B, L], 0 where ~mask, with
-    gradient; the argmax token at each position [B, L], restricted to the action ids (+ stop)
-    for policies that declare `allowed_ids`, as their constrained greedy decoding)."""
+    gradient; the argmax token at each position [B, L], restricted to the policy's
+    `valid_target_ids` (a VLA's action ids + stop), as its constrained greedy decoding)."""
     logp = torch.log_softmax(logits.float(), -1)
     picked = logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
     picked = torch.where(mask, picked, torch.zeros_like(picked))
-    scores = logits.detach()
-    allowed = getattr(policy, "allowed_ids", None)
-    if isinstance(allowed, torch.Tensor):
-        allowed = allowed.clone()
-        stop = getattr(policy, "stop_id", None)
-        if stop is not None:
-            allowed[stop] = True
-        width = min(scores.shape[-1], allowed.shape[0])
-        scores = scores[..., :width].masked_fill(~allowed[:width].to(scores.device), float("-inf"))
+    valid = policy.valid_target_ids
+    width = min(logits.shape[-1], valid.shape[0])
+    scores = logits.detach()[..., :width].masked_fill(~valid[:width].to(logits.device), float("-inf"))
     return picked, scores.argmax(-1)

@@ -136,7 +136,7 @@ class Validation:
         if len(rows) == 0:
             return float("nan"), float("nan")
         policy = self.b.policy
-        bins = bool(getattr(policy, "tokens_per_step", None)) and hasattr(policy, "token_logits")
+        bins = policy.tokens_per_step is not None
         was_training = policy.training
         policy.eval()
         total = count = error = action_count = 0.0

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from apo_ros.errors import UserError
+from apo_ros.policies.factory import POLICY_KINDS, policy_kind
 from apo_ros.training.augmentation import AugmentConfig
 from apo_ros.training.batches import Batches
 from apo_ros.training.cache import DataError, cache_key
@@ -174,7 +175,7 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
     """Train and return the final checkpoint directory (`<out>/policy`).
 
     demos: expert-demo bags or folders of bags; data: interaction bags (policy + human steps);
-    init: a policy checkpoint directory, or a kind ("small", "state", "vla_bins", "vla_fast") to
+    init: a policy checkpoint directory, or a policy kind (`policies.factory.policy_kinds()`) to
     build fresh with statistics from the demo actions; out: output directory (see module
     docstring); resume: continue from the last checkpoint in `out`.
     """
@@ -334,9 +335,7 @@ def _check_smoothing(config: TrainConfig, policy) -> None:
     own = config.method_config
     if not own.soft_targets():
         return
-    if not hasattr(policy, "token_logits"):
-        raise TrainingError(f"label_smoothing / bin_sigma need a policy with token_logits "
-                            f"({policy.kind} has none)")
-    if own.bin_sigma > 0 and policy.valid_target_ids.numel() != getattr(policy, "n_bins", -1):
+    if own.bin_sigma > 0 and not policy_kind(policy.kind).bin_head:
+        bin_kinds = ", ".join(name for name, kind in POLICY_KINDS.items() if kind.bin_head)
         raise TrainingError(f"bin_sigma smooths over neighbouring bins of a policy whose tokens are "
-                            f"the bins (small, state); {policy.kind} tokens are not")
+                            f"the bins ({bin_kinds}); {policy.kind} tokens are not")
