@@ -66,7 +66,7 @@ class BinHeadOptions(PolicyOptions):
 class SmallOptions(BinHeadOptions):
     """The small CPU policy: a conv encoder over the camera images."""
 
-    # cameras read, in order (default: small front wrist, the VLAs front)
+    # cameras read, in order; null: front wrist (small), front (the VLAs)
     cameras: list[str] | None = None
     # square image side the policy resizes to
     image_size: int | None = None
@@ -92,7 +92,7 @@ class StateOptions(BinHeadOptions):
 class VLAOptions(PolicyOptions):
     """A transformers vision-language backbone (vla_bins, vla_fast)."""
 
-    # cameras read, in order (default: small front wrist, the VLAs front)
+    # cameras read, in order; null: front wrist (small), front (the VLAs)
     cameras: list[str] | None = None
     # local transformers checkpoint directory (null = the tiny PaliGemma built from config)
     pretrained: str | None = None
