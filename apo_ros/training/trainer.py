@@ -40,7 +40,7 @@ from apo_ros.policies.factory import POLICY_KINDS, policy_kind
 from apo_ros.training.augmentation import AugmentConfig
 from apo_ros.training.batches import Batches
 from apo_ros.training.cache import DataError, cache_key
-from apo_ros.training.config import PolicyOptions, TrainConfig, learning_rate
+from apo_ros.training.config import TrainConfig, learning_rate
 from apo_ros.training.distributed import Distributed, setup_distributed, wrap_step
 from apo_ros.training.metrics import (
     BestTracker,
@@ -56,7 +56,7 @@ from apo_ros.training.registry import METHODS, check_method_data, get_method
 from apo_ros.training.samples import LabelConfig, SampleSet, load_samples
 from apo_ros.training.state import list_checkpoints, load_state, read_state, write_checkpoint
 
-__all__ = ["METHODS", "PolicyOptions", "Run", "TrainConfig", "TrainingError", "learning_rate", "prepare_run",
+__all__ = ["METHODS", "Run", "TrainConfig", "TrainingError", "learning_rate", "prepare_run",
            "train_policy"]
 
 
