@@ -11,6 +11,10 @@ YAML, `--beta 0.2`, `TrainConfig(method="apo", beta=0.2)`; a setting the chosen 
 take is refused, naming it and the method. Checks across the shared fields live in
 `TrainConfig.__post_init__`, each method's in its config class; the method-specific defaults of
 shared fields (learning rate, sampling) come from the registry.
+
+`policy` holds the build options of a fresh policy as given (`--policy.hidden 256`): the kind is
+`--init`, not a config field, so `policy_options(kind)` builds that kind's class (one per kind,
+named by its `PolicyKind`) once the kind is known, refusing an option the kind does not take.
 """
 
 from __future__ import annotations
