@@ -25,7 +25,9 @@ dataclass at that path), and a dataclass that refuses its values surfaces as a p
 
 A field made with `flat_choice("method")` holds one class of a draccus ChoiceRegistry, chosen by
 the sibling field `method`, its options written flat beside the parent's (`method: apo` and
-`beta: 0.2`): TrainConfig's per-method settings.
+`beta: 0.2`): TrainConfig's per-method settings. A field made with `later_choice(Base)` holds the
+options of one choice whose name comes from outside the config (`apo-ros train --init small`
+names the policy kind): TrainConfig's `policy`.
 """
 
 from __future__ import annotations
@@ -67,6 +69,67 @@ def flat_choice(selector: str) -> Any:
 
 
 _FLAT_CHOICE = "apo_ros.config.flat_choice"
+_LATER_CHOICE = "apo_ros.config.later_choice"
+
+
+def later_choice(base: Any) -> Any:
+    """A field (typed `dict`) holding the options of one registered choice of `base` (a draccus
+    ChoiceRegistry) that the caller picks later, outside the config.
+
+    It holds the options as given, each decoded to its type (an option several choices take has
+    one type in all of them); a key no choice takes is refused. Flags (`--policy.hidden`) and
+    --help list the options of every choice, each naming the choices that take it.
+    `choose(base, name, options)` builds the chosen class. The parent's `__post_init__` calls
+    `decode_choice_options` (so code that builds the parent from a dict is checked too)."""
+    return dataclasses.field(default_factory=dict, metadata={_LATER_CHOICE: base})
+
+
+def _choice_option_types(base: Any) -> dict[str, Any]:
+    types: dict[str, Any] = {}
+    for klass in base.get_known_choices().values():
+        hints = _hints(klass)
+        for f in dataclasses.fields(klass):
+            if f.init:
+                types.setdefault(f.name, hints[f.name])
+    return types
+
+
+def decode_choice_options(base: Any, options: Any, path: str) -> dict:
+    """`options` with each value decoded to its option's type; ConfigError (naming `path` and the
+    option) for something other than a mapping, a key no choice of `base` takes, or a value of the
+    wrong type."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of {base.__name__} options, got "
+                          f"{type(options).__name__} {options!r}")
+    types = _choice_option_types(base)
+    unknown = sorted(str(k) for k in options if k not in types)
+    if unknown:
+        raise ConfigError(f"{path}: unknown option(s) {unknown}; known: {sorted(types)}")
+    out = {}
+    for key, value in options.items():
+        tp, allows_none = _strip_optional(types[key])
+        bad = (value is None and not allows_none) or (tp in (int, float) and isinstance(value, bool))
+        try:
+            if not bad:
+                out[key] = None if value is None else draccus.decode(types[key], value)
+        except DecodingError:
+            bad = True
+        if bad:
+            raise ConfigError(f"{path}.{key}: expected {_type_name(tp)}, got {value!r}")
+    return out
+
+
+def choose(base: Any, name: str, options: Mapping, *, source: str, what: str) -> Any:
+    """The choice `name` of `base` built from `options`; ConfigError naming `source`, an option
+    it does not take and the choice (`policy: ['layers'] are not options of the small policy`)."""
+    known = base.get_known_choices()
+    if name not in known:
+        raise ConfigError(f"{source}: unknown {what} {name!r} (known: {', '.join(known)})")
+    takes = choice_options(base, name)
+    wrong = sorted(set(options) - set(takes))
+    if wrong:
+        raise ConfigError(f"{source}: {wrong} are not options of the {name} {what} (it takes {takes})")
+    return parse_config(known[name], overrides=dict(options), source=source)
 
 
 def _flat_choices(cls: type) -> list[tuple[dataclasses.Field, Any]]:
@@ -157,10 +220,14 @@ def _check(cls: type, data: Any, path: str) -> None:
         raise ConfigError(f"{where}unknown option(s) {unknown}; known: {sorted(names)}")
     hints = _hints(cls)
     flat = {f.name for f, _ in _flat_choices(cls)}
+    later = {f.name: f.metadata[_LATER_CHOICE] for f in dataclasses.fields(cls)
+             if _LATER_CHOICE in f.metadata}
     for name, value in data.items():
         tp, allows_none = _strip_optional(hints[name])
         field_path = f"{path}.{name}" if path else name
-        if value is None:
+        if name in later:
+            decode_choice_options(later[name], value, field_path)
+        elif value is None:
             if not allows_none:
                 raise ConfigError(f"{field_path}: expected {_type_name(tp)}, got null")
         elif (_is_choice(tp) and isinstance(value, Mapping)
@@ -379,6 +446,9 @@ def _leaves(cls: type, prefix: str = ""):
         name = prefix + f.name
         if f in flat:
             yield from _choice_leaves(flat[f], prefix)
+            continue
+        if _LATER_CHOICE in f.metadata:
+            yield from _choice_leaves(f.metadata[_LATER_CHOICE], name + ".")
             continue
         if dataclasses.is_dataclass(tp):
             yield from _leaves(tp, name + ".")

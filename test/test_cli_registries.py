@@ -17,10 +17,6 @@ from apo_ros.sim.task_specs import TASK_SPECS, task_names
 
 ROOT = Path(__file__).resolve().parents[1] / "apo_ros"
 
-# Full copies kept by an area this change does not own (the trainer's options per policy kind);
-# its owners remove them, and the list with them.
-KNOWN_COPIES_REMOVED_AT_MERGE = {("apo_ros/training/config.py", "policy kinds")}
-
 
 def _parser(*words: str) -> argparse.ArgumentParser:
     parser = build_parser()
@@ -105,8 +101,7 @@ def _full_copies(registry: set[str], root: Path = ROOT) -> list[tuple[str, int]]
 @pytest.mark.parametrize("what, registry", [("policy kinds", set(POLICY_KINDS)),
                                             ("tasks", set(TASK_SPECS))])
 def test_no_module_keeps_a_copy_of_a_registry(what, registry):
-    copies = [(path, line) for path, line in _full_copies(registry)
-              if (path, what) not in KNOWN_COPIES_REMOVED_AT_MERGE]
+    copies = _full_copies(registry)
     assert not copies, f"hand-kept copies of the {what}: {copies}"
 
 

@@ -19,7 +19,7 @@ The layers, low to high (a module may import its own layer and the layers below 
     demo       the study
     commands   apo_ros/cli.py, apo_ros/bench.py and each area's cli.py: a command wires any layer
 
-The allowlists below name the known exceptions; each says who removes it. They shrink, never grow.
+There is no allowlist: a shared piece a lower layer needs moves down to it.
 """
 
 from __future__ import annotations
@@ -39,21 +39,6 @@ LAYERS: tuple[str, ...] = ("core", "actions", "recording", "teleop", "control", 
                            "training", "serving", "runtime", "nodes", "demo", "commands")
 CORE_MODULES = {"apo_ros", "apo_ros.errors", "apo_ros.lazy", "apo_ros.config", "apo_ros.observation"}
 COMMAND_MODULES = {"apo_ros.cli", "apo_ros.bench"}  # plus every apo_ros.<area>.cli
-
-# Known cycles (the modules on each), in areas other changes are rewriting; the lead empties the
-# list at merge.
-KNOWN_CYCLES_REMOVED_AT_MERGE: set[frozenset[str]] = {
-    # training (its owners remove it): config -> registry (inside a function) -> losses ->
-    # batches -> config
-    frozenset({"apo_ros.training.batches", "apo_ros.training.config", "apo_ros.training.losses",
-               "apo_ros.training.registry"}),
-}
-# Old import paths kept while another area's code still uses them (importer -> imported); the lead
-# removes each once that area imports from the new place.
-COMPAT_REEXPORTS: set[tuple[str, str]] = {
-    # apo_ros/demo/videos.py imports record_episode_video from its old place
-    ("apo_ros.sim.view", "apo_ros.runtime.video"),
-}
 
 _MODULE_STRING = re.compile(r"^apo_ros(\.[a-z_0-9]+)+(:\w+)?$")
 
@@ -214,15 +199,14 @@ def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def upward_imports(imports: list[Import]) -> list[Import]:
     rank = {name: i for i, name in enumerate(LAYERS)}
     return [imp for imp in imports
-            if rank[layer_of(imp.imported)] > rank[layer_of(imp.importer)]
-            and (imp.importer, imp.imported) not in COMPAT_REEXPORTS]
+            if rank[layer_of(imp.imported)] > rank[layer_of(imp.importer)]]
 
 
-def unexpected_cycles(imports: list[Import]) -> list[list[str]]:
+def import_cycles(imports: list[Import]) -> list[list[str]]:
     edges: dict[str, set[str]] = defaultdict(set)
     for imp in imports:
         edges[imp.importer].add(imp.imported)
-    return [c for c in find_cycles(edges) if frozenset(c) not in KNOWN_CYCLES_REMOVED_AT_MERGE]
+    return find_cycles(edges)
 
 
 @pytest.fixture(scope="module")
@@ -242,25 +226,14 @@ def test_no_import_runs_from_a_lower_layer_to_a_higher_one(imports):
 
 
 def test_no_import_cycle_at_module_level(imports):
-    cycles = unexpected_cycles([imp for imp in imports if not imp.in_function])
+    cycles = import_cycles([imp for imp in imports if not imp.in_function])
     assert not cycles, f"module-level import cycles: {cycles}"
 
 
 def test_no_import_cycle_through_imports_inside_functions(imports):
     # an import moved into a function to dodge a cycle is still a cycle
-    cycles = unexpected_cycles(imports)
+    cycles = import_cycles(imports)
     assert not cycles, f"import cycles (counting imports inside functions): {cycles}"
-
-
-def test_the_allowlists_hold_only_what_is_still_there(imports):
-    pairs = {(imp.importer, imp.imported) for imp in imports}
-    assert COMPAT_REEXPORTS <= pairs, f"stale compat entries: {COMPAT_REEXPORTS - pairs}"
-    edges: dict[str, set[str]] = defaultdict(set)
-    for imp in imports:
-        edges[imp.importer].add(imp.imported)
-    cycles = {frozenset(c) for c in find_cycles(edges)}
-    for known in KNOWN_CYCLES_REMOVED_AT_MERGE:
-        assert any(known <= c for c in cycles), f"cycle {sorted(known)} is gone: drop it from the list"
 
 
 def test_the_checker_sees_a_back_door_a_lazy_import_and_a_cycle(tmp_path):
@@ -285,24 +258,17 @@ def test_the_checker_sees_a_back_door_a_lazy_import_and_a_cycle(tmp_path):
     found = collect_imports(modules)
     assert {(i.importer, i.imported) for i in upward_imports(found)} == {
         ("apo_ros.sim.a", "apo_ros.policies.b"), ("apo_ros.sim.c", "apo_ros.policies.b")}
-    assert unexpected_cycles([i for i in found if not i.in_function]) == []
-    assert unexpected_cycles(found) == [["apo_ros.policies.b", "apo_ros.policies.d"]]
+    assert import_cycles([i for i in found if not i.in_function]) == []
+    assert import_cycles(found) == [["apo_ros.policies.b", "apo_ros.policies.d"]]
 
 
 # The libraries a command imports inside its handler, so `apo-ros --help` stays light.
-HEAVY_LIBRARIES = ("torch", "transformers", "peft", "rclpy", "av", "pyarrow")
-# MuJoCo still loads while the parser is built: apo_ros/demo/config.py checks task names against
-# apo_ros.sim.TASKS (apo_ros.sim.task_specs has them without MuJoCo); the demo's owners move it.
-HEAVY_AT_HELP_REMOVED_AT_MERGE = ("mujoco",)
+HEAVY_LIBRARIES = ("torch", "transformers", "peft", "rclpy", "av", "pyarrow", "mujoco")
 
 
 def test_building_the_command_line_loads_no_heavy_library():
     code = ("import sys; from apo_ros.cli import build_parser; build_parser(); "
-            f"print(' '.join(m for m in {HEAVY_LIBRARIES + HEAVY_AT_HELP_REMOVED_AT_MERGE!r} "
-            "if m in sys.modules))")
+            f"print(' '.join(m for m in {HEAVY_LIBRARIES!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=ROOT.parent).stdout.split()
-    assert not set(loaded) & set(HEAVY_LIBRARIES), f"apo-ros --help imports {loaded}"
-    assert set(loaded) == set(HEAVY_AT_HELP_REMOVED_AT_MERGE), \
-        f"drop what no longer loads from HEAVY_AT_HELP_REMOVED_AT_MERGE: {loaded}"
-
+    assert not loaded, f"apo-ros --help imports {loaded}"

@@ -61,7 +61,7 @@ class ToyConfig(MethodConfig):
 def toy_step(b, rows, step) -> StepOutput:
     """bc's token NLL times the method's own setting."""
     out = losses.bc_step(b, rows, step)
-    loss = out.loss * b.config.method_config.scale
+    loss = out.loss * b.method_config.scale
     return StepOutput(loss, {"loss": float(loss.detach())}, out.samples)
 
 

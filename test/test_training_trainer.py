@@ -371,8 +371,8 @@ def test_yaml_numbers_and_nested_flags(tmp_path):
     config = build_config(args)
     assert config.lr == 1e-4 and config.method == "bc" and config.val_fraction == 0.2
     assert config.batch_size == 7
-    assert config.policy.chunk_size == 4 and config.policy.image_size == 32
-    assert config.policy.build_options("small") == {"chunk_size": 4, "image_size": 32}
+    assert config.policy == {"chunk_size": 4, "image_size": 32}
+    assert config.policy_options("small").build_options() == {"chunk_size": 4, "image_size": 32}
 
 
 def test_lora_vla_trains_and_resumes_exactly(bags, tmp_path):

@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from apo_ros.errors import ConfigError
+from apo_ros.sim.task_specs import TASK_SPECS
 from apo_ros.training.registry import METHODS as REGISTERED_METHODS
 
 # The method the base policy and the fresh-expert controls are trained with.
@@ -144,11 +145,10 @@ class StudyConfig:
     variants: dict = field(default_factory=lambda: dict(VARIANTS))
 
     def __post_init__(self) -> None:
-        from apo_ros.sim import TASKS
-
-        unknown = [t for t in [*self.tasks, *([self.demo_task] if self.demo_task else [])] if t not in TASKS]
+        unknown = [t for t in [*self.tasks, *([self.demo_task] if self.demo_task else [])]
+                   if t not in TASK_SPECS]
         if unknown or not self.tasks:
-            raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+            raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASK_SPECS)}")
         methods, trainable = study_methods(), trainable_methods()
         for name, v in self.variants.items():
             if name in methods or not isinstance(v, dict) or v.get("method") not in trainable:

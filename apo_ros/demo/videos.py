@@ -20,7 +20,7 @@ def method_videos(task: str, seed: int, policies: dict, out_dir: str, *, operato
     """policies: name -> "expert", a checkpoint directory or a policy object. Returns name ->
     video path, plus "grid" and "still"."""
     from apo_ros.recording.video import VideoConfig, write_grid_still, write_grid_video
-    from apo_ros.sim.view import record_episode_video
+    from apo_ros.runtime.video import record_episode_video
 
     if not policies:
         raise ValueError("no policies to film")

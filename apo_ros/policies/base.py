@@ -164,6 +164,17 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
         """Teacher-forced log pi(token_l | obs, tokens_<l) -> float [B, L], 0 where ~mask."""
 
     @abc.abstractmethod
+    def token_logits(self, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V] (their log-softmax at `tokens` is `token_logps`): the
+        trainer reads the argmax and softened-target losses off them."""
+
+    @property
+    @abc.abstractmethod
+    def valid_target_ids(self) -> torch.Tensor:
+        """bool [V]: the ids a target token may hold (action ids, + stop where the policy has one);
+        an argmax over `token_logits` is restricted to them, as the policy's own decoding is."""
+
+    @abc.abstractmethod
     def gripper_positions(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """bool [B, L]: positions holding a gripper token (APO leaves these out of the reward of
         undesirable samples). All False where the tokenizer mixes dimensions (FAST)."""
@@ -190,9 +201,8 @@ class TokenPolicy(torch.nn.Module, abc.ABC):
         return self.token_logps(encoding, tokens, mask)
 
     def token_logits_encoded(self, encoding, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, L, V] from `encode_observation(inputs)` (policies that have
-        `token_logits`)."""
-        return self.token_logits(encoding, tokens, mask)  # type: ignore[attr-defined]
+        """Teacher-forced logits [B, L, V] from `encode_observation(inputs)`."""
+        return self.token_logits(encoding, tokens, mask)
 
     # ---- convenience -------------------------------------------------------------------------
     @torch.no_grad()

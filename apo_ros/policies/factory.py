@@ -2,9 +2,10 @@
 **options)`: a fresh (untrained) policy of a kind.
 
 Adding a kind is one module (a `TokenPolicy` subclass with `kind = "name"` and a classmethod
-`build(stats, *, instructions, **options)`) plus one `PolicyKind` entry below; the CLI's choices,
-`load_policy` and the docs read this table. Importing it is cheap: the policy classes (torch,
-transformers) load on first use."""
+`build(stats, *, instructions, **options)`) plus one `PolicyKind` entry below, naming its build
+options class (`options.py`; a new kind with new options adds one there); the CLI's choices, the
+trainer's `--init` and `--policy.*` options, `load_policy` and the docs read this table.
+Importing it is cheap: the policy classes (torch, transformers) load on first use."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apo_ros.actions.statistics import ActionStatistics
+from apo_ros.policies.options import (
+    PolicyOptions,
+    SmallOptions,
+    StateOptions,
+    VLABinsOptions,
+    VLAFastOptions,
+)
 
 if TYPE_CHECKING:  # the classes import torch: loaded only when a policy is built or loaded
     from apo_ros.policies.base import TokenPolicy
@@ -30,16 +38,23 @@ class PolicyKind:
     reads_object_poses: bool = False  # reads Observation.object_poses: `n_objects` applies
     pretrained: bool = False  # built on a transformers backbone: --pretrained, LoRA, remote code
     default_chunk_size: int = 1  # actions per prediction when none is given
+    options: type[PolicyOptions] = PolicyOptions  # its build options (`apo-ros train --policy.*`)
+    # fits its action tokenizer on the training actions when built fresh (FAST's BPE)
+    fits_tokenizer: bool = False
 
 
 POLICY_KINDS: dict[str, PolicyKind] = {k.name: k for k in (
-    PolicyKind("small", "apo_ros.policies.small:SmallPolicy", "CPU, images", bin_head=True),
+    PolicyKind("small", "apo_ros.policies.small:SmallPolicy", "CPU, images", bin_head=True,
+               options=SmallOptions),
     PolicyKind("state", "apo_ros.policies.state:StatePolicy", "CPU, object poses instead of images",
-               bin_head=True, reads_images=False, reads_object_poses=True),
-    PolicyKind("vla_bins", "apo_ros.policies.vla:VLABinsPolicy", "OpenVLA-style", pretrained=True),
+               bin_head=True, reads_images=False, reads_object_poses=True, options=StateOptions),
+    PolicyKind("vla_bins", "apo_ros.policies.vla:VLABinsPolicy", "OpenVLA-style", pretrained=True,
+               options=VLABinsOptions),
     PolicyKind("vla_fast", "apo_ros.policies.vla:VLAFastPolicy", "pi0-FAST-style", pretrained=True,
-               default_chunk_size=8),
+               default_chunk_size=8, options=VLAFastOptions, fits_tokenizer=True),
 )}
+for _kind in POLICY_KINDS.values():  # each kind's options class, filed under the kind's name
+    PolicyOptions.register_subclass(_kind.name, _kind.options)
 
 
 def policy_kinds() -> tuple[str, ...]:

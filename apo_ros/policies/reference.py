@@ -48,6 +48,10 @@ class ReferencePolicy:
         finally:
             self.policy.train(was_training)
 
+    @property
+    def valid_target_ids(self) -> torch.Tensor:
+        return self.policy.valid_target_ids
+
     def decode_tokens(self, tokens: torch.Tensor, mask: torch.Tensor):
         return self.policy.decode_tokens(tokens, mask)
 

@@ -79,12 +79,3 @@ def write_png(path: str | Path, image_rgb: np.ndarray) -> None:
     if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write image {path} (is the extension .png or .jpg?)")
 
-
-def __getattr__(name: str):
-    # compat: record_episode_video moved to apo_ros.runtime.video (it runs a session); the demo
-    # still imports it from here
-    if name == "record_episode_video":
-        from apo_ros.runtime.video import record_episode_video
-
-        return record_episode_video
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

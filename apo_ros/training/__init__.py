@@ -2,7 +2,8 @@
 method: `method_names()`), and the trainer. Names are imported lazily so `apo-ros --help` does not pay for
 torch.
 
-    config.py        TrainConfig (+ PolicyOptions): every field a YAML key and a CLI flag
+    config.py        TrainConfig: every field a YAML key and a CLI flag (`policy`: the --init
+                     kind's options, one class per kind in apo_ros.policies.options)
     method_configs.py  each method's own settings (AposConfig, KTOConfig ...), checked by their class
     registry.py      one entry per method: data check, sampler, step loss, config class, default lr
     objectives.py    the losses on plain tensors (TRL style)
@@ -25,7 +26,7 @@ from apo_ros.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "apo_ros.training.config",
-    "PolicyOptions": "apo_ros.training.config",
+    "PolicyOptions": "apo_ros.policies.options",
     "TrainingError": "apo_ros.training.trainer",
     "train_policy": "apo_ros.training.trainer",
     "prepare_run": "apo_ros.training.trainer",

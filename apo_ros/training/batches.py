@@ -17,8 +17,8 @@ import torch
 
 from apo_ros.training import objectives as O
 from apo_ros.training.augmentation import AugmentConfig, augment_images
-from apo_ros.training.config import TrainConfig
 from apo_ros.training.distributed import Distributed
+from apo_ros.training.method_configs import MethodConfig
 from apo_ros.training.samples import SampleSet, encode_targets
 
 
@@ -32,12 +32,19 @@ class StepOutput:
 
 
 class Batches:
-    def __init__(self, config: TrainConfig, samples: SampleSet, policy, dist: Distributed):
-        self.config, self.samples, self.policy, self.dist = config, samples, policy, dist
+    """A run's rows as tensors. It holds only what a step reads (the method's own settings, the
+    seed, augmentation, bf16), not the whole TrainConfig: the config names the methods, whose
+    losses read a Batches."""
+
+    def __init__(self, samples: SampleSet, policy, dist: Distributed, method_config: MethodConfig, *,
+                 seed: int, augment: AugmentConfig, bf16: bool):
+        self.samples, self.policy, self.dist = samples, policy, dist
+        self.method_config = method_config  # the running method's own settings (a loss reads them)
+        self.seed = seed
         self.device = policy.device
         self.chunk = int(policy.chunk_size)
-        self.aug = AugmentConfig(config.augment, config.aug_shift, config.aug_brightness)
-        self.use_autocast = config.bf16 and self.device.type == "cuda"
+        self.aug = augment
+        self.use_autocast = bf16 and self.device.type == "cuda"
         self.tokens, self.token_mask = encode_targets(policy, samples)  # once: they never change
         self.reference = None  # ReferenceScores, set by the trainer for methods that need one
         self.memo: dict = {}  # per-run values a loss function computes once (e.g. Sirius weights)
@@ -49,7 +56,7 @@ class Batches:
         if self.policy.cameras:  # a state policy reads no image: none is gathered or augmented
             images = self.samples.images(idx, self.policy.cameras)
             if augment_step is not None and self.aug.enabled:
-                rng = np.random.default_rng([self.config.seed, 7, self.dist.rank, augment_step])
+                rng = np.random.default_rng([self.seed, 7, self.dist.rank, augment_step])
                 images = augment_images(images, rng, self.aug)
         object_state = self.samples.object_state[idx] if self.policy.uses_object_state else None
         return self.policy.prepare(images, self.samples.proprio[idx], self.samples.instruction_texts(idx),
@@ -85,15 +92,15 @@ class Batches:
 def logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Tensor, want_argmax: bool,
                      encoding=None):
     """Teacher-forced per-token log-probs [B, L] and, when asked, the argmax token at each
-    position from the SAME pass (as the released code; no extra autoregressive decode) when the
-    policy exposes its logits, else from greedy decoding. `encoding`: the policy's
+    position from the SAME pass (as the released code; no extra autoregressive decode), or from
+    greedy decoding when the logits do not cover the target ids. `encoding`: the policy's
     `encode_observation(inputs)`, when the caller scores other tokens on it too."""
     if encoding is None:
         encoding = inputs
-        logits_fn, logps_fn = getattr(policy, "token_logits", None), policy.token_logps
+        logits_fn, logps_fn = policy.token_logits, policy.token_logps
     else:
         logits_fn, logps_fn = policy.token_logits_encoded, policy.token_logps_encoded
-    if want_argmax and hasattr(policy, "token_logits"):
+    if want_argmax:
         logits = logits_fn(encoding, tokens, mask).float()
         if logits.shape[-1] > int(tokens.max()):
             picked, argmax = scores_from_logits(policy, logits, tokens, mask)
@@ -109,18 +116,12 @@ def logps_and_argmax(policy, inputs: dict, tokens: torch.Tensor, mask: torch.Ten
 def scores_from_logits(policy, logits: torch.Tensor, tokens: torch.Tensor,
                        mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """From teacher-forced logits [B, L, V]: (log-probs of `tokens` [B, L], 0 where ~mask, with
-    gradient; the argmax token at each position [B, L], restricted to the action ids (+ stop)
-    for policies that declare `allowed_ids`, as their constrained greedy decoding)."""
+    gradient; the argmax token at each position [B, L], restricted to the policy's
+    `valid_target_ids` (a VLA's action ids + stop), as its constrained greedy decoding)."""
     logp = torch.log_softmax(logits.float(), -1)
     picked = logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
     picked = torch.where(mask, picked, torch.zeros_like(picked))
-    scores = logits.detach()
-    allowed = getattr(policy, "allowed_ids", None)
-    if isinstance(allowed, torch.Tensor):
-        allowed = allowed.clone()
-        stop = getattr(policy, "stop_id", None)
-        if stop is not None:
-            allowed[stop] = True
-        width = min(scores.shape[-1], allowed.shape[0])
-        scores = scores[..., :width].masked_fill(~allowed[:width].to(scores.device), float("-inf"))
+    valid = policy.valid_target_ids
+    width = min(logits.shape[-1], valid.shape[0])
+    scores = logits.detach()[..., :width].masked_fill(~valid[:width].to(logits.device), float("-inf"))
     return picked, scores.argmax(-1)

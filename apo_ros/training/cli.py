@@ -9,6 +9,7 @@ import os
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `apo-ros`."""
     from apo_ros.config import add_config_arguments
+    from apo_ros.policies.factory import policy_kinds
     from apo_ros.training.config import TrainConfig
     from apo_ros.training.registry import METHODS, method_names
 
@@ -31,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="interaction bags (deployments with SpaceMouse corrections), or folders of bags")
     p.add_argument("--init", required=True, metavar="CKPT_OR_KIND",
                    help="starting checkpoint directory, or a policy kind to build fresh "
-                   "(small, state, vla_bins, vla_fast; statistics from the demo actions; options "
-                   "with --policy.NAME)")
+                   f"({', '.join(policy_kinds())}; statistics from the demo actions; options "
+                   "with --policy.NAME, each naming the kinds that take it)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (final policy: DIR/policy)")
     p.add_argument("--config", metavar="YAML", help="training options (the flags below) from a YAML file")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")

@@ -11,6 +11,10 @@ YAML, `--beta 0.2`, `TrainConfig(method="apo", beta=0.2)`; a setting the chosen 
 take is refused, naming it and the method. Checks across the shared fields live in
 `TrainConfig.__post_init__`, each method's in its config class; the method-specific defaults of
 shared fields (learning rate, sampling) come from the registry.
+
+`policy` holds the build options of a fresh policy as given (`--policy.hidden 256`): the kind is
+`--init`, not a config field, so `policy_options(kind)` builds that kind's class (one per kind,
+named by its `PolicyKind`) once the kind is known, refusing an option the kind does not take.
 """
 
 from __future__ import annotations
@@ -19,101 +23,23 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from apo_ros.config import config_to_dict, flat_choice, parse_config
+from apo_ros.config import (
+    choose,
+    config_to_dict,
+    decode_choice_options,
+    flat_choice,
+    later_choice,
+    parse_config,
+)
 from apo_ros.errors import ConfigError
+from apo_ros.policies.factory import POLICY_KINDS
+from apo_ros.policies.options import PolicyOptions
 from apo_ros.training.method_configs import MethodConfig
 from apo_ros.training.registry import METHODS, SAMPLINGS, get_method, method_names, sampling_of
 
 DEFAULT_METHOD = "apo"
-
-# the options each policy kind takes (build_policy keyword names; lora_rank becomes lora)
-POLICY_OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "small": ("chunk_size", "n_bins", "cameras", "image_size", "channels", "camera_fusion",
-              "rotation_features", "hidden", "instruction_dim", "decode"),
-    "state": ("chunk_size", "n_bins", "hidden", "instruction_dim", "layers", "n_objects", "decode"),
-    "vla_bins": ("chunk_size", "n_bins", "cameras", "pretrained", "lora_rank", "prompt", "dtype",
-                 "gradient_checkpointing", "trust_remote_code"),
-    "vla_fast": ("chunk_size", "cameras", "pretrained", "lora_rank", "prompt", "dtype",
-                 "gradient_checkpointing", "trust_remote_code", "fast_vocab_size", "fast_scale",
-                 "fast_skip_tokens"),
-}
-
-
-@dataclass
-class PolicyOptions:
-    """How to build a fresh policy when --init is a kind (small, state, vla_bins, vla_fast).
-    Every option left empty (null) takes that kind's default; see docs/policies.md."""
-
-    # actions per prediction (T; each is 7 tokens for bin policies); all kinds
-    chunk_size: int | None = None
-    # action bins per dimension; small, state, vla_bins
-    n_bins: int | None = None
-    # cameras read, in order; small (front wrist) and the VLAs (front)
-    cameras: list[str] | None = None
-    # square image side the small policy resizes to
-    image_size: int | None = None
-    # conv widths of the small policy's encoder
-    channels: list[int] | None = None
-    # small: "stacked" (cameras as channels) or "separate" (one encoder pass per camera)
-    camera_fusion: str | None = None
-    # small: "matrix" or "quaternion" ee orientation features
-    rotation_features: str | None = None
-    # width of the trunk / MLP, token embeddings and head; small and state
-    hidden: int | None = None
-    # instruction embedding width; small and state
-    instruction_dim: int | None = None
-    # small and state: how predictions become actions: argmax (the most likely bin) or mean (the
-    # expected value of each arm dimension; the gripper keeps its argmax)
-    decode: str | None = None
-    # MLP layers of the state policy
-    layers: int | None = None
-    # object poses the state policy reads (default: as many as the bags record)
-    n_objects: int | None = None
-    # VLAs: local transformers checkpoint directory (null = the tiny PaliGemma built from config)
-    pretrained: str | None = None
-    # VLAs: LoRA rank (alpha 16, all linear layers); 0 = train all weights
-    lora_rank: int | None = None
-    # VLAs: prompt with {instruction}
-    prompt: str | None = None
-    # VLAs: auto, float32, bfloat16
-    dtype: str | None = None
-    # VLAs: trade compute for memory
-    gradient_checkpointing: bool | None = None
-    # VLAs: allow the checkpoint's own Python code (only code you trust)
-    trust_remote_code: bool | None = None
-    # vla_fast: size of the reserved FAST id range
-    fast_vocab_size: int | None = None
-    # vla_fast: DCT coefficient scale
-    fast_scale: float | None = None
-    # vla_fast: ids left free at the end of the vocabulary
-    fast_skip_tokens: int | None = None
-
-    def given(self) -> dict:
-        """The options that were set (not null)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) is not None}
-
-    def build_options(self, kind: str) -> dict:
-        """`build_policy(kind, ...)` keyword arguments; ConfigError for an option the kind lacks."""
-        if kind not in POLICY_OPTIONS_BY_KIND:
-            raise ConfigError(f"unknown policy kind {kind!r} (known: {sorted(POLICY_OPTIONS_BY_KIND)})")
-        given = self.given()
-        wrong = sorted(set(given) - set(POLICY_OPTIONS_BY_KIND[kind]))
-        if wrong:
-            raise ConfigError(f"policy: {wrong} are not options of the {kind} policy "
-                              f"(it takes {list(POLICY_OPTIONS_BY_KIND[kind])})")
-        options = dict(given)
-        if "lora_rank" in options:
-            rank = int(options.pop("lora_rank"))
-            options["lora"] = None if rank == 0 else {"r": rank, "alpha": 16, "dropout": 0.0,
-                                                      "target_modules": "all-linear"}
-        for name in ("cameras", "channels"):
-            if name in options:
-                options[name] = tuple(options[name])
-        return options
-
 
 def _flat_method_options(cls):
     """Let `TrainConfig(method="apo", beta=0.2)` take the method's own settings flat, as YAML
@@ -231,15 +157,16 @@ class TrainConfig:
     progress: bool = True
     # TensorBoard events when tensorboard is installed
     tensorboard: bool = True
-    # build options when --init is a policy kind
-    policy: PolicyOptions = field(default_factory=PolicyOptions)
+    # build options when --init is a policy kind (`--policy.hidden 256`, YAML `policy: {hidden:
+    # 256}`): each kind takes its own (its PolicyOptions class); an option left out takes the
+    # kind's default
+    policy: dict = later_choice(PolicyOptions)
     # the method's own settings (its registered config class), written flat beside these keys;
     # null = the method's defaults
     method_config: MethodConfig = flat_choice("method")
 
     def __post_init__(self) -> None:
-        if isinstance(self.policy, Mapping):  # TrainConfig(policy={"image_size": 16}) from code
-            self.policy = parse_config(PolicyOptions, overrides=self.policy, source="policy")
+        self.policy = decode_choice_options(PolicyOptions, self.policy, "policy")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {method_names()}, got {self.method!r}")
         method = get_method(self.method)
@@ -282,6 +209,12 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def policy_options(self, kind: str) -> PolicyOptions:
+        """`policy` as the options of `kind` (ConfigError naming an option the kind does not take)."""
+        if kind not in POLICY_KINDS:
+            raise ConfigError(f"unknown policy kind {kind!r} (known: {', '.join(POLICY_KINDS)})")
+        return choose(PolicyOptions, kind, self.policy, source="policy", what="policy")
 
     @property
     def peak_lr(self) -> float:

@@ -19,7 +19,7 @@ def bc_step(b: Batches, rows: np.ndarray, step: int, weights: torch.Tensor | Non
     version with `label_smoothing` / `bin_sigma`."""
     inputs = b.inputs(rows, step)
     tok, mask = b.targets(rows)
-    c = b.config.method_config
+    c = b.method_config
     if c.soft_targets():
         with b.autocast():
             logits = b.policy.token_logits(inputs, tok, mask)
@@ -56,7 +56,7 @@ def _preference_pass(b: Batches, rows: np.ndarray, step: int, want_argmax: bool)
     with b.autocast():
         # one observation encoding for the sample's own tokens and its mismatched partner's
         encoding = b.policy.encode_observation(inputs)
-        if b.config.method_config.z0_pairs() == "neighbour_labels":
+        if b.method_config.z0_pairs() == "neighbour_labels":
             # the partner's labels are read off this same pass (no second scoring)
             logits = b.policy.token_logits_encoded(encoding, tok, mask).float()
             logps, pred = scores_from_logits(b.policy, logits, tok, mask)
@@ -71,7 +71,7 @@ def _preference_pass(b: Batches, rows: np.ndarray, step: int, want_argmax: bool)
 
 
 def kto_step(b: Batches, rows: np.ndarray, step: int) -> StepOutput:
-    c = b.config.method_config
+    c = b.method_config
     _tok, _mask, logps, ref, kl_pol, kl_ref, _, _ = _preference_pass(b, rows, step, False)
     desirable = b.desirable(rows)
     estimate = _z0_estimate(b, kl_pol, kl_ref)
@@ -89,7 +89,7 @@ def kto_step(b: Batches, rows: np.ndarray, step: int) -> StepOutput:
 
 
 def apo_step(b: Batches, rows: np.ndarray, step: int) -> StepOutput:
-    c = b.config.method_config
+    c = b.method_config
     want_argmax = c.reweight
     tok, mask, logps, ref, kl_pol, kl_ref, pred, pred_mask = _preference_pass(b, rows, step, want_argmax)
     errors = ok = None
@@ -111,7 +111,7 @@ def tpo_step(b: Batches, pair_ids: np.ndarray, step: int) -> StepOutput:
     """Trajectory DPO on window pairs: rejected = the policy steps right before an intervention,
     chosen = the operator's correction that follows (equal length)."""
     if "tpo_windows" not in b.memo:
-        b.memo["tpo_windows"] = b.samples.tpo_windows(b.config.method_config.tpo_window)
+        b.memo["tpo_windows"] = b.samples.tpo_windows(b.method_config.tpo_window)
     pairs = b.memo["tpo_windows"][pair_ids]
     rej = [np.arange(r, r + n) for r, _, n in pairs]
     cho = [np.arange(c, c + n) for _, c, n in pairs]
@@ -126,7 +126,7 @@ def tpo_step(b: Batches, pair_ids: np.ndarray, step: int) -> StepOutput:
     ref = b.reference.logps(idx, inputs, tok, mask).sum(-1)
     pol_w = O.window_logps(logps, window, 2 * p)
     ref_w = O.window_logps(ref, window, 2 * p)
-    terms = O.tpo_loss(pol_w[:p], pol_w[p:], ref_w[:p], ref_w[p:], beta=b.config.method_config.beta)
+    terms = O.tpo_loss(pol_w[:p], pol_w[p:], ref_w[:p], ref_w[p:], beta=b.method_config.beta)
     return StepOutput(terms.loss, terms.metrics(), len(idx))
 
 

@@ -13,6 +13,7 @@ import torch
 
 from apo_ros.training.batches import Batches, logps_and_argmax
 from apo_ros.training.cache import DataError
+from apo_ros.training.config import TrainConfig
 
 CSV_COLUMNS = ("step", "epoch", "lr", "loss", "grad_norm", "samples_per_s", "z0", "z0_unclamped",
                "reward_desirable", "reward_undesirable", "reward_margin", "weight_desirable",
@@ -99,9 +100,10 @@ class Validation:
     held-out demos, held-out operator corrections, and as many training rows (the method's
     desirable targets) for the train / held-out gap."""
 
-    def __init__(self, b: Batches, train_rows: np.ndarray):
-        c, s = b.config, b.samples
+    def __init__(self, b: Batches, train_rows: np.ndarray, config: TrainConfig):
+        c, s = config, b.samples
         self.b = b
+        self.batch_size = config.reference_batch_size
         rng = np.random.default_rng([c.seed, 17])
 
         def cap(rows: np.ndarray) -> np.ndarray:
@@ -134,12 +136,12 @@ class Validation:
         if len(rows) == 0:
             return float("nan"), float("nan")
         policy = self.b.policy
-        bins = bool(getattr(policy, "tokens_per_step", None)) and hasattr(policy, "token_logits")
+        bins = policy.tokens_per_step is not None
         was_training = policy.training
         policy.eval()
         total = count = error = action_count = 0.0
         try:
-            bs = self.b.config.reference_batch_size
+            bs = self.batch_size
             for lo in range(0, len(rows), bs):
                 idx = rows[lo:lo + bs]
                 inputs = self.b.inputs(idx, None)

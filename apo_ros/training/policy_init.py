@@ -9,34 +9,34 @@ import numpy as np
 import torch
 
 from apo_ros.errors import ConfigError
+from apo_ros.policies.factory import policy_kind, policy_kinds
 from apo_ros.training.cache import DataError
-from apo_ros.training.config import POLICY_OPTIONS_BY_KIND, TrainConfig
+from apo_ros.training.config import TrainConfig
 from apo_ros.training.samples import SampleSet
-
-POLICY_KIND_NAMES = tuple(POLICY_OPTIONS_BY_KIND)
 
 
 def is_kind(init: str) -> bool:
-    return init in POLICY_KIND_NAMES and not os.path.isdir(init)
+    return init in policy_kinds() and not os.path.isdir(init)
 
 
 def check_init(init: str, config: TrainConfig) -> None:
     """Raise a one-line error now when --init is neither a kind nor a loadable checkpoint
     directory, or when the policy options do not fit the kind (before the data is loaded)."""
     if is_kind(init):
-        config.policy.build_options(init)  # ConfigError naming a wrong option
+        config.policy_options(init)  # ConfigError naming a wrong option
         return
-    for kind in POLICY_KIND_NAMES:  # the options are ignored below, but must still make sense
+    errors = []
+    for kind in policy_kinds():  # the options are ignored below, but must still fit some kind
         try:
-            config.policy.build_options(kind)
+            config.policy_options(kind)
             break
-        except ConfigError:
-            continue
+        except ConfigError as err:
+            errors.append(err)
     else:
-        config.policy.build_options("small")  # raises, naming the options no kind takes
+        raise errors[0]  # naming the options the first kind does not take
     if not os.path.isdir(init):
         raise DataError(f"--init {init}: neither a checkpoint directory nor a policy kind "
-                        f"({', '.join(POLICY_KIND_NAMES)})")
+                        f"({', '.join(policy_kinds())})")
     from apo_ros.policies.checkpoint import read_checkpoint_config
 
     read_checkpoint_config(init)  # CheckpointError naming the missing / malformed file
@@ -67,11 +67,11 @@ def init_policy(init: str, config: TrainConfig, samples: SampleSet, device: str 
     torch.manual_seed(config.seed)  # fresh weights / fresh LoRA adapters are a function of the seed
     if is_kind(init):
         stats = statistics_from_samples(samples)
-        options = config.policy.build_options(init)
+        options = config.policy_options(init).build_options()
         if device is not None:
             options["device"] = device
         policy = build_policy(init, stats, instructions=list(samples.instructions), **options)
-        if init == "vla_fast":
+        if policy_kind(init).fits_tokenizer:
             _fit_fast_tokenizer(policy, samples)
         return policy, {"init": init, "init_kind": init, "init_options": {k: v for k, v in options.items()
                                                                             if k != "device"},

@@ -31,6 +31,7 @@ import torch
 
 from apo_ros.training.batches import Batches, scores_from_logits
 from apo_ros.training.cache import cache_key
+from apo_ros.training.config import TrainConfig
 from apo_ros.training.objectives import neighbour_label_logps
 
 
@@ -46,9 +47,10 @@ def _same_width(tok: torch.Tensor, mask: torch.Tensor, width: int) -> tuple[torc
 class ReferenceScores:
     """Reference log-probs of each sample's own targets, and of its mismatched partner's."""
 
-    def __init__(self, reference, batches: Batches, out: str, init_facts: dict, log=print):
+    def __init__(self, reference, batches: Batches, config: TrainConfig, out: str, init_facts: dict,
+                 log=print):
         self.reference, self.b, self.out, self.init_facts, self.log = reference, batches, out, init_facts, log
-        self.config = batches.config
+        self.config = config
         own = self.config.method_config
         self.z0_mode = own.z0_pairs()  # None: the method has no z0 (tpo): no mismatched pairs
         self.mode = own.reference  # cached or online

@@ -507,9 +507,8 @@ def encode_targets(policy, samples: SampleSet, rows: np.ndarray | None = None,
 
     rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
     chunk = int(policy.chunk_size)
-    per_step = getattr(policy, "tokens_per_step", None)
-    space_fn = getattr(policy, "action_token_space", None)
-    space = space_fn() if (per_step and callable(space_fn)) else None
+    per_step = policy.tokens_per_step
+    space = policy.action_token_space() if per_step else None
     _warn_missing_tokens(samples, space, rows)
     toks, masks = [], []
     for lo in range(0, len(rows), block):

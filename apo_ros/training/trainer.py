@@ -36,9 +36,11 @@ import numpy as np
 import torch
 
 from apo_ros.errors import UserError
+from apo_ros.policies.factory import POLICY_KINDS, policy_kind
+from apo_ros.training.augmentation import AugmentConfig
 from apo_ros.training.batches import Batches
 from apo_ros.training.cache import DataError, cache_key
-from apo_ros.training.config import PolicyOptions, TrainConfig, learning_rate
+from apo_ros.training.config import TrainConfig, learning_rate
 from apo_ros.training.distributed import Distributed, setup_distributed, wrap_step
 from apo_ros.training.metrics import (
     BestTracker,
@@ -54,7 +56,7 @@ from apo_ros.training.registry import METHODS, check_method_data, get_method
 from apo_ros.training.samples import LabelConfig, SampleSet, load_samples
 from apo_ros.training.state import list_checkpoints, load_state, read_state, write_checkpoint
 
-__all__ = ["METHODS", "PolicyOptions", "Run", "TrainConfig", "TrainingError", "learning_rate", "prepare_run",
+__all__ = ["METHODS", "Run", "TrainConfig", "TrainingError", "learning_rate", "prepare_run",
            "train_policy"]
 
 
@@ -136,13 +138,14 @@ def prepare_run(config: TrainConfig, samples: SampleSet, init: str, out: str, *,
     params = policy.trainable_parameters()
     if not params:
         raise TrainingError("the policy has no trainable parameters")
-    b = Batches(config, samples, policy, dist_info)
+    b = Batches(samples, policy, dist_info, config.method_config, seed=config.seed, bf16=config.bf16,
+                augment=AugmentConfig(config.augment, config.aug_shift, config.aug_brightness))
     if method.needs_reference:
-        b.reference = ReferenceScores(make_reference(policy), b, out, init_facts, log=log)
+        b.reference = ReferenceScores(make_reference(policy), b, config, out, init_facts, log=log)
         b.reference.prepare()
     # every process draws the same global batch and trains on its slice (see distributed.py)
     sampler = method.sampler(samples, config, config.batch_size * dist_info.world, config.seed)
-    validation = Validation(b, sampler.target_rows())
+    validation = Validation(b, sampler.target_rows(), config)
     step_fn = wrap_step(policy, lambda rows, step: method.loss(b, rows, step), dist_info)
     optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
     return Run(config, samples, policy, b, sampler, validation, step_fn, optimizer, params, init_facts,
@@ -172,7 +175,7 @@ def train_policy(config: TrainConfig, demos: list[str], data: list[str], init: s
     """Train and return the final checkpoint directory (`<out>/policy`).
 
     demos: expert-demo bags or folders of bags; data: interaction bags (policy + human steps);
-    init: a policy checkpoint directory, or a kind ("small", "state", "vla_bins", "vla_fast") to
+    init: a policy checkpoint directory, or a policy kind (`policies.factory.policy_kinds()`) to
     build fresh with statistics from the demo actions; out: output directory (see module
     docstring); resume: continue from the last checkpoint in `out`.
     """
@@ -332,9 +335,7 @@ def _check_smoothing(config: TrainConfig, policy) -> None:
     own = config.method_config
     if not own.soft_targets():
         return
-    if not hasattr(policy, "token_logits"):
-        raise TrainingError(f"label_smoothing / bin_sigma need a policy with token_logits "
-                            f"({policy.kind} has none)")
-    if own.bin_sigma > 0 and policy.valid_target_ids.numel() != getattr(policy, "n_bins", -1):
+    if own.bin_sigma > 0 and not policy_kind(policy.kind).bin_head:
+        bin_kinds = ", ".join(name for name, kind in POLICY_KINDS.items() if kind.bin_head)
         raise TrainingError(f"bin_sigma smooths over neighbouring bins of a policy whose tokens are "
-                            f"the bins (small, state); {policy.kind} tokens are not")
+                            f"the bins ({bin_kinds}); {policy.kind} tokens are not")
