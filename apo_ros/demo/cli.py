@@ -24,7 +24,7 @@ PRESETS: dict[str, dict] = {
                   lifelong_methods=["dagger_retrain"], sweep_lrs=[1e-3], sweep_steps=[1000],
                   validation_episodes=10, test_episodes=50, rounds=1, round_episodes=20,
                   round_test_episodes=50, out="demo_out"),
-    "default": dict(tasks=["lemon_on_plate"], pipeline_seeds=2,
+    "default": dict(tasks=["lemon_on_plate"], pipeline_seeds=3,
                     methods=["dagger", "apo", "apo_natural", "fresh_matched", "dagger_retrain",
                              "fresh_matched_retrain"],
                     sweep_lrs=[3e-4, 1e-3], sweep_steps=[2000], validation_episodes=30,
