@@ -94,17 +94,22 @@ def _choice_option_types(base: Any) -> dict[str, Any]:
     return types
 
 
+
+def _check_mapping_of_known(data: Any, known, type_name: str, label: str, where: str) -> None:
+    """ConfigError unless `data` is a mapping whose keys are all in `known`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{label}: expected a mapping of {type_name} options, got "
+                          f"{type(data).__name__} {data!r}")
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(f"{where}unknown option(s) {unknown}; known: {sorted(known)}")
+
 def decode_choice_options(base: Any, options: Any, path: str) -> dict:
     """`options` with each value decoded to its option's type; ConfigError (naming `path` and the
     option) for something other than a mapping, a key no choice of `base` takes, or a value of the
     wrong type."""
-    if not isinstance(options, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of {base.__name__} options, got "
-                          f"{type(options).__name__} {options!r}")
     types = _choice_option_types(base)
-    unknown = sorted(str(k) for k in options if k not in types)
-    if unknown:
-        raise ConfigError(f"{path}: unknown option(s) {unknown}; known: {sorted(types)}")
+    _check_mapping_of_known(options, types, base.__name__, path, f"{path}: ")
     out = {}
     for key, value in options.items():
         tp, allows_none = _strip_optional(types[key])
@@ -211,13 +216,8 @@ def _check(cls: type, data: Any, path: str) -> None:
     nested config that is not a mapping, None for a field that does not allow it, a bool where a
     number is expected."""
     where = f"{path}: " if path else ""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'config'}: expected a mapping of {cls.__name__} options, "
-                          f"got {type(data).__name__} {data!r}")
     names = _init_names(cls)
-    unknown = sorted(str(k) for k in data if k not in names)
-    if unknown:
-        raise ConfigError(f"{where}unknown option(s) {unknown}; known: {sorted(names)}")
+    _check_mapping_of_known(data, names, cls.__name__, path or "config", where)
     hints = _hints(cls)
     flat = {f.name for f, _ in _flat_choices(cls)}
     later = {f.name: f.metadata[_LATER_CHOICE] for f in dataclasses.fields(cls)
