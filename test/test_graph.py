@@ -62,7 +62,7 @@ class Stack:
         self.bags = tmp / "bags"
 
     def logs(self) -> str:
-        return "\n".join(f"----- {n}\n{self.graph.log(n)[-3000:]}" for n in self.graph.procs)
+        return self.graph.logs_tail()
 
     def assert_alive(self) -> None:
         assert self.graph.dead() == {}, f"nodes died: {self.graph.dead()}\n{self.logs()}"

@@ -13,6 +13,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from graph_helpers import wait_until  # noqa: E402
 from sensor_msgs.msg import Joy  # noqa: E402
 from serving_helpers import ServeProcess, make_checkpoint  # noqa: E402
 
@@ -43,13 +44,6 @@ def executed(probe: GraphProbe, since_ns: int) -> list[tuple[int, str, chunks.Ch
     return out
 
 
-def wait_until(check, timeout: float, what: str, logs) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}\n{logs()}"
-        time.sleep(0.1)
-
-
 def joy(axes) -> Joy:
     return Joy(header=M.make_header(T, time.time_ns()), axes=[float(a) for a in axes], buttons=[0, 0])
 
@@ -74,9 +68,7 @@ def test_every_action_of_a_chunk_runs_once_at_its_tick(tmp_path, chunk_size, rem
             graph.start()
             probe = GraphProbe(graph.domain_id)
 
-            def logs() -> str:
-                return "\n".join(f"----- {n}\n{graph.log(n)[-3000:]}" for n in graph.procs)
-
+            logs = graph.logs_tail
             try:
                 wait_until(lambda: len(executed(probe, 0)) >= 3, 180, "the graph never acted", logs)
                 wait_until(lambda: probe.messages("ee_pose"), WAIT, "the probe saw no ee_pose", logs)

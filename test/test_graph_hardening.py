@@ -44,7 +44,7 @@ class Stack:
         self.graph, self.probe, self.tmp = graph, probe, tmp
 
     def logs(self) -> str:
-        return "\n".join(f"----- {n}\n{self.graph.log(n)[-3000:]}" for n in self.graph.procs)
+        return self.graph.logs_tail()
 
     def call(self, service: str) -> str:
         ok, message = self.probe.call(service, timeout=WAIT)

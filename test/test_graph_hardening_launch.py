@@ -34,7 +34,7 @@ def only(nodes, *names):
 
 
 def logs(graph: LocalGraph) -> str:
-    return "\n".join(f"----- {n}\n{graph.log(n)[-3000:]}" for n in graph.procs)
+    return graph.logs_tail()
 
 
 @pytest.mark.parametrize("namespace", ["arm1", "/arm1"])

@@ -18,6 +18,7 @@ rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from graph_helpers import wait_until as wait_for  # noqa: E402
 from sensor_msgs.msg import JointState, Joy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
@@ -48,14 +49,11 @@ def make_checkpoint(path: Path) -> str:
 
 
 def logs(graph: LocalGraph) -> str:
-    return "\n".join(f"----- {n}\n{graph.log(n)[-3000:]}" for n in graph.procs)
+    return graph.logs_tail()
 
 
 def wait_until(check, what: str, graph: LocalGraph, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}\n{logs(graph)}"
-        time.sleep(0.05)
+    wait_for(check, timeout, what, graph.logs_tail, poll_s=0.05)
 
 
 def sources(probe: GraphProbe, since: int) -> list[str]:

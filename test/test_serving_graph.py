@@ -12,6 +12,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from graph_helpers import wait_until  # noqa: E402
 from serving_helpers import ServeProcess, make_checkpoint  # noqa: E402
 
 from apo_ros.nodes.local_launch import LocalGraph  # noqa: E402
@@ -29,13 +30,6 @@ def executed(probe: GraphProbe, since_ns: int) -> list[tuple[int, np.ndarray]]:
             for r in probe.messages("action/executed", since_ns) if r.msg.header.frame_id == "policy"]
 
 
-def wait_until(check, timeout: float, what: str, logs) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}\n{logs()}"
-        time.sleep(0.1)
-
-
 def test_policy_node_with_a_remote_policy_holds_when_the_server_dies(tmp_path):
     from apo_ros.policies import load_policy
 
@@ -50,9 +44,7 @@ def test_policy_node_with_a_remote_policy_holds_when_the_server_dies(tmp_path):
             graph.start()
             probe = GraphProbe(graph.domain_id)
 
-            def logs() -> str:
-                return "\n".join(f"----- {n}\n{graph.log(n)[-3000:]}" for n in graph.procs)
-
+            logs = graph.logs_tail
             try:
                 moving = lambda since: any(np.any(a[:6] != 0) for _, a in executed(probe, since))  # noqa: E731
                 wait_until(lambda: moving(0), 150, "the graph never executed a remote action", logs)

@@ -104,6 +104,10 @@ class LocalGraph:
     def log(self, name: str) -> str:
         return self.log_path(name).read_text(errors="replace")
 
+    def logs_tail(self, chars: int = 3000) -> str:
+        """The last `chars` of every node's log, each under its name (for a failed check's message)."""
+        return "\n".join(f"----- {n}\n{self.log(n)[-chars:]}" for n in self.procs)
+
     def start(self, name: str | None = None) -> None:
         """Start one node (again, after it died or was killed) or all of them."""
         for n in ([self.nodes[name]] if name else list(self.nodes.values())):
