@@ -25,34 +25,18 @@ def _write_bag(path, sources, *, seed: int, outcome: str = "success", instructio
                metadata: dict | None = None, size: int = 32):
     """A real bag whose camera frames are told apart at a glance: step j shows a bright square at
     a place that moves with j (so a decoded frame matches its own step and no other)."""
-    from apo_ros.recording.synthetic import START_NS, STEP_NS, synthetic_observation
-    from apo_ros.recording.writer import EpisodeWriter
+    from apo_ros.recording.synthetic import write_synthetic_episode
 
-    rng = np.random.default_rng(seed)
-    meta = {"task": "lift", "instruction": instruction, "policy_id": "p", "operator": "t", **(metadata or {})}
-    writer = EpisodeWriter(str(path), metadata=meta)
-    writer.write_event(START_NS, "start")
-    previous = None
-    for j, source in enumerate(sources):
-        stamp = START_NS + (j + 1) * STEP_NS
-        if source == "human" and previous != "human":
-            writer.write_event(stamp, "intervention_start")
-        if source != "human" and previous == "human":
-            writer.write_event(stamp, "intervention_end")
-        obs = synthetic_observation(rng, stamp, size=size, index=j, instruction=instruction)
+    def draw(j, obs):
         for c, cam in enumerate(obs.images):
             img = np.full((size, size, 3), 40, np.uint8)
             y, x = divmod((3 * j + 5 * c) % 16, 4)
             img[y * 8:y * 8 + 8, x * 8:x * 8 + 8] = (230, 200 - 60 * c, 30 + 60 * c)
             obs.images[cam] = img
-        writer.write_observation(obs)
-        action = rng.uniform(-0.02, 0.02, 7)
-        if source == "human":
-            writer.write_human_command(stamp + 1_000_000, action, stamp)
-        writer.write_action(stamp + 2_000_000, action, source, stamp,
-                            proposed=action + 0.001 if source == "policy" else None)
-        previous = source
-    writer.close(outcome)
+
+    meta = {"task": "lift", "instruction": instruction, "policy_id": "p", "operator": "t", **(metadata or {})}
+    write_synthetic_episode(str(path), sources, seed=seed, size=size, outcome=outcome, metadata=meta,
+                            draw_frames=draw)
 
 
 @pytest.fixture(scope="module")

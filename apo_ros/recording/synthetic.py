@@ -50,9 +50,11 @@ def write_synthetic_episode(path: str, sources, *, seed: int = 0, size: int = 64
                             metadata: dict | None = None, image_format: str = "raw",
                             cameras: tuple[str, ...] = CAMERAS, with_proposed: bool = True,
                             actions: np.ndarray | None = None, start_ns: int = START_NS,
-                            close: bool = True, **writer_kwargs):
+                            close: bool = True, draw_frames=None, **writer_kwargs):
     """Write an episode whose step i is executed by sources[i]; intervention events are written at
-    the human runs' edges. Returns the writer (closed unless close=False) and the actions."""
+    the human runs' edges. `draw_frames(i, observation)`, when given, replaces step i's camera
+    images before they are written. Returns the writer (closed unless close=False) and the
+    actions."""
     rng = np.random.default_rng(seed)
     sources = list(sources)
     if actions is None:
@@ -72,6 +74,8 @@ def write_synthetic_episode(path: str, sources, *, seed: int = 0, size: int = 64
             writer.write_event(stamp, "intervention_end")
         obs = synthetic_observation(rng, stamp, size=size, cameras=cameras, index=i,
                                     instruction=meta["instruction"])
+        if draw_frames is not None:
+            draw_frames(i, obs)
         writer.write_observation(obs)
         proposed = actions[i] + 0.001 if with_proposed and source != "expert" else None
         if source == "human":
