@@ -6,38 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from operator_helpers import run_operator_episode
 
 from apo_ros.sim import OperatorConfig, SimulatedOperator, make_env, make_expert
 from apo_ros.sim.experts import ProgressTracker
 
 
 def run_with_operator(task: str, seed: int, bad, config: OperatorConfig | None = None):
-    """Run one episode where `bad(step, expert_action) -> action | None` perturbs an otherwise
-    expert policy until the first intervention (None = behave). Returns (sources per step,
-    operator, succeeded, step at which the policy started going wrong)."""
-    env = make_env(task, render=False)
-    policy = make_expert(task, seed=seed + 100)
-    operator = SimulatedOperator(task, config, seed=seed)
-    env.reset(seed)
-    policy.reset(env)
-    operator.reset(env)
-    sources: list[str] = []
-    went_wrong = None
-    terminated = truncated = False
-    info: dict = {}
-    while not (terminated or truncated):
-        action = policy.act(env)
-        if operator.interventions == 0:
-            perturbed = bad(env.step_count, action)
-            if perturbed is not None:
-                went_wrong = env.step_count if went_wrong is None else went_wrong
-                action = perturbed
-        human = operator.step(env, action)
-        if human is None and sources and sources[-1] == "human":
-            policy.replan(env)  # the policy picks up from wherever the human left the task
-        sources.append("human" if human is not None else "policy")
-        _obs, _r, terminated, truncated, info = env.step(human if human is not None else action)
-    return sources, operator, bool(info.get("success")), went_wrong
+    """(sources per step, operator, succeeded, step at which the policy started going wrong)."""
+    return run_operator_episode(task, seed, bad, config)
 
 
 @pytest.mark.parametrize("task", ["lemon_on_plate", "hang_cup"])

@@ -11,6 +11,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from operator_helpers import run_operator_episode  # noqa: E402
 
 from apo_ros.sim import OperatorConfig, SimulatedOperator, make_env, make_expert  # noqa: E402
 from apo_ros.sim.experts import StateExpert  # noqa: E402
@@ -29,30 +30,10 @@ def drift_after(start: int):
 def run(task: str, seed: int, bad, config: OperatorConfig | None = None, max_steps: int | None = None,
         bad_always: bool = False):
     """One episode of an expert policy perturbed by `bad` (until the first take-over, or always)
-    under the operator. Returns (sources, operator, success)."""
-    env = make_env(task, render=False, max_steps=max_steps)
-    policy = make_expert(task, seed=seed + 100)
-    operator = SimulatedOperator(task, config, seed=seed)
-    env.reset(seed)
-    policy.reset(env)
-    operator.reset(env)
-    sources: list[str] = []
-    done, info = False, {}
-    while not done:
-        action = policy.act(env)
-        if bad_always or operator.interventions == 0:
-            perturbed = bad(env.step_count, action)
-            action = perturbed if perturbed is not None else action
-        human = operator.step(env, action)
-        if operator.gave_up:
-            break
-        if human is None and sources and sources[-1] == "human":
-            policy.replan(env)
-        sources.append("human" if human is not None else "policy")
-        _o, _r, term, trunc, info = env.step(human if human is not None else action)
-        done = term or trunc
-    env.close()
-    return sources, operator, bool(info.get("success"))
+    under the operator, ended when the person gives up. Returns (sources, operator, success)."""
+    sources, operator, success, _ = run_operator_episode(task, seed, bad, config, max_steps=max_steps,
+                                                         bad_always=bad_always, stop_on_give_up=True)
+    return sources, operator, success
 
 
 def test_the_same_state_gets_the_same_correction_whatever_the_history():
