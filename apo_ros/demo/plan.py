@@ -61,17 +61,21 @@ class Study:
         (a study resumed with other step counts trains new runs). Cosine: one run per setting,
         its learning rate decayed to zero over exactly that many steps (as is a run from scratch:
         the base's recipe)."""
-        if self.c.sweep_schedule == "cosine" or self.c.init_of(method) == "scratch":
+        if self._run_per_setting(method):
             return f"{method}_lr{lr_name(lr)}_s{steps}_cosine"
         return f"{method}_lr{lr_name(lr)}_to{max(self.c.sweep_steps)}"
 
     def sweep_runs(self, method: str) -> list[tuple[float, str, list[int]]]:
         """(lr, run name, the step counts it checkpoints) for every run of a method."""
         settings = self.c.settings(method)
-        if self.c.sweep_schedule == "cosine" or self.c.init_of(method) == "scratch":
+        if self._run_per_setting(method):
             return [(lr, self.sweep_name(method, lr, st), [st]) for lr, st in settings]
         lrs = list(dict.fromkeys(lr for lr, _ in settings))
         return [(lr, self.sweep_name(method, lr), sorted(self.c.sweep_steps)) for lr in lrs]
+
+    def _run_per_setting(self, method: str) -> bool:
+        """One cosine run per (lr, steps) rather than one constant-rate run per lr."""
+        return self.c.sweep_schedule == "cosine" or self.c.init_of(method) == "scratch"
 
     def run_init(self, task: str, p: int, method: str) -> str:
         """What a method's sweep run starts from: the base policy, or a new policy of the kind."""
