@@ -105,7 +105,7 @@ def build_results(config, results: dict, chosen: dict, *, wall_s: float, job_s: 
         out["tasks"][task] = {
             "policies": policies, "paired": paired, "rounds": rounds,
             "winner": winner(policies, paired, c.methods,
-                             controls=[m for m in c.methods if c.is_control(m)]),
+                             controls=out["controls"]),
             "sweep": {m: chosen[f"{task}/{m}"]["sweep"] for m in c.methods},
             "round0": {"episodes": sum(len(s["per_episode"]) for s in r0),
                        "interventions": int(sum(s["interventions"] for s in r0)),
