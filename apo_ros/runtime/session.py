@@ -25,33 +25,19 @@ import numpy as np
 from apo_ros.actions.space import GRIPPER_INDEX
 from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.control.policy_source import ActionSource
-from apo_ros.observation import CAMERAS, Observation
+from apo_ros.observation import CAMERAS
 from apo_ros.recording.chunks import ChunkInfo
 from apo_ros.runtime.config import load_safety_filter
 from apo_ros.runtime.recorder import EpisodeRecorder, RecorderConfig
 from apo_ros.serving.source import open_policy, provenance
 from apo_ros.sim.env import make_env
-from apo_ros.sim.experts import make_expert
+from apo_ros.sim.experts import ExpertPolicy
 from apo_ros.sim.operator import OperatorConfig, SimulatedOperator
 from apo_ros.teleop.arbiter import ArbiterConfig, PolicyCommand, TeleopArbiter
 from apo_ros.teleop.device import N_AXES, DeviceState, TeleopDevice
 
 # OperatorDevice button layout (the arbiter in the session is configured to match).
 BUTTON_CLOSE, BUTTON_OPEN, BUTTON_TAKEOVER, BUTTON_HANDBACK = 0, 1, 2, 3
-
-
-class ExpertPolicy:
-    """A scripted expert behind the runner's policy interface (it reads the simulator state, so it
-    needs the env; the observation is ignored)."""
-
-    def __init__(self, expert: Any, env: Any):
-        self.expert, self.env = expert, env
-
-    def select_action(self, observation: Observation) -> tuple[np.ndarray, bool]:
-        return np.asarray(self.expert.act(self.env), dtype=np.float64)[None, :], True
-
-    def reset(self) -> None:
-        self.expert.reset(self.env)
 
 
 class OperatorDevice(TeleopDevice):
@@ -159,7 +145,7 @@ def _resolve_policy(policy: Any, task: str, env: Any, seed: int, device: str | N
                     expert_noise: float) -> tuple[ActionSource, str, bool]:
     """-> (the source the runner drives, policy_id, is_expert)."""
     if isinstance(policy, str) and policy == "expert":
-        return ExpertPolicy(make_expert(task, noise=expert_noise, seed=seed), env), "expert", True
+        return ExpertPolicy(env, noise=expert_noise, seed=seed), "expert", True
     if isinstance(policy, str):  # a checkpoint directory or a policy server ws://HOST:PORT
         loaded = open_policy(policy, device=device)
         return loaded, provenance(loaded)["policy_id"], False

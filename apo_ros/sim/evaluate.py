@@ -25,19 +25,7 @@ from apo_ros.actions.space import ACTION_DIM, GRIPPER_INDEX, as_chunk
 from apo_ros.control.policy_runner import PolicyRunner, RunnerConfig
 from apo_ros.observation import CAMERAS, Observation
 from apo_ros.sim.env import make_env
-from apo_ros.sim.experts import make_expert
-
-
-class ExpertPolicy:
-    """The scripted expert behind the policy interface (reads the env's privileged state)."""
-
-    def __init__(self, env, noise: float = 0.0, seed: int = 0):
-        self.env = env
-        self.expert = make_expert(env.task.name, noise=noise, seed=seed)
-        self.expert.reset(env)
-
-    def __call__(self, observation: Observation) -> np.ndarray:
-        return self.expert.act(self.env)
+from apo_ros.sim.experts import ExpertPolicy
 
 
 class _CallablePolicy:
@@ -100,7 +88,9 @@ def _episode_policy(policy: PolicyLike, env, *, expert_noise: float, seed: int,
     if isinstance(policy, str):
         if policy != "expert":
             raise ValueError(f"unknown policy name {policy!r} (only 'expert' is built in)")
-        return ExpertPolicy(env, noise=expert_noise, seed=seed)
+        expert = ExpertPolicy(env, noise=expert_noise, seed=seed)
+        expert.reset()
+        return expert
     inner = policy(env) if factory else policy
     chunks = ChunkRunner(inner, runner)
     chunks.reset()

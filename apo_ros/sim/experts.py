@@ -473,3 +473,23 @@ class StateExpert(Expert):
 def make_state_expert(task: str, *, noise: float = 0.0, seed: int = 0) -> StateExpert:
     """The scripted expert as a function of the current state (see `StateExpert`)."""
     return StateExpert(task, noise=noise, seed=seed)
+
+
+class ExpertPolicy:
+    """The scripted expert behind the policy interface: `select_action(observation)` gives a
+    one-action chunk, and calling it gives the action itself. The expert reads the simulator's
+    privileged state, so it holds the env and ignores the observation. `reset()` at the start of
+    each episode (after the env's own reset)."""
+
+    def __init__(self, env, noise: float = 0.0, seed: int = 0):
+        self.env = env
+        self.expert = make_expert(env.task.name, noise=noise, seed=seed)
+
+    def reset(self) -> None:
+        self.expert.reset(self.env)
+
+    def select_action(self, observation) -> tuple[np.ndarray, bool]:
+        return self(observation)[None, :], True
+
+    def __call__(self, observation) -> np.ndarray:
+        return np.asarray(self.expert.act(self.env), dtype=np.float64)

@@ -8,7 +8,8 @@ import numpy as np
 
 from apo_ros.observation import CAMERAS
 from apo_ros.sim.env import make_env
-from apo_ros.sim.evaluate import ExpertPolicy, _episode_policy
+from apo_ros.sim.evaluate import _episode_policy
+from apo_ros.sim.experts import ExpertPolicy
 
 _FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 
