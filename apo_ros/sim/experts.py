@@ -338,10 +338,11 @@ class StateExpert(Expert):
     At the states the scripted `Expert` visits in its own demos the inferred phase is its phase, so
     the action is the demo's action (a handful of steps differ per episode, around the moments the
     gripper closes and opens). Off the demos it does what the expert does after `replan` from
-    that state, with every phase the state already satisfies skipped. What it cannot do without
-    memory: back up and retry a square jammed on the stick (it keeps pushing), and keep the wrist
-    on a side of the grasp direction by hysteresis (it takes the nearer side; the wrist turning
-    towards it keeps the choice stable)."""
+    that state, with every phase the state already satisfies skipped. It cannot back up and retry
+    a square caught on the stick as the scripted expert does (that takes memory); it lets go of an
+    object threaded onto its fixture once it stops moving (`Task.threaded`, `stall_speed`), and
+    gravity finishes. Nor can it keep the wrist on a side of the grasp direction by hysteresis
+    (it takes the nearer side; the wrist turning towards it keeps the choice stable)."""
 
     def reset(self, env) -> None:
         self.phase = self.infer_phase(env)
