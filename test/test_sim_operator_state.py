@@ -232,3 +232,57 @@ def test_session_operator_noise_flag(capsys):
 def test_operator_config_rejects_nonsense(bad):
     with pytest.raises(ValueError, match="OperatorConfig"):
         OperatorConfig(**bad)
+
+
+def test_a_square_caught_on_the_stick_is_let_go_not_pushed():
+    """The square threaded onto the stick and still sliding down gets the demos' move (carry on
+    down); held there and no longer moving (caught: a crooked grasp wedges it) the correction is
+    to let go, so gravity finishes, instead of pushing on a jammed square until the person gives
+    up. Still opening the gripper over it: keep letting go, no regrasp."""
+    task = "square_on_stick"
+    env = make_env(task, render=False)
+    env.reset(1)
+    demo, state = make_expert(task), StateExpert(task)
+    demo.reset(env)
+    spec = env.task
+    steps = 0
+    while not (spec.threaded(env) and env.is_grasped(spec.object_body)):
+        assert not spec.threaded(env) or not env.is_grasped(spec.object_body)
+        env.step(demo.act(env))
+        steps += 1
+        assert steps < env.task.max_steps, "the demo never threaded the square"
+    assert env.body_speed(spec.object_body) > state.config.stall_speed
+    moving = state.act(env)
+    assert state.phase == "transport" and moving[2] < -0.005 and moving[6] < 0.5
+
+    env.data.qvel[:] = 0.0  # the same pose, caught: nothing moves
+    env.forward()
+    caught = state.act(env)
+    assert state.phase == "release" and caught[6] >= 0.5
+    np.testing.assert_allclose(caught[:6], 0.0)
+
+    for _ in range(3):  # the fingers open and the square drops: letting go, never closing again
+        env.step(caught)
+        caught = state.act(env)
+        assert caught[6] >= 0.5 and state.phase in ("release", "retreat"), state.phase
+    assert spec.is_success(env)
+    env.close()
+
+
+def test_threaded_means_the_stick_is_through_the_hole():
+    env = make_env("square_on_stick", render=False)
+    env.reset(2)
+    spec = env.task
+    assert not spec.threaded(env)  # on the table, away from the stick
+    stick = env.body_pos("stick")
+    adr = env.free_qpos_adr("square")
+    for offset, z, expected in ((0.0, 0.07, True), (0.01, 0.07, True), (0.03, 0.07, False),
+                                (0.0, 0.12, False)):
+        env.data.qpos[adr:adr + 3] = [stick[0] + offset, stick[1], z]
+        env.forward()
+        assert spec.threaded(env) is expected, (offset, z)
+    env.close()
+    lemon = make_env("lemon_on_plate", render=False)
+    lemon.reset(2)
+    assert not lemon.task.threaded(lemon)  # no fixture to thread onto
+    lemon.close()

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -149,9 +152,33 @@ class JobRunner:
             fut.set_exception(err)
         return fut
 
-    def close(self) -> None:
-        if self._ex is not None:
-            self._ex.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the worker processes: once idle (a finished run), or at once (`kill`: an
+        interrupted run; its running jobs are redone when the study resumes)."""
+        if self._ex is None:
+            return
+        if kill:
+            for proc in list((getattr(self._ex, "_processes", None) or {}).values()):
+                proc.terminate()
+        self._ex.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def sigterm_interrupts():
+    """Within the block SIGTERM (`kill PID`, a scheduler's stop) interrupts like Ctrl-C, so the
+    run's cleanup stops its worker processes instead of leaving them running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def record_invocation(out: str, start: float, end: float) -> float:

@@ -47,7 +47,7 @@ from apo_ros.demo.config import TEST_SEED0, StudyConfig, check_resumable
 from apo_ros.demo.jobs import job_init, resolve
 from apo_ros.demo.plan import Study
 from apo_ros.demo.report import build_results, write_study_results
-from apo_ros.demo.runner import JobRunner, ProgressDisplay, record_invocation
+from apo_ros.demo.runner import JobRunner, ProgressDisplay, record_invocation, sigterm_interrupts
 from apo_ros.demo.videos import method_videos
 
 # StudyConfig is re-exported: callers build one and hand it to run_study
@@ -60,14 +60,17 @@ def run_study(config: StudyConfig, *, progress: bool = True, log: Callable[[str]
     study = Study(config)
     check_resumable(study.out, config)
     runner = JobRunner(study.out, config.workers, ProgressDisplay(progress, log), initializer=job_init)
+    finished = False
     try:
-        jobs_a = study.phase_a()
-        results = runner.run(jobs_a, "sweep and validation")
-        chosen = study.choose(results)
-        jobs_b = study.phase_b(chosen)
-        results.update(runner.run(jobs_b, "test and lifelong rounds"))
+        with sigterm_interrupts():
+            jobs_a = study.phase_a()
+            results = runner.run(jobs_a, "sweep and validation")
+            chosen = study.choose(results)
+            jobs_b = study.phase_b(chosen)
+            results.update(runner.run(jobs_b, "test and lifelong rounds"))
+            finished = True
     finally:
-        runner.close()
+        runner.close(kill=not finished)
     job_seconds = sum(r.get("seconds", 0.0) for r in results.values())
     wall = record_invocation(study.out, t_start, time.time())
     out = build_results(config, results, chosen, wall_s=wall, job_s=job_seconds)

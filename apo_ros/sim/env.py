@@ -315,6 +315,14 @@ class TabletopEnv:
             raise KeyError(f"body {body!r} has no free joint")
         return int(self.model.jnt_qposadr[jnt])
 
+    def body_speed(self, name: str) -> float:
+        """How fast a free body's origin moves (m/s), from the simulator's velocities."""
+        jnt = self.model.body_jntadr[self.body_id(name)]
+        if jnt < 0 or self.model.jnt_type[jnt] != mujoco.mjtJoint.mjJNT_FREE:
+            raise KeyError(f"body {name!r} has no free joint")
+        dof = int(self.model.jnt_dofadr[jnt])
+        return float(np.linalg.norm(self.data.qvel[dof:dof + 3]))
+
     def set_mocap_pos(self, body: str, pos) -> None:
         mocap = self.model.body_mocapid[self.body_id(body)]
         self.data.mocap_pos[mocap] = pos

@@ -32,6 +32,8 @@ class ExpertConfig:
     # to the grasp point; farther, the object moved: line up again above it
     grasp_centre_tolerance: float = 0.008  # m across the pad width; beyond it, let go and regrasp
     stuck_steps: int = 6  # transport steps without progress before backing up and retrying
+    stall_speed: float = 0.005  # m/s: a held object threaded on its fixture and slower than this
+    # is caught on it (the state expert lets go there and lets gravity finish)
     noise_translation: float = 0.01  # m, std of action noise at noise = 1 and full speed
     noise_rotation: float = 0.05  # rad, std of action noise at noise = 1 and full speed
     hard_translation: float = 0.04  # m, clip after noise (still below the safety filter)
@@ -336,10 +338,11 @@ class StateExpert(Expert):
     At the states the scripted `Expert` visits in its own demos the inferred phase is its phase, so
     the action is the demo's action (a handful of steps differ per episode, around the moments the
     gripper closes and opens). Off the demos it does what the expert does after `replan` from
-    that state, with every phase the state already satisfies skipped. What it cannot do without
-    memory: back up and retry a square jammed on the stick (it keeps pushing), and keep the wrist
-    on a side of the grasp direction by hysteresis (it takes the nearer side; the wrist turning
-    towards it keeps the choice stable)."""
+    that state, with every phase the state already satisfies skipped. It cannot back up and retry
+    a square caught on the stick as the scripted expert does (that takes memory); it lets go of an
+    object threaded onto its fixture once it stops moving (`Task.threaded`, `stall_speed`), and
+    gravity finishes. Nor can it keep the wrist on a side of the grasp direction by hysteresis
+    (it takes the nearer side; the wrist turning towards it keeps the choice stable)."""
 
     def reset(self, env) -> None:
         self.phase = self.infer_phase(env)
@@ -362,12 +365,17 @@ class StateExpert(Expert):
             on_path = self._waypoint_from_state(env, path, obj) > 0
             if float(np.linalg.norm(path[-1] - obj)) < c.position_tolerance and self._yaw_ok(env):
                 return "release"
+            if task.threaded(env) and env.body_speed(task.object_body) < c.stall_speed:
+                return "release"  # caught on the fixture it is already threaded onto
             if on_path or obj[2] > path[0][2] - c.waypoint_tolerance:
                 return "transport"
             return "lift"
         # Not holding it. Still at the goal (opening the gripper, or about to): finish the release.
         path = task.place_path(env)
         obj = task.object_point(env)
+        if task.threaded(env) and (env.gripper_opening() < 0.8
+                                   or env.body_speed(task.object_body) >= c.stall_speed):
+            return "release"  # let go on the fixture: open fully, let it slide, do not regrasp
         if float(np.linalg.norm(path[-1] - obj)) < c.waypoint_tolerance and \
                 float(np.linalg.norm(tcp - obj)) < 0.1 and env.gripper_command >= 0.5:
             return "release"

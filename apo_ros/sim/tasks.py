@@ -103,6 +103,11 @@ class Task:
         """(TCP position to grasp the object at, horizontal closing direction for the fingers)."""
         raise NotImplementedError
 
+    def threaded(self, env: TaskEnv) -> bool:
+        """Whether the object already sits on its goal fixture (threaded onto it), so letting go
+        finishes the task: gravity takes it the rest of the way. Default: no such fixture."""
+        return False
+
     def object_point(self, env: TaskEnv) -> np.ndarray:
         """The object reference point the placing path is written for (default: body origin)."""
         return env.body_pos(self.object_body)
@@ -234,6 +239,13 @@ class SquareOnStick(Task):
         local = env.body_mat("square").T @ (env.body_pos("stick") - env.body_pos("square"))
         slack = NUT_OUTER - NUT_WALL - STICK_RADIUS + 0.002
         return bool(abs(local[0]) < slack and abs(local[1]) < slack)
+
+    def threaded(self, env: TaskEnv) -> bool:
+        """The square's centre is below the stick's top and within the hole's clearance of the
+        stick's axis: the stick is through the hole (tilted and caught on it, perhaps)."""
+        square, stick = env.body_pos("square"), env.body_pos("stick")
+        clearance = NUT_OUTER - NUT_WALL - STICK_RADIUS
+        return bool(square[2] < STICK_HEIGHT and np.linalg.norm(square[:2] - stick[:2]) < clearance)
 
     def is_success(self, env: TaskEnv) -> bool:
         low = env.body_pos("square")[2] < 0.5 * STICK_HEIGHT
