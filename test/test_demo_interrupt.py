@@ -1,5 +1,5 @@
-"""Stopping a study with SIGTERM (`kill PID`, a job scheduler) stops its worker processes too,
-exits as an interrupt, and leaves a study that resumes: nothing keeps burning the cores."""
+"""Stopping a study with SIGTERM (`kill PID`, a job scheduler) stops its worker processes too and
+exits as an interrupt, leaving its output folder to resume from: nothing keeps burning the cores."""
 
 import os
 import signal
@@ -32,7 +32,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigterm_stops_the_workers_and_the_study_resumes(tmp_path):
+def test_sigterm_stops_the_study_and_its_workers(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "apo_ros.cli", "demo", "--quick", "--no-progress", "--out", str(out)]

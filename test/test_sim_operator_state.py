@@ -247,7 +247,6 @@ def test_a_square_caught_on_the_stick_is_let_go_not_pushed():
     spec = env.task
     steps = 0
     while not (spec.threaded(env) and env.is_grasped(spec.object_body)):
-        assert not spec.threaded(env) or not env.is_grasped(spec.object_body)
         env.step(demo.act(env))
         steps += 1
         assert steps < env.task.max_steps, "the demo never threaded the square"
