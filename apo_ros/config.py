@@ -94,7 +94,6 @@ def _choice_option_types(base: Any) -> dict[str, Any]:
     return types
 
 
-
 def _check_mapping_of_known(data: Any, known, type_name: str, label: str, where: str) -> None:
     """ConfigError unless `data` is a mapping whose keys are all in `known`."""
     if not isinstance(data, Mapping):
@@ -103,6 +102,7 @@ def _check_mapping_of_known(data: Any, known, type_name: str, label: str, where:
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise ConfigError(f"{where}unknown option(s) {unknown}; known: {sorted(known)}")
+
 
 def decode_choice_options(base: Any, options: Any, path: str) -> dict:
     """`options` with each value decoded to its option's type; ConfigError (naming `path` and the

@@ -309,18 +309,18 @@ class TabletopEnv:
             self._body_geoms[body] = geoms
         return geoms
 
-    def free_qpos_adr(self, body: str) -> int:
+    def _free_joint(self, body: str) -> int:
         jnt = self.model.body_jntadr[self.body_id(body)]
         if jnt < 0 or self.model.jnt_type[jnt] != mujoco.mjtJoint.mjJNT_FREE:
             raise KeyError(f"body {body!r} has no free joint")
-        return int(self.model.jnt_qposadr[jnt])
+        return int(jnt)
+
+    def free_qpos_adr(self, body: str) -> int:
+        return int(self.model.jnt_qposadr[self._free_joint(body)])
 
     def body_speed(self, name: str) -> float:
         """How fast a free body's origin moves (m/s), from the simulator's velocities."""
-        jnt = self.model.body_jntadr[self.body_id(name)]
-        if jnt < 0 or self.model.jnt_type[jnt] != mujoco.mjtJoint.mjJNT_FREE:
-            raise KeyError(f"body {name!r} has no free joint")
-        dof = int(self.model.jnt_dofadr[jnt])
+        dof = int(self.model.jnt_dofadr[self._free_joint(name)])
         return float(np.linalg.norm(self.data.qvel[dof:dof + 3]))
 
     def set_mocap_pos(self, body: str, pos) -> None:

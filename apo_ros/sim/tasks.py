@@ -195,6 +195,7 @@ STICK_RADIUS = 0.011
 STICK_HEIGHT = 0.10
 NUT_OUTER = 0.036  # half width of the square
 NUT_WALL = 0.012  # wall thickness; the hole's half width is NUT_OUTER - NUT_WALL = 0.024
+HOLE_CLEARANCE = NUT_OUTER - NUT_WALL - STICK_RADIUS  # how far off the hole's centre the stick fits
 NUT_HALF_HEIGHT = 0.01
 HANDLE_LENGTH = 0.05
 HANDLE_HALF_WIDTH = 0.008
@@ -237,15 +238,14 @@ class SquareOnStick(Task):
     def stick_in_hole(self, env: TaskEnv) -> bool:
         """The stick's axis passes through the square's hole."""
         local = env.body_mat("square").T @ (env.body_pos("stick") - env.body_pos("square"))
-        slack = NUT_OUTER - NUT_WALL - STICK_RADIUS + 0.002
+        slack = HOLE_CLEARANCE + 0.002
         return bool(abs(local[0]) < slack and abs(local[1]) < slack)
 
     def threaded(self, env: TaskEnv) -> bool:
         """The square's centre is below the stick's top and within the hole's clearance of the
         stick's axis: the stick is through the hole (tilted and caught on it, perhaps)."""
         square, stick = env.body_pos("square"), env.body_pos("stick")
-        clearance = NUT_OUTER - NUT_WALL - STICK_RADIUS
-        return bool(square[2] < STICK_HEIGHT and np.linalg.norm(square[:2] - stick[:2]) < clearance)
+        return bool(square[2] < STICK_HEIGHT and np.linalg.norm(square[:2] - stick[:2]) < HOLE_CLEARANCE)
 
     def is_success(self, env: TaskEnv) -> bool:
         low = env.body_pos("square")[2] < 0.5 * STICK_HEIGHT
